@@ -1,0 +1,1 @@
+"""The ``semmae`` command line: thin commands that load a config and call one ``run_*`` function."""

@@ -1,0 +1,438 @@
+"""Typed configuration: dataclass defaults, YAML recipes of overrides, dotted CLI overrides.
+
+A recipe in ``configs/`` holds only what differs from the defaults below. Command-line overrides
+look like ``train.epochs=2 data.limit=2000 masking.name=semantic``; values are parsed as YAML
+scalars. Unknown keys and invalid values fail in :func:`load` with a :class:`ConfigError` that
+names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from semmae.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how to augment them.
+
+    Attributes:
+        name: ``fashion_mnist``, ``toy_parts``, ``image_folder``, ``cifar10``, ``cifar100``, ``stl10``.
+        root: dataset location; for Fashion-MNIST None means: env ``SEMMAE_FASHION_MNIST``, then the
+            Debian package path, then a torchvision download.
+        limit: use only the first N images of each split (None = all).
+        image_size: side of the (square) images fed to the model.
+        in_chans: image channels (1 grey, 3 RGB); images are converted to this.
+        crop_scale: random-resized-crop area range; ``[1.0, 1.0]`` disables cropping.
+        crop_ratio: random-resized-crop aspect-ratio range.
+        hflip: random horizontal flip.
+        mean: per-channel normalisation mean (length 1 or in_chans).
+        std: per-channel normalisation std.
+        on_corrupt: what to do with an unreadable image file: ``warn`` (skip it) or ``error``.
+        toy_size: number of images per split of the synthetic toy-parts dataset.
+        num_workers: DataLoader workers for streamed datasets.
+    """
+
+    name: str = "fashion_mnist"
+    root: str | None = None
+    limit: int | None = None
+    image_size: int = 28
+    in_chans: int = 1
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.2860])
+    std: list[float] = field(default_factory=lambda: [0.3530])
+    on_corrupt: str = "warn"
+    toy_size: int = 2000
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The MAE. ``name`` picks a registered preset; any field set here overrides the preset.
+
+    ``img_size`` and ``in_chans`` default to the data's.
+    """
+
+    name: str = "mae_fmnist_tiny"
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_num_heads: int | None = None
+    mlp_ratio: float | None = None
+    norm_pix_loss: bool = True
+
+
+@dataclass
+class MaskingConfig:
+    """How patches are hidden.
+
+    Attributes:
+        name: ``random``, ``block`` or ``semantic``.
+        ratio: share of patches hidden, in (0, 1).
+        min_block: smallest block (in patches) for ``block`` masking.
+        schedule: λ schedule for ``semantic``: ``power``, ``intra``, ``inter``, ``linear``,
+            ``reversed``, ``cosine``.
+        gamma: exponent of the ``power`` / ``reversed`` schedules.
+        step_per: advance λ per ``step`` or per ``epoch`` (as the paper's code).
+        parts: part-map file (``.npy`` with its manifest) for the training split.
+    """
+
+    name: str = "random"
+    ratio: float = 0.75
+    min_block: int = 4
+    schedule: str = "power"
+    gamma: float = 2.0
+    step_per: str = "step"
+    parts: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The pretraining recipe (MAE's: AdamW (0.9, 0.95), wd 0.05, lr = base_lr × batch / 256).
+
+    Attributes:
+        epochs: passes over the data.
+        max_steps: stop after this many optimiser steps (None = epochs decide).
+        batch_size: images per optimiser step per process (before accumulation).
+        accum_steps: gradient-accumulation steps; effective batch = batch × accum × world size.
+        base_lr: learning rate at effective batch 256.
+        min_lr: floor of the cosine schedule.
+        warmup_epochs: linear warm-up length (fractional epochs allowed).
+        weight_decay: AdamW decay (not on biases, norms, tokens, position embeddings).
+        precision: ``fp32`` or ``bf16`` (autocast).
+        seed: seeds data order, augmentation and masks; a resumed run repeats them exactly.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        log_every: write a metrics line every N steps.
+        ckpt_every_steps: also checkpoint every N steps (0 = only at epoch ends).
+        keep_every_epochs: keep a periodic ``checkpoints/epoch_XXXX.pt`` every N epochs (0 = never).
+        image_every_epochs: write reconstruction grids every N epochs (0 = never, end always).
+        knn_every_epochs: run the kNN monitor every N epochs (0 = only at the end, -1 = never).
+        knn_train: train images used by the kNN monitor.
+        knn_test: test images used by the kNN monitor.
+        clip_grad: max gradient norm (None = no clipping).
+        progress_bar: show a tqdm bar.
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 128
+    accum_steps: int = 1
+    base_lr: float = 1.5e-4
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    precision: str = "fp32"
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 20
+    ckpt_every_steps: int = 200
+    keep_every_epochs: int = 0
+    image_every_epochs: int = 1
+    knn_every_epochs: int = 0
+    knn_train: int = 5000
+    knn_test: int = 1000
+    clip_grad: float | None = None
+    progress_bar: bool = True
+
+
+@dataclass
+class PartsConfig:
+    """Stage 1, the semantic part learner (DESIGN.md §2.2). Paper-silent choices are fields.
+
+    Attributes:
+        backbone: our checkpoint (``.pt``), an official MAE ``.pth``, or ``timm:NAME@FILE``.
+        num_parts: K.
+        global_token: ``cls`` or ``mean`` of patch tokens.
+        tau: correlation temperature; ``learn_tau`` makes it a parameter.
+        blur_sigma: Gaussian blur of the maps (3×3 kernel); 0 disables it.
+        decoder_channels: width of the first decoder block (halved per upsampling, min 16).
+        style_dim: width of the style vector w = MLP(g).
+        lambda_div: weight of the diversity loss.
+        lambda_area: weight of the part-usage (area entropy) term inside the diversity loss.
+        cache_features: compute backbone features once and train on the cache (small data).
+        epochs, batch_size, lr, weight_decay: the part-learner's optimisation.
+    """
+
+    backbone: str | None = None
+    num_parts: int = 4
+    global_token: str = "cls"
+    tau: float = 0.1
+    learn_tau: bool = False
+    blur_sigma: float = 1.0
+    decoder_channels: int = 128
+    style_dim: int = 128
+    lambda_div: float = 1.0
+    lambda_area: float = 1.0
+    cache_features: bool = True
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    export_scale: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """Frozen-feature and fine-tuning evaluation.
+
+    Attributes:
+        knn_k, knn_t: weighted kNN neighbours and temperature (DINO's 20 and 0.07).
+        feature: ``cls`` or ``mean`` (of patch tokens).
+        linear_epochs, linear_lrs, linear_batch_size, linear_val_frac: the linear probe's grid.
+        ft_*: fine-tuning recipe (layer decay, drop path, mixup, cutmix, label smoothing).
+    """
+
+    knn_k: int = 20
+    knn_t: float = 0.07
+    feature: str = "cls"
+    batch_size: int = 256
+    linear_epochs: int = 30
+    linear_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
+    linear_batch_size: int = 256
+    linear_val_frac: float = 0.1
+    ft_epochs: int = 5
+    ft_batch_size: int = 128
+    ft_base_lr: float = 5e-4
+    ft_layer_decay: float = 0.65
+    ft_weight_decay: float = 0.05
+    ft_drop_path: float = 0.1
+    ft_mixup: float = 0.8
+    ft_cutmix: float = 1.0
+    ft_label_smoothing: float = 0.1
+    ft_warmup_epochs: float = 1.0
+
+
+@dataclass
+class PipelineConfig:
+    """The one-command pipeline and the masking study.
+
+    Attributes:
+        stages: which stages run, in order.
+        seeds: seeds of the masking study.
+        study_methods: masking variants compared by ``semmae study``.
+    """
+
+    stages: list[str] = field(
+        default_factory=lambda: ["mae", "parts", "export", "semmae", "eval", "report"]
+    )
+    seeds: list[int] = field(default_factory=lambda: [0])
+    study_methods: list[str] = field(
+        default_factory=lambda: ["random", "block", "semantic", "intra", "inter", "reversed"]
+    )
+
+
+@dataclass
+class Config:
+    """Everything a command needs; sections a command does not use are ignored by it."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parts: PartsConfig = field(default_factory=PartsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (YAML/JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("fashion_mnist", "toy_parts", "image_folder", "cifar10", "cifar100", "stl10"),
+    "data.on_corrupt": ("warn", "error"),
+    "masking.name": ("random", "block", "semantic"),
+    "masking.schedule": ("power", "intra", "inter", "linear", "reversed", "cosine"),
+    "masking.step_per": ("step", "epoch"),
+    "train.precision": ("fp32", "bf16"),
+    "parts.global_token": ("cls", "mean"),
+    "eval.feature": ("cls", "mean"),
+}
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r}: expected {tp}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        return [_check_type(key, v, item_tp) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config field type {tp} for {key}")
+
+
+def _apply(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"config key {key!r} must look like 'section.field' (e.g. train.epochs)")
+    section_name, field_name = parts
+    sections = {f.name: f for f in dataclasses.fields(cfg)}
+    if section_name not in sections:
+        hint = difflib.get_close_matches(section_name, sections, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else f"; sections: {', '.join(sections)}"
+        raise ConfigError(f"unknown config section {section_name!r} in {key!r}{extra}")
+    section = getattr(cfg, section_name)
+    hints = typing.get_type_hints(type(section))
+    if field_name not in hints:
+        hint = difflib.get_close_matches(field_name, hints, n=1)
+        extra = f" (did you mean '{section_name}.{hint[0]}'?)" if hint else ""
+        raise ConfigError(f"unknown config key {key!r}{extra}")
+    setattr(section, field_name, _check_type(key, value, hints[field_name]))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {prefix or 'file'} must be a mapping of sections, got {tree!r}")
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and not prefix:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.field=value`` and parse the value as a YAML scalar or list."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def validate(cfg: Config) -> None:
+    """Check values that types alone cannot; raises ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}; got {value!r}")
+    if not 0.0 < cfg.masking.ratio < 1.0:
+        raise ConfigError(f"config key 'masking.ratio' must be in (0, 1), got {cfg.masking.ratio}")
+    positive = {
+        "data.image_size": cfg.data.image_size,
+        "data.in_chans": cfg.data.in_chans,
+        "train.batch_size": cfg.train.batch_size,
+        "train.accum_steps": cfg.train.accum_steps,
+        "train.log_every": cfg.train.log_every,
+        "parts.num_parts": cfg.parts.num_parts,
+        "parts.batch_size": cfg.parts.batch_size,
+        "eval.knn_k": cfg.eval.knn_k,
+        "eval.batch_size": cfg.eval.batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key {key!r} must be at least 1, got {value}")
+    if cfg.train.epochs < 0 or (cfg.train.max_steps is not None and cfg.train.max_steps < 1):
+        raise ConfigError("config keys 'train.epochs' must be >= 0 and 'train.max_steps' >= 1")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        raise ConfigError(f"config key 'data.limit' must be at least 1, got {cfg.data.limit}")
+    lo, hi = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (-1.0, -1.0)
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ConfigError(f"config key 'data.crop_scale' must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.crop_scale}")
+    if len(cfg.data.mean) not in (1, cfg.data.in_chans) or len(cfg.data.std) != len(cfg.data.mean):
+        raise ConfigError("config keys 'data.mean' and 'data.std' need 1 or data.in_chans values each")
+    if cfg.model.patch_size is not None and (
+        cfg.model.patch_size < 1 or cfg.data.image_size % cfg.model.patch_size
+    ):
+        raise ConfigError(
+            f"config key 'model.patch_size' ({cfg.model.patch_size}) must divide "
+            f"data.image_size ({cfg.data.image_size})"
+        )
+    if cfg.parts.num_parts < 2:
+        raise ConfigError(f"config key 'parts.num_parts' must be at least 2, got {cfg.parts.num_parts}")
+    if not 0.0 <= cfg.eval.linear_val_frac < 1.0:
+        raise ConfigError("config key 'eval.linear_val_frac' must be in [0, 1)")
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated :class:`Config` from defaults, a YAML recipe and dotted overrides.
+
+    Args:
+        path: a YAML file of overrides (sections of fields), or None for the defaults.
+        overrides: ``section.field=value`` strings, applied after the file.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or invalid value.
+    """
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
+        for key, value in _flatten(tree).items():
+            _apply(cfg, key, value)
+    for text in overrides or []:
+        _apply(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a Config from :meth:`Config.to_dict` output (e.g. a checkpoint's config)."""
+    cfg = Config()
+    for key, value in _flatten(tree).items():
+        _apply(cfg, key, value)
+    return cfg
+
+
+def dump(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Training engine: run directories, metrics, optimisation, checkpoints and the loops."""

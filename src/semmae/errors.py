@@ -1,0 +1,28 @@
+"""Exceptions for errors the user can fix.
+
+Library code raises a subclass of :class:`SemmaeError` for bad input (a missing dataset, an invalid
+config value, a mismatched part-map file, ...). The CLI turns these into a one-line message and a
+non-zero exit code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SemmaeError(Exception):
+    """Base class of user-facing errors: the message is one line that says what to fix."""
+
+
+class ConfigError(SemmaeError, ValueError):
+    """An unknown config key or an invalid config value."""
+
+
+class DataError(SemmaeError):
+    """A dataset that cannot be found, read or paired with a part-map file."""
+
+
+class CheckpointError(SemmaeError):
+    """A checkpoint that cannot be read or does not fit what it is used for."""
+
+
+class RunDirError(SemmaeError):
+    """An output directory that cannot be used as asked (non-empty without --resume, ...)."""

@@ -1,0 +1,97 @@
+"""Full-state, atomic checkpoints (DESIGN.md §7.11).
+
+A checkpoint is a dict saved with ``torch.save``: ``model`` (state dict), ``optimizer``,
+``scaler`` (or None), ``step``, ``epoch``, ``rng`` (torch/numpy/python states), ``config`` (the
+resolved config dict), ``arch`` (model constructor arguments), ``kind`` (``mae``, ``parts``,
+``finetune``, ...) and anything else the writer adds. Writes go to a temporary file in the same
+directory and are moved into place with ``os.replace``, so a crash never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semmae.errors import CheckpointError
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states of Python, NumPy and torch (CPU and CUDA)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore states saved by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or any torch pickle of a dict).
+
+    Raises:
+        CheckpointError: missing, unreadable or not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    try:
+        # Our checkpoints hold RNG states and config dicts, not only tensors.
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict of state")
+    return obj
+
+
+def load_state_strict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], expected_missing: tuple[str, ...] = ()
+) -> None:
+    """Load ``state`` strictly except for the listed ``expected_missing`` key prefixes.
+
+    Raises:
+        CheckpointError: unexpected or missing keys, or shape mismatches.
+    """
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"state dict does not fit {type(module).__name__}: {first}") from None
+    missing = [k for k in result.missing_keys if not k.startswith(expected_missing)]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"state dict does not fit {type(module).__name__}: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )

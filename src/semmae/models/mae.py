@@ -1,0 +1,215 @@
+"""Masked autoencoder with a ViT encoder (He et al., "Masked Autoencoders Are Scalable Vision
+Learners", CVPR 2022), written afresh from the paper.
+
+Parameter names follow the official MAE layout (``patch_embed``, ``cls_token``, ``pos_embed``,
+``blocks``, ``norm``, ``decoder_*``, ``mask_token``) so official checkpoints load strictly, and the
+encoder maps one-to-one onto a timm ``VisionTransformer``. The model draws no randomness: the caller
+supplies the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from semmae.layers import gather_tokens, patchify, sincos_pos_embed_2d, unshuffle_tokens
+from semmae.masking.base import MaskOutput
+
+
+@dataclass
+class MAEOutput:
+    """Result of an MAE forward.
+
+    Attributes:
+        loss: scalar, mean per-patch MSE over hidden patches (float32).
+        pred: (B, L, P*P*C) predicted pixels (normalised per patch when ``norm_pix_loss``).
+        mask: (B, L) bool, True = hidden.
+    """
+
+    loss: torch.Tensor
+    pred: torch.Tensor
+    mask: torch.Tensor
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """ViT encoder on visible patches + light ViT decoder on all positions.
+
+    Args:
+        img_size: square input side.
+        patch_size: P; must divide ``img_size``.
+        in_chans: C.
+        embed_dim, depth, num_heads: encoder width, blocks, heads.
+        decoder_embed_dim, decoder_depth, decoder_num_heads: decoder width, blocks, heads.
+        mlp_ratio: MLP hidden width / token width in every block.
+        norm_pix_loss: normalise each target patch by its own mean and variance (eps 1e-6).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = False,
+    ) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"patch size {patch_size} does not divide image size {img_size}")
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+        self.norm_pix_loss = norm_pix_loss
+        self.arch = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+            depth=depth, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim,
+            decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
+            mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
+        )  # fmt: skip
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)]
+        )
+        self.norm = norm_layer(embed_dim)
+
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_patches + 1, decoder_embed_dim), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(decoder_depth)
+            ]
+        )
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """MAE's initialisation: fixed sin-cos positions, xavier linears, N(0, .02) tokens."""
+        self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, self.grid).unsqueeze(0))
+        dec_dim = self.decoder_pos_embed.shape[-1]
+        self.decoder_pos_embed.copy_(sincos_pos_embed_2d(dec_dim, self.grid).unsqueeze(0))
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+            raise ValueError(
+                f"expected images of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
+                f"got {tuple(images.shape)}"
+            )
+
+    def forward_encoder(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode the visible patches (all of them when ``ids_keep`` is None).
+
+        Args:
+            images: (B, C, H, W).
+            ids_keep: (B, n_keep) indices of visible patches, or None.
+
+        Returns:
+            (B, 1 + n_keep, D) normalised tokens, CLS first.
+        """
+        self._check_images(images)
+        x = self.patch_embed(images) + self.pos_embed[:, 1:, :]
+        if ids_keep is not None:
+            x = gather_tokens(x, ids_keep)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unmasked encoder features for evaluation and part learning: (B, 1 + L, D)."""
+        return self.forward_encoder(images, None)
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predict every patch's pixels.
+
+        Args:
+            latent: (B, 1 + n_keep, D) encoder output.
+            ids_restore: (B, L).
+
+        Returns:
+            (B, L, P*P*C).
+        """
+        x = self.decoder_embed(latent)
+        patches = unshuffle_tokens(x[:, 1:, :], self.mask_token, ids_restore)
+        x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)
+        return self.decoder_pred(x)[:, 1:, :]
+
+    def target(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-patch regression target (B, L, P*P*C), normalised per patch if ``norm_pix_loss``."""
+        target = patchify(images.float(), self.patch_size)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6) ** 0.5
+        return target
+
+    def loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-patch MSE averaged over hidden patches only (float32)."""
+        per_patch = (pred.float() - self.target(images)).pow(2).mean(dim=-1)
+        m = mask.to(per_patch.dtype)
+        return (per_patch * m).sum() / m.sum()
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        ids_keep: torch.Tensor | MaskOutput,
+        ids_restore: torch.Tensor | None = None,
+    ) -> MAEOutput:
+        """Encode visible patches, decode all, score hidden ones.
+
+        Args:
+            images: (B, C, H, W) normalised images.
+            ids_keep: (B, n_keep) visible indices, or a :class:`MaskOutput` (then ``ids_restore``
+                is taken from it). The mask is honoured exactly.
+            ids_restore: (B, L) inverse permutation of ``cat(ids_keep, ids_mask)``.
+
+        Returns:
+            :class:`MAEOutput` with loss, prediction and mask.
+        """
+        if isinstance(ids_keep, MaskOutput):
+            ids_keep, ids_restore = ids_keep.ids_keep, ids_keep.ids_restore
+        if ids_restore is None:
+            raise ValueError("ids_restore is required when ids_keep is a tensor")
+        n_keep = ids_keep.shape[1]
+        mask = ids_restore >= n_keep  # positions placed after the kept block are hidden
+        latent = self.forward_encoder(images, ids_keep)
+        pred = self.forward_decoder(latent, ids_restore)
+        return MAEOutput(loss=self.loss(images, pred, mask), pred=pred, mask=mask)

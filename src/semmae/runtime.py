@@ -1,0 +1,127 @@
+"""Process-level plumbing: device choice, seeding, autocast, torch.distributed helpers.
+
+Everything here is a no-op or a cheap query in a single CPU process, so library code can call it
+unconditionally. Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) :func:`init_distributed`
+starts a process group: gloo on CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from semmae.errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> this rank's CUDA device if available else CPU; ``cuda``/``cuda:N``/``cpu`` as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank() % torch.cuda.device_count())
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch global generators (the engine also uses explicit generators)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded by ``(seed, *keys)``: the same keys give the same stream.
+
+    The engine derives one per (step, rank), so a resumed run draws exactly the masks and crops
+    an uninterrupted one would.
+    """
+    mixed = seed
+    for k in keys:
+        mixed = (mixed * 1_000_003 + int(k) + 0x9E3779B9) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on ``device`` when ``precision == "bf16"``, else a null context."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process)."""
+    return rank() == 0
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the torchrun process group if launched by torchrun; returns whether distributed."""
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (identity in one process)."""
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / world_size()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Send a picklable object from ``src`` to every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@contextlib.contextmanager
+def distributed_session(device: torch.device) -> Iterator[bool]:
+    """Initialise torch.distributed if under torchrun and tear it down afterwards."""
+    started = not is_distributed() and init_distributed(device)
+    try:
+        yield is_distributed()
+    finally:
+        if started and is_distributed():
+            dist.destroy_process_group()
