@@ -154,18 +154,44 @@ class TrainConfig:
 class PartsConfig:
     """Stage 1, the semantic part learner (DESIGN.md §2.2). Paper-silent choices are fields.
 
+    Run-level settings (device, precision, seed, log_every, ckpt_every_steps, progress_bar) come
+    from the ``train`` section; everything specific to the part learner lives here.
+
     Attributes:
-        backbone: our checkpoint (``.pt``), an official MAE ``.pth``, or ``timm:NAME@FILE``.
-        num_parts: K.
-        global_token: ``cls`` or ``mean`` of patch tokens.
-        tau: correlation temperature; ``learn_tau`` makes it a parameter.
-        blur_sigma: Gaussian blur of the maps (3×3 kernel); 0 disables it.
-        decoder_channels: width of the first decoder block (halved per upsampling, min 16).
-        style_dim: width of the style vector w = MLP(g).
-        lambda_div: weight of the diversity loss.
-        lambda_area: weight of the part-usage (area entropy) term inside the diversity loss.
-        cache_features: compute backbone features once and train on the cache (small data).
-        epochs, batch_size, lr, weight_decay: the part-learner's optimisation.
+        backbone: the frozen encoder: our checkpoint (``.pt``), an official MAE ``.pth``, a timm
+            ViT weights file (``.safetensors``/``.pth``) or ``random:<mae preset>`` (for tests).
+        num_parts: K (2 <= K <= L).
+        global_token: ``cls`` or ``mean`` of patch tokens (paper: the CLS token).
+        tau: correlation temperature (paper-silent default 0.1); ``learn_tau`` makes it a parameter.
+        tau_min: floor of a learnable tau (paper-silent default 0.01).
+        mlp_hidden: hidden width of the MLP g -> K part tokens (paper-silent default 512).
+        blur_sigma: Gaussian blur of the maps (3x3 kernel); 0 disables it (paper-silent default 1.0).
+        blur_padding: ``replicate`` or ``reflect`` border of the blur (paper-silent default
+            ``replicate``; either keeps the maps a partition).
+        decoder_channels: width of the first decoder block (halved per upsampling).
+        decoder_min_channels: floor of the decoder widths (paper-silent default 16).
+        decoder_upsample: ``nearest`` or ``bilinear`` x2 upsampling (paper-silent default nearest).
+        style_dim: width of the style vector w = MLP(g) (paper-silent default 128).
+        lambda_div: weight of the diversity loss (paper-silent default 1.0).
+        lambda_area: weight of the part-usage (area entropy) term inside the diversity loss
+            (paper-silent default 1.0).
+        label_source: maps the labels are the argmax of: ``raw`` (the softmax partition) or
+            ``blurred`` (what the decoder sees) (paper-silent default ``raw``).
+        min_part_share: a part covering less than this share of all locations counts as empty
+            in the monitoring metrics (paper-silent default 0.01).
+        cache_features: compute backbone features once for the un-augmented images and train on
+            the cache (small data; then the reconstruction target is the un-augmented image).
+        cache_dtype: ``float16`` or ``float32`` storage of the feature cache.
+        epochs, batch_size, lr, weight_decay: the part learner's AdamW optimisation.
+        warmup_epochs: linear lr warm-up (fractional epochs allowed) before the cosine.
+        min_lr: floor of the cosine schedule.
+        max_steps: stop after this many steps (None = epochs decide).
+        clip_grad: max gradient norm (None = no clipping).
+        export_scale: export labels at the patch grid (1) or x2 finer (2, bilinear maps, argmax).
+        eval_limit: test images used for the final part metrics and k-means baseline (None = all).
+        eval_kmeans: also score a k-means baseline on the same backbone's patch tokens.
+        num_vis: images in the per-epoch grids in ``images/``.
+        image_every_epochs: write image grids every N epochs (0 = only at the end).
     """
 
     backbone: str | None = None
@@ -173,38 +199,66 @@ class PartsConfig:
     global_token: str = "cls"
     tau: float = 0.1
     learn_tau: bool = False
+    tau_min: float = 0.01
+    mlp_hidden: int = 512
     blur_sigma: float = 1.0
+    blur_padding: str = "replicate"
     decoder_channels: int = 128
+    decoder_min_channels: int = 16
+    decoder_upsample: str = "nearest"
     style_dim: int = 128
     lambda_div: float = 1.0
     lambda_area: float = 1.0
+    label_source: str = "raw"
+    min_part_share: float = 0.01
     cache_features: bool = True
+    cache_dtype: str = "float16"
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    max_steps: int | None = None
+    clip_grad: float | None = None
     export_scale: int = 1
+    eval_limit: int | None = 2000
+    eval_kmeans: bool = True
+    num_vis: int = 8
+    image_every_epochs: int = 1
 
 
 @dataclass
 class EvalConfig:
-    """Frozen-feature and fine-tuning evaluation.
+    """Frozen-feature and fine-tuning evaluation (device, precision and seed come from ``train``).
 
     Attributes:
         knn_k, knn_t: weighted kNN neighbours and temperature (DINO's 20 and 0.07).
-        feature: ``cls`` or ``mean`` (of patch tokens).
-        linear_epochs, linear_lrs, linear_batch_size, linear_val_frac: the linear probe's grid.
-        ft_*: fine-tuning recipe (layer decay, drop path, mixup, cutmix, label smoothing).
+        knn_chunk_size: test queries per similarity matrix (memory: chunk x N_train floats).
+        feature: ``cls`` or ``mean`` (of patch tokens after the final norm).
+        batch_size: images per forward when extracting features or evaluating a classifier.
+        linear_epochs, linear_lrs, linear_batch_size, linear_val_frac: the linear probe's lr grid,
+            trained in one pass; the lr with the best accuracy on the held-out share of train wins.
+        linear_optimizer: ``sgd`` (momentum 0.9; small-batch stand-in for MAE's LARS) or ``adamw``.
+        linear_weight_decay: decay of the probe (MAE: 0).
+        linear_warmup_epochs: linear lr warm-up before the cosine.
+        ft_*: fine-tuning recipe: epochs, batch per process, base lr (x batch / 256), min lr,
+            warm-up, layer decay, weight decay, drop path, mixup/cutmix alphas (0 and 0 turn
+            mixing off), label smoothing, random-erasing probability, global pool (``avg``/``token``).
     """
 
     knn_k: int = 20
     knn_t: float = 0.07
+    knn_chunk_size: int = 1024
     feature: str = "cls"
     batch_size: int = 256
     linear_epochs: int = 30
     linear_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
     linear_batch_size: int = 256
     linear_val_frac: float = 0.1
+    linear_optimizer: str = "sgd"
+    linear_weight_decay: float = 0.0
+    linear_warmup_epochs: float = 1.0
     ft_epochs: int = 5
     ft_batch_size: int = 128
     ft_base_lr: float = 5e-4
@@ -215,6 +269,9 @@ class EvalConfig:
     ft_cutmix: float = 1.0
     ft_label_smoothing: float = 0.1
     ft_warmup_epochs: float = 1.0
+    ft_min_lr: float = 1e-6
+    ft_reprob: float = 0.25
+    ft_global_pool: str = "avg"
 
 
 @dataclass
@@ -298,6 +355,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

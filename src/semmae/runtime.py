@@ -116,6 +116,15 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 @contextlib.contextmanager
 def distributed_session(device: torch.device) -> Iterator[bool]:
     """Initialise torch.distributed if under torchrun and tear it down afterwards."""

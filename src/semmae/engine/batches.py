@@ -1,0 +1,115 @@
+"""Deterministic batches for pretraining: epoch order, rank shards, augmentation, part labels.
+
+All randomness is keyed by (seed, epoch, micro-batch, rank), so any micro-batch can be rebuilt
+exactly, which is what makes ``--resume`` reproduce an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from semmae.config import DataConfig
+from semmae.data import ImageSet, iterate_batches
+from semmae.data.transforms import augment_batch, labels_to_patch_grid, normalize
+from semmae.runtime import step_generator
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch ready for the model.
+
+    Attributes:
+        index: micro-batch number within its epoch.
+        images: (B, C, S, S) normalised float images on the device.
+        part_labels: (B, L) int64 part id per patch, or None.
+        generator: the CPU generator for this micro-batch's mask (already advanced past augmentation).
+    """
+
+    index: int
+    images: torch.Tensor
+    part_labels: torch.Tensor | None
+    generator: torch.Generator
+
+
+class PretrainBatches:
+    """Yields :class:`MicroBatch` objects for one epoch of one rank.
+
+    Args:
+        dataset: the training images.
+        data: augmentation and normalisation settings.
+        batch_size: images per micro-batch (per rank).
+        seed: run seed.
+        rank, world: this process and the number of processes.
+        device: where images go.
+        part_maps: optional object with ``lookup(indices) -> (B, h, w) uint8`` (a PartMaps).
+        grid: MAE patch grid, needed with part maps.
+        num_parts: K of the part maps.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageSet,
+        data: DataConfig,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world: int,
+        device: torch.device,
+        part_maps: object | None = None,
+        grid: tuple[int, int] | None = None,
+        num_parts: int | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.device = device
+        self.part_maps = part_maps
+        self.grid = grid
+        self.num_parts = num_parts
+
+    def micro_batches_per_epoch(self) -> int:
+        """Full micro-batches each rank sees per epoch (the last partial one is dropped)."""
+        return len(self.dataset) // (self.batch_size * self.world)
+
+    def shard(self, epoch: int) -> torch.Tensor:
+        """This rank's indices for ``epoch``: one shared permutation, strided by rank."""
+        perm = torch.randperm(len(self.dataset), generator=step_generator(self.seed, 1, epoch))
+        n = self.micro_batches_per_epoch() * self.batch_size * self.world
+        return perm[:n][self.rank :: self.world]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[MicroBatch]:
+        """Micro-batches ``start, start+1, ...`` of ``epoch``."""
+        indices = self.shard(epoch)[start * self.batch_size :]
+        batches = iterate_batches(self.dataset, indices, self.batch_size, num_workers=self.data.num_workers)
+        for offset, (images_u8, _, idx) in enumerate(batches):
+            if images_u8.shape[0] < self.batch_size:
+                break
+            i = start + offset
+            gen = step_generator(self.seed, 2, epoch, i, self.rank)
+            yield self._prepare(i, images_u8, idx, gen)
+
+    def _prepare(self, i: int, images_u8: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> MicroBatch:
+        maps = None
+        if self.part_maps is not None:
+            maps = self.part_maps.lookup(idx).to(self.device)  # type: ignore[attr-defined]
+        images, maps = augment_batch(
+            images_u8.to(self.device, non_blocking=True),
+            out_size=self.data.image_size,
+            scale=tuple(self.data.crop_scale),
+            ratio=tuple(self.data.crop_ratio),
+            hflip=self.data.hflip,
+            generator=gen,
+            part_maps=maps,
+        )
+        images = normalize(images, self.data.mean, self.data.std)
+        labels = None
+        if maps is not None:
+            assert self.grid is not None and self.num_parts is not None
+            labels = labels_to_patch_grid(maps, self.grid, self.num_parts)
+        return MicroBatch(index=i, images=images, part_labels=labels, generator=gen)

@@ -1,0 +1,178 @@
+"""What a pretraining run shows while it trains: image grids, the kNN monitor, the summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semmae import runtime
+from semmae.config import Config
+from semmae.masking import MaskingStrategy
+from semmae.models import MaskedAutoencoderViT
+
+log = logging.getLogger(__name__)
+
+PROGRESS_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def encode_images(
+    model: MaskedAutoencoderViT, images_u8: torch.Tensor, cfg: Config, device: torch.device, batch_size: int = 256
+) -> torch.Tensor:
+    """CLS features (N, D) float32 of uint8 images under the eval transform (centre, normalise)."""
+    from semmae.data.transforms import center_batch, normalize
+
+    feats = []
+    for i in range(0, images_u8.shape[0], batch_size):
+        x, _ = center_batch(images_u8[i : i + batch_size].to(device), out_size=cfg.data.image_size)
+        x = normalize(x, cfg.data.mean, cfg.data.std)
+        with runtime.autocast(device, cfg.train.precision):
+            feats.append(model.forward_features(x)[:, 0].float())
+    return torch.cat(feats)
+
+
+class PretrainMonitor:
+    """Writes ``images/`` grids and kNN accuracy at epoch ends, and ``summary.json`` at the end.
+
+    Only rank 0 does work; other ranks wait at a barrier.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        model: MaskedAutoencoderViT,
+        masking: MaskingStrategy,
+        device: torch.device,
+        part_maps: Any | None,
+        num_parts: int | None,
+    ) -> None:
+        self.cfg, self.run_dir, self.model, self.masking = cfg, Path(run_dir), model, masking
+        self.device, self.part_maps, self.num_parts = device, part_maps, num_parts
+        self.last_knn: float | None = None
+        self._probe: dict[str, torch.Tensor] | None = None
+
+    def probe_batch(self) -> dict[str, torch.Tensor]:
+        """8 fixed training images (normalised, centre) and their part labels, for every grid."""
+        if self._probe is None:
+            from semmae.data import build_dataset
+            from semmae.data.transforms import center_batch, labels_to_patch_grid, normalize
+
+            ds = build_dataset(self.cfg.data, "train")
+            idx = torch.arange(min(8, len(ds)))
+            maps = self.part_maps.lookup(idx) if self.part_maps is not None else None
+            x01, maps = center_batch(ds.load(idx), out_size=self.cfg.data.image_size, part_maps=maps)
+            self._probe = {"images01": x01, "images": normalize(x01, self.cfg.data.mean, self.cfg.data.std)}
+            if maps is not None:
+                self._probe["labels"] = labels_to_patch_grid(maps, self.model.grid, self.num_parts)
+        return self._probe
+
+    def on_start(self) -> None:
+        """For part-guided masking: one grid of the same images' masks across training progress."""
+        if not runtime.is_main() or self.part_maps is None:
+            runtime.barrier()
+            return
+        from semmae.viz.masks import mask_overlay_grid
+
+        probe = self.probe_batch()
+        labels = probe["labels"]
+        masks = [
+            self.masking(
+                labels.shape[0], self.model.num_patches, part_labels=labels, num_parts=self.num_parts,
+                progress=p, generator=torch.Generator().manual_seed(0),
+            ).mask  # fmt: skip
+            for p in PROGRESS_POINTS
+        ]
+        titles = [f"progress {p:g}" for p in PROGRESS_POINTS]
+        mask_overlay_grid(
+            probe["images01"], labels, masks, self.model.grid, self.num_parts,
+            self.run_dir / "images" / "masks_progress.png", titles=titles,
+        )  # fmt: skip
+        runtime.barrier()
+
+    def on_epoch_end(self, epoch: int, final: bool) -> dict[str, Any]:
+        """Grids every ``image_every_epochs`` and kNN every ``knn_every_epochs`` (and at the end)."""
+        tc = self.cfg.train
+        metrics: dict[str, Any] = {}
+        if runtime.is_main():
+            was_training = self.model.training
+            self.model.eval()
+            if final or (tc.image_every_epochs > 0 and (epoch + 1) % tc.image_every_epochs == 0):
+                self.save_reconstructions(epoch + 1)
+            knn_due = tc.knn_every_epochs > 0 and (epoch + 1) % tc.knn_every_epochs == 0
+            if tc.knn_every_epochs >= 0 and (final or knn_due):
+                metrics.update(self.knn())
+            self.model.train(was_training)
+        runtime.barrier()
+        return metrics
+
+    @torch.no_grad()
+    def save_reconstructions(self, epoch: int) -> Path:
+        """``images/recon_epoch_XXXX.png`` for the probe images under a fixed random mask."""
+        from semmae.data.transforms import denormalize
+        from semmae.masking import build as build_strategy
+        from semmae.viz.recon import reconstruction_panels, save_reconstruction_grid
+
+        probe = self.probe_batch()
+        x = probe["images"].to(self.device)
+        mask = build_strategy("random", ratio=self.cfg.masking.ratio)(
+            x.shape[0], self.model.num_patches, generator=torch.Generator().manual_seed(0), device=self.device
+        )
+        out = self.model(x, mask)
+        panels = reconstruction_panels(x, out.pred, out.mask, self.model.patch_size, self.model.norm_pix_loss)
+        b, k, c, h, w = panels.shape
+        panels01 = denormalize(panels.reshape(b * k, c, h, w), self.cfg.data.mean, self.cfg.data.std)
+        upscale = max(1, 112 // h)
+        path = self.run_dir / "images" / f"recon_epoch_{epoch:04d}.png"
+        return save_reconstruction_grid(panels01.reshape(b, k, c, h, w).cpu(), path, upscale=upscale)
+
+    def knn(self) -> dict[str, float]:
+        """Weighted kNN (k=20, T=0.07) on CLS features of held-out subsets of train and test."""
+        from semmae.data import build_dataset
+        from semmae.eval.knn import knn_accuracy
+
+        t0 = time.perf_counter()
+        tc, ec = self.cfg.train, self.cfg.eval
+        train = build_dataset(self.cfg.data, "train")
+        test = build_dataset(self.cfg.data, "test")
+        if int((train.targets >= 0).sum()) == 0:
+            log.info("kNN monitor skipped: the dataset has no labels")
+            return {}
+        tr_idx = torch.arange(min(tc.knn_train, len(train)))
+        te_idx = torch.arange(min(tc.knn_test, len(test)))
+        ftr = encode_images(self.model, train.load(tr_idx), self.cfg, self.device)
+        fte = encode_images(self.model, test.load(te_idx), self.cfg, self.device)
+        res = knn_accuracy(
+            ftr, train.targets[tr_idx].to(self.device), fte, test.targets[te_idx].to(self.device),
+            k=ec.knn_k, temperature=ec.knn_t, num_classes=len(train.classes),
+        )  # fmt: skip
+        self.last_knn = float(res["top1"])
+        log.info("kNN top1 %.2f%% (%d train / %d test, %.1fs)", self.last_knn, len(tr_idx), len(te_idx), time.perf_counter() - t0)
+        return {"knn_top1": self.last_knn}
+
+    def summary(
+        self, step: int, plan: Any, interrupted: int | None, wall_s: float, last_loss: float, digests: list[str]
+    ) -> dict[str, Any]:
+        """The run's summary; written to ``summary.json`` only when training completed.
+
+        ``digests`` holds every rank's parameter digest (identical under correct DDP).
+        """
+        done = interrupted is None and step >= plan.total_steps
+        summary = {
+            "complete": done, "step": step, "total_steps": plan.total_steps, "epochs": plan.epochs,
+            "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr, "final_loss": last_loss,
+            "knn_top1": self.last_knn, "wall_s": round(wall_s, 2), "interrupted_by": interrupted,
+            "masking": self.cfg.masking.name, "checkpoint": str(self.run_dir / "checkpoints" / "last.pt"),
+            "world_size": runtime.world_size(), "rank_param_digests": digests,
+        }  # fmt: skip
+        if done and runtime.is_main():
+            prev = self.run_dir / "summary.json"
+            if self.last_knn is None and prev.exists():  # an already-finished run resumed again
+                summary["knn_top1"] = json.loads(prev.read_text()).get("knn_top1")
+            prev.write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

@@ -1,0 +1,85 @@
+"""End-to-end pretraining on a small slice of Fashion-MNIST: outputs, resume exactness, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from semmae import config as config_lib
+from semmae.engine.logging import read_metrics
+from semmae.engine.pretrain import run_pretrain
+from semmae.errors import RunDirError
+from semmae.models.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).parents[2]
+
+
+def _cfg(*overrides: str) -> config_lib.Config:
+    base = [
+        "data.limit=256", "train.batch_size=32", "train.progress_bar=false", "train.log_every=1",
+        "train.knn_train=256", "train.knn_test=64", "train.ckpt_every_steps=2",
+    ]  # fmt: skip
+    return config_lib.load(ROOT / "configs" / "debug_tiny.yaml", base + list(overrides))
+
+
+def test_run_writes_every_output(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = run_pretrain(_cfg("train.epochs=2", "train.base_lr=3e-3"), out)
+    assert summary["complete"] and summary["step"] == 16
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == ["recon_epoch_0001.png", "recon_epoch_0002.png"]
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    losses = [r["loss"] for r in rows]
+    assert all(isinstance(v, float) and v == v for v in losses)
+    assert sum(losses[-4:]) < sum(losses[:4])  # it learns something
+    assert {"step", "epoch", "loss", "lr", "img_per_s"} <= set(rows[0])
+    knn = [r["knn_top1"] for r in read_metrics(out / "metrics.jsonl") if "knn_top1" in r]
+    assert len(knn) == 1 and 0.0 <= knn[0] <= 100.0
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "step", "epoch", "rng", "config", "arch", "kind"} <= set(ckpt)
+    assert ckpt["step"] == 16 and ckpt["config"]["train"]["epochs"] == 2
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
+    cfg = _cfg("train.epochs=2", "train.warmup_epochs=0.5", "train.ckpt_every_steps=100", "train.knn_every_epochs=-1")
+    run_pretrain(cfg, tmp_path / "a")
+    partial = run_pretrain(cfg, tmp_path / "b", stop_at_step=5)  # mid-epoch (8 steps per epoch)
+    assert not partial["complete"] and partial["step"] == 5
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 5
+    resumed = run_pretrain(cfg, tmp_path / "b", resume=True)
+    assert resumed["complete"] and resumed["step"] == 16
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 17))  # no step repeated or skipped
+
+
+def test_refuses_a_non_empty_directory_without_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="--resume"):
+        run_pretrain(_cfg("train.max_steps=1"), out)
+    assert (out / "precious.txt").read_text() == "keep me"
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        run_pretrain(_cfg("train.max_steps=1"), tmp_path / "empty", resume=True)
+
+
+def test_accumulation_and_bf16_run(tmp_path: Path) -> None:
+    summary = run_pretrain(
+        _cfg("train.max_steps=3", "train.accum_steps=2", "train.precision=bf16", "train.knn_every_epochs=-1"),
+        tmp_path / "acc",
+    )
+    assert summary["complete"] and summary["effective_batch"] == 64
+    assert summary["peak_lr"] == pytest.approx(1e-3 * 64 / 256)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "acc" / "metrics.jsonl") if "lr" in r]
+    assert len(lrs) == 3
+    assert json.loads((tmp_path / "acc" / "summary.json").read_text())["step"] == 3
