@@ -1,0 +1,156 @@
+"""CIFAR-10, CIFAR-100 and STL-10 through torchvision's readers.
+
+Files are read from ``data.root`` (default ``$SEMMAE_CACHE/<name>``) in torchvision's on-disk
+layout (``cifar-10-batches-py/``, ``cifar-100-python/``, ``stl10_binary/``). A download is tried
+only when the files are missing and the host answers within 3 s; otherwise the error says where to
+put them. Local files are not checked against torchvision's MD5 sums (STL-10's would need the
+2.6 GB unlabelled file even for the labelled splits); they are parsed and their shapes checked
+instead. STL-10 uses its labelled ``train`` (5k) and ``test`` (8k) splits only.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.datasets import CIFAR10, CIFAR100, STL10
+
+from semmae.config import DataConfig
+from semmae.data.datasets import ImageSet, cache_dir, fit_images, network_available
+from semmae.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class _LocalFilesMixin:
+    """Accept a CIFAR folder when the split's files exist (no MD5 check); see the module docstring."""
+
+    root: str
+    base_folder: str
+    train: bool
+    train_list: list[list[str]]
+    test_list: list[list[str]]
+    meta: dict[str, str]
+
+    def _check_integrity(self) -> bool:
+        names = [n for n, _ in (self.train_list if self.train else self.test_list)]
+        return all((Path(self.root) / self.base_folder / n).is_file() for n in names)
+
+    def _load_meta(self) -> None:
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        if not path.is_file():
+            raise RuntimeError(f"metadata file {path} not found")
+        with path.open("rb") as f:
+            self.classes = list(pickle.load(f, encoding="latin1")[self.meta["key"]])
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class _LocalCIFAR10(_LocalFilesMixin, CIFAR10):
+    pass
+
+
+class _LocalCIFAR100(_LocalFilesMixin, CIFAR100):
+    pass
+
+
+class _LocalSTL10(STL10):
+    """STL-10 with only the chosen labelled split's files required."""
+
+    def _check_integrity(self) -> bool:
+        names = ("train_X.bin", "train_y.bin") if self.split == "train" else ("test_X.bin", "test_y.bin")
+        return all((Path(self.root) / self.base_folder / n).is_file() for n in names)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    title: str
+    reader: type
+    stock: type
+    folder: str
+    url: str
+    default_classes: tuple[str, ...] = ()
+
+
+_SPECS = {
+    "cifar10": _Spec("CIFAR-10", _LocalCIFAR10, CIFAR10, CIFAR10.base_folder, CIFAR10.url),
+    "cifar100": _Spec("CIFAR-100", _LocalCIFAR100, CIFAR100, CIFAR100.base_folder, CIFAR100.url),
+    "stl10": _Spec(
+        "STL-10", _LocalSTL10, STL10, STL10.base_folder, STL10.url,
+        ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
+    ),
+}
+
+
+def _open(spec: _Spec, cls: type, root: Path, split: str, download: bool) -> object:
+    if spec.stock is STL10:
+        return cls(root=str(root), split=split, download=download)
+    return cls(root=str(root), train=split == "train", download=download)
+
+
+def _read(spec: _Spec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(images uint8 (N, 3, H, W), targets int64 (N,), classes); RuntimeError when files are missing."""
+    tv = _open(spec, spec.reader, root, split, download=False)
+    data = np.asarray(tv.data)
+    if spec.stock is STL10:
+        images = torch.from_numpy(np.ascontiguousarray(data))
+        targets = torch.from_numpy(tv.labels.astype(np.int64))
+    else:  # CIFAR stores HWC
+        images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
+        targets = torch.as_tensor(tv.targets, dtype=torch.int64)
+    classes = list(getattr(tv, "classes", None) or spec.default_classes)
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(targets):
+        raise ValueError(f"unexpected shapes: images {tuple(images.shape)}, targets {tuple(targets.shape)}")
+    return images, targets, classes
+
+
+def _download(spec: _Spec, root: Path, split: str) -> None:
+    """Fetch the archive with torchvision (MD5-checked), or say where to put the files when offline."""
+    host = spec.url.split("/")[2]
+    port = 443 if spec.url.startswith("https") else 80
+    if not network_available(host, port):
+        raise DataError(
+            f"{spec.title} not found in {root / spec.folder} (offline): download {spec.url} and extract "
+            f"it into {root}, or pass data.root=DIR of an extracted copy"
+        )
+    log.info("downloading %s into %s", spec.title, root)
+    try:
+        _open(spec, spec.stock, root, split, download=True)
+    except Exception as exc:  # noqa: BLE001 - network and archive errors come in many types
+        raise DataError(
+            f"{spec.title} download into {root} failed ({exc}); place the files there by hand"
+        ) from None
+
+
+def load_torchvision_set(cfg: DataConfig, split: str) -> ImageSet:
+    """One split of CIFAR-10/100 or STL-10 as uint8 (N, cfg.in_chans, cfg.image_size, cfg.image_size).
+
+    Raises:
+        DataError: files missing (and no network), download failed, or files unreadable.
+    """
+    spec = _SPECS[cfg.name]
+    root = Path(cfg.root).expanduser() if cfg.root else cache_dir() / cfg.name
+    for attempt in range(2):
+        try:
+            images, targets, classes = _read(spec, root, split)
+            break
+        except RuntimeError:  # torchvision's "not found"
+            if attempt:
+                raise DataError(
+                    f"{spec.title} files in {root / spec.folder} are incomplete; re-extract {spec.url}"
+                ) from None
+            _download(spec, root, split)
+        except Exception as exc:  # noqa: BLE001 - corrupt pickles/binaries raise many types
+            raise DataError(
+                f"{spec.title} files in {root / spec.folder} are unreadable ({exc}); "
+                "replace them with a fresh copy"
+            ) from None
+    if cfg.limit is not None:
+        images, targets = images[: cfg.limit].clone(), targets[: cfg.limit].clone()
+    return ImageSet(
+        name=cfg.name, split=split, classes=classes, targets=targets,
+        images=fit_images(images, cfg.image_size, cfg.in_chans),
+    )

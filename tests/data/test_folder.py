@@ -1,0 +1,144 @@
+"""Image folders: class trees, flat folders, splits, corrupt files, in-memory vs streamed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semmae.config import DataConfig
+from semmae.data import build_dataset, iterate_batches
+from semmae.data import folder as folder_mod
+from semmae.errors import DataError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _save(path: Path, value: int, size: tuple[int, int] = (8, 8), mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((size[1], size[0]) + ((3,) if mode == "RGB" else ()), value, dtype=np.uint8)
+    arr[0, 0] = 255 - value  # a marker pixel: orientation and exact decoding are checked
+    Image.fromarray(arr, mode).save(path, **({"lossless": True} if path.suffix == ".webp" else {}))
+
+
+def _cfg(root: Path, **kw) -> DataConfig:
+    return DataConfig(name="image_folder", root=str(root), image_size=8, in_chans=1, **kw)
+
+
+def test_class_tree_with_hash_split(tmp_path: Path) -> None:
+    exts = [".png", ".PNG", ".bmp", ".tif", ".webp"]
+    for i in range(60):
+        _save(tmp_path / "cat" / f"c{i:03d}{exts[i % 5]}", 40)
+        _save(tmp_path / "dog" / "sub" / f"d{i:03d}{exts[i % 5]}", 200)  # nested files count too
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    _save(tmp_path / ".hidden" / "x.png", 0)
+    train = build_dataset(_cfg(tmp_path), "train")
+    test = build_dataset(_cfg(tmp_path), "test")
+    assert train.classes == test.classes == ["cat", "dog"]
+    assert len(train) + len(test) == 120
+    expected_test = sum(
+        folder_mod.in_test_split(f"{c}/{p}{i:03d}{exts[i % 5]}")
+        for c, p in (("cat", "c"), ("dog", "sub/d")) for i in range(60)
+    )
+    assert len(test) == expected_test and 3 <= expected_test <= 25  # about 10%
+    for ds in (train, test):
+        assert ds.images.shape[1:] == (1, 8, 8) and ds.num_skipped == 0
+        value = ds.images[:, 0, 4, 4].long()
+        assert torch.equal(ds.targets, (value == 200).long())  # label follows the folder
+        assert bool((ds.images[:, 0, 0, 0].long() == 255 - value).all())  # marker pixel intact
+    assert build_dataset(_cfg(tmp_path), "test").fingerprint() == test.fingerprint()
+
+
+def test_explicit_train_and_val_folders(tmp_path: Path) -> None:
+    for i in range(5):
+        _save(tmp_path / "train" / "a" / f"{i}.png", 10)
+        _save(tmp_path / "train" / "b" / f"{i}.png", 20)
+    for i in range(3):
+        _save(tmp_path / "val" / "b" / f"{i}.jpg", 20)
+    train = build_dataset(_cfg(tmp_path), "train")
+    test = build_dataset(_cfg(tmp_path), "test")
+    assert len(train) == 10 and train.classes == ["a", "b"] and train.targets.tolist() == [0] * 5 + [1] * 5
+    assert len(test) == 3 and test.classes == ["b"]
+    assert len(build_dataset(_cfg(tmp_path, limit=4), "train")) == 4
+
+
+def test_flat_folder_unlabelled_and_resized(tmp_path: Path) -> None:
+    for i in range(40):
+        _save(tmp_path / f"img{i:02d}.JPEG", 100, size=(24, 16), mode="RGB")
+    ds = build_dataset(DataConfig(name="image_folder", root=str(tmp_path), image_size=8, in_chans=3), "train")
+    assert ds.classes == [] and bool((ds.targets == -1).all())
+    assert ds.images.shape[1:] == (3, 8, 8)
+    assert abs(int(ds.images[0, 0, 4, 4]) - 100) <= 3  # JPEG is lossy
+
+
+def test_corrupt_files_warn_or_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(4):
+        _save(tmp_path / "train" / "a" / f"{i}.png", 50)
+    _save(tmp_path / "test" / "a" / "0.png", 50)
+    bad = tmp_path / "train" / "a" / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    with caplog.at_level(logging.WARNING, logger="semmae.data.folder"):
+        ds = build_dataset(_cfg(tmp_path), "train")
+    assert len(ds) == 4 and ds.num_skipped == 1
+    assert str(bad) in caplog.text
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path, on_corrupt="error"), "train")
+    assert str(bad) in str(err.value) and "data.on_corrupt=warn" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_or_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path / "nope"), "train")
+    assert str(tmp_path / "nope") in str(err.value) and "png" in str(err.value) and "webp" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("x")
+    with pytest.raises(DataError, match="jpeg"):
+        build_dataset(_cfg(tmp_path / "empty"), "train")
+    with pytest.raises(DataError, match="data.root"):
+        build_dataset(DataConfig(name="image_folder"), "train")
+
+
+def test_streamed_matches_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    for i in range(12):
+        _save(tmp_path / "train" / ("a" if i % 2 else "b") / f"{i:02d}.png", 10 * i)
+    _save(tmp_path / "test" / "a" / "0.png", 1)
+    (tmp_path / "train" / "a" / "zz_bad.png").write_bytes(b"garbage")  # fails the header check
+    in_memory = build_dataset(_cfg(tmp_path), "train")
+    monkeypatch.setattr(folder_mod, "MEMORY_LIMIT_BYTES", 0)
+    streamed = build_dataset(_cfg(tmp_path), "train")
+    assert streamed.streamed and streamed.images is None and len(streamed) == 12
+    assert streamed.num_skipped == 1 and streamed.image_size == 8 and streamed.in_chans == 1
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(streamed.load(order[:5]), in_memory.images[order[:5]])
+    for workers in (0, 1):
+        got = list(iterate_batches(streamed, order, 5, num_workers=workers))
+        assert [len(b[2]) for b in got] == [5, 5, 2]
+        assert torch.equal(torch.cat([b[0] for b in got]), in_memory.images[order])
+        assert torch.equal(torch.cat([b[1] for b in got]), in_memory.targets[order])
+        assert torch.equal(torch.cat([b[2] for b in got]), order)
+    fp = streamed.fingerprint()
+    assert len(fp) == 16 and build_dataset(_cfg(tmp_path), "train").fingerprint() == fp
+    _save(tmp_path / "train" / "a" / "01.png", 77, size=(9, 9))  # same name, other content and size
+    assert build_dataset(_cfg(tmp_path), "train").fingerprint() != fp
+
+
+def test_streamed_file_that_breaks_after_the_header_check(tmp_path: Path, monkeypatch, caplog) -> None:
+    for i in range(3):
+        _save(tmp_path / "train" / "a" / f"{i}.png", 90, size=(32, 32))
+    _save(tmp_path / "test" / "a" / "0.png", 1)
+    good = (tmp_path / "train" / "a" / "1.png").read_bytes()
+    (tmp_path / "train" / "a" / "1.png").write_bytes(good[: len(good) // 2])  # header intact, data cut
+    monkeypatch.setattr(folder_mod, "MEMORY_LIMIT_BYTES", 0)
+    ds = build_dataset(_cfg(tmp_path), "train")
+    assert len(ds) == 3  # the header check passes
+    with caplog.at_level(logging.WARNING, logger="semmae.data.folder"):
+        images = ds.load([0, 1, 2])
+    assert bool((images[1] == 0).all()) and bool((images[0] == 90).any()) and "1.png" in caplog.text
+    strict = build_dataset(_cfg(tmp_path, on_corrupt="error"), "train")
+    with pytest.raises(DataError, match="data.on_corrupt=warn"):
+        strict.load([1])
