@@ -76,8 +76,8 @@ def mask_from_scores(scores: torch.Tensor, n_mask: int) -> MaskOutput:
     generator-drawn noise, so ties are broken at random, never by sort order.
 
     Args:
-        scores: (B, L) float; a higher score means hide first. Scores should be distinct
-            (add uniform noise); equal scores fall back to sort order.
+        scores: (B, L) float or integer; a higher score means hide first. Scores should be
+            distinct (add generator noise); equal scores fall back to sort order.
         n_mask: number of patches to hide per row, 0 < n_mask < L.
 
     Returns:
@@ -85,7 +85,8 @@ def mask_from_scores(scores: torch.Tensor, n_mask: int) -> MaskOutput:
     """
     bsz, length = scores.shape
     ids_shuffle = torch.argsort(scores, dim=1)  # ascending: kept first, hidden last
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    positions = torch.arange(length, device=scores.device).expand(bsz, -1)
+    ids_restore = torch.empty_like(ids_shuffle).scatter_(1, ids_shuffle, positions)  # inverse permutation
     n_keep = length - n_mask
     mask = torch.zeros(bsz, length, dtype=torch.bool, device=scores.device)
     mask.scatter_(1, ids_shuffle[:, n_keep:], True)

@@ -1,0 +1,428 @@
+"""Part-map files: the only link between stage 1 (part learning) and stage 2 (SemMAE pretraining).
+
+A part-map file is a pair:
+
+* ``NAME.npy``: a uint8 array (N, h, w), the part label of every patch of every image of one split,
+  in the dataset's image order; memory-mappable, so ImageNet-sized maps are not read into memory;
+* ``NAME.json``: its manifest (``format_version``, ``dataset``, ``split``, ``num_images``,
+  ``image_size``, ``grid``, ``num_parts``, ``fingerprint``, ``learner_hash``, ``created``,
+  ``source``).
+
+The manifest is always written last, so an array without a manifest is an unfinished export.
+Loading checks the pair against itself and against the dataset it is used with, and refuses any
+mismatch with a one-line :class:`~semmae.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semmae import runtime
+from semmae.errors import DataError
+
+FORMAT_VERSION = 1
+_CHECK_CHUNK = 1 << 22  # labels checked per chunk (bytes), so validating never loads the whole map
+_VOTE_CHUNK = 256  # images per chunk in part_maps_from_masks
+
+
+@dataclass(frozen=True)
+class PartMapManifest:
+    """The JSON side of a part-map file.
+
+    Attributes:
+        format_version: file format version (1).
+        dataset: dataset name the maps were made for.
+        split: dataset split (``train``/``test``).
+        num_images: N, rows of the array.
+        image_size: side of the images the maps were computed at.
+        grid: (h, w) patch grid of every map.
+        num_parts: K; every label is < K.
+        fingerprint: the dataset's :meth:`fingerprint` (image order and content).
+        learner_hash: hash of the part-learner checkpoint (None for oracle maps).
+        created: ISO-8601 creation time (UTC).
+        source: what made the maps: ``learner``, ``oracle``, ...
+    """
+
+    format_version: int
+    dataset: str
+    split: str
+    num_images: int
+    image_size: int
+    grid: tuple[int, int]
+    num_parts: int
+    fingerprint: str
+    learner_hash: str | None
+    created: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> PartMapManifest:
+        """Parse a manifest dict; ``where`` names the file in error messages."""
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DataError(
+                f"part-map manifest {where} has format_version {version!r} but this semmae reads "
+                f"version {FORMAT_VERSION}; re-export the part maps with this semmae"
+            )
+        types: dict[str, type | tuple[type, ...]] = {
+            "dataset": str, "split": str, "num_images": int, "image_size": int, "grid": list,
+            "num_parts": int, "fingerprint": str, "learner_hash": (str, type(None)), "created": str,
+            "source": str,
+        }  # fmt: skip
+        for key, typ in types.items():
+            if key not in d or not isinstance(d[key], typ) or isinstance(d[key], bool):
+                raise DataError(
+                    f"part-map manifest {where} has a missing or invalid field {key!r} "
+                    f"(got {d.get(key)!r}); re-export the part maps"
+                )
+        grid = d["grid"]
+        if len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid):
+            raise DataError(f"part-map manifest {where} has an invalid grid {grid!r}; re-export part maps")
+        return cls(format_version=version, **{k: d[k] for k in types if k != "grid"}, grid=(grid[0], grid[1]))
+
+
+def npy_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.npy`` file of a part-map path (``.npy`` is appended when missing)."""
+    p = Path(path)
+    return p if p.suffix == ".npy" else p.with_name(p.name + ".npy")
+
+
+def manifest_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.json`` manifest next to a part-map file."""
+    return npy_path(path).with_suffix(".json")
+
+
+def _atomic_write(target: Path, write: Any) -> None:
+    """Write via ``write(fileobj)`` to a temp file in the same folder, then rename over ``target``."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
+    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+    _atomic_write(manifest_path(path), lambda f: f.write(text.encode()))
+
+
+def _make_manifest(
+    num_images: int, grid: tuple[int, int], *, dataset: str, split: str, image_size: int, num_parts: int,
+    fingerprint: str, learner_hash: str | None, source: str,
+) -> PartMapManifest:  # fmt: skip
+    if not 1 <= num_parts <= 256:
+        raise DataError(f"part maps are stored as uint8, so num_parts must be in [1, 256], got {num_parts}")
+    return PartMapManifest(
+        format_version=FORMAT_VERSION, dataset=dataset, split=split, num_images=int(num_images),
+        image_size=int(image_size), grid=(int(grid[0]), int(grid[1])), num_parts=int(num_parts),
+        fingerprint=fingerprint, learner_hash=learner_hash,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), source=source,
+    )  # fmt: skip
+
+
+def _as_uint8_labels(labels: np.ndarray | torch.Tensor, num_parts: int) -> np.ndarray:
+    """(N, h, w) labels as a uint8 ndarray after checking their rank and range."""
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.ndim != 3:
+        raise DataError(f"part labels must have 3 dimensions (N, h, w), got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"part labels must be integers, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= num_parts):
+        raise DataError(f"part labels must lie in [0, {num_parts - 1}], got [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.uint8, copy=False)
+
+
+def write_part_maps(
+    path: str | os.PathLike[str], labels: np.ndarray | torch.Tensor, *, dataset: str, split: str,
+    image_size: int, num_parts: int, fingerprint: str, learner_hash: str | None = None,
+    source: str = "learner",
+) -> PartMapManifest:  # fmt: skip
+    """Write a whole part-map file atomically (array first, manifest last).
+
+    Args:
+        path: ``NAME.npy`` (``.npy`` appended when missing); the manifest goes to ``NAME.json``.
+        labels: (N, h, w) integer labels in {0..K-1}.
+        dataset, split, image_size, fingerprint: what the maps belong to (see the manifest).
+        num_parts: K (<= 256).
+        learner_hash: hash of the part-learner checkpoint, if any.
+        source: what made the maps.
+
+    Returns:
+        The manifest written.
+    """
+    p = npy_path(path)
+    arr = np.ascontiguousarray(_as_uint8_labels(labels, num_parts))
+    manifest = _make_manifest(
+        arr.shape[0], (arr.shape[1], arr.shape[2]), dataset=dataset, split=split, image_size=image_size,
+        num_parts=num_parts, fingerprint=fingerprint, learner_hash=learner_hash, source=source,
+    )  # fmt: skip
+    p.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path(p).unlink(missing_ok=True)  # the old manifest must not vouch for the new array
+    _atomic_write(p, lambda f: np.save(f, arr, allow_pickle=False))
+    _write_manifest(p, manifest)
+    return manifest
+
+
+class PartMapWriter:
+    """Fill one memory-mapped part-map file in batches, from one or many ranks.
+
+    Rank 0 allocates the array, the others open it after a barrier; every rank writes the rows
+    it owns; :meth:`close` flushes, waits for every rank and lets rank 0 write the manifest.
+    Build it with :meth:`create`.
+    """
+
+    def __init__(self, path: Path, array: np.memmap, manifest: PartMapManifest) -> None:
+        self.path = path
+        self.array = array
+        self.manifest = manifest
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], *, num_images: int, grid: tuple[int, int], dataset: str,
+        split: str, image_size: int, num_parts: int, fingerprint: str, learner_hash: str | None = None,
+        source: str = "learner",
+    ) -> PartMapWriter:  # fmt: skip
+        """Allocate (rank 0) or open (other ranks) the (N, h, w) uint8 array at ``path``.
+
+        Collective under torch.distributed: every rank must call it.
+        """
+        p = npy_path(path)
+        manifest = _make_manifest(
+            num_images, grid, dataset=dataset, split=split, image_size=image_size, num_parts=num_parts,
+            fingerprint=fingerprint, learner_hash=learner_hash, source=source,
+        )  # fmt: skip
+        shape = (manifest.num_images, *manifest.grid)
+        if runtime.is_main():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            manifest_path(p).unlink(missing_ok=True)  # unfinished until close() writes it
+            array = np.lib.format.open_memmap(p, mode="w+", dtype=np.uint8, shape=shape)
+            array.flush()
+        runtime.barrier()
+        if not runtime.is_main():
+            array = np.lib.format.open_memmap(p, mode="r+")
+        return cls(p, array, manifest)
+
+    def write(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store ``labels`` (B, h, w) as the maps of images ``indices`` (B,)."""
+        if self._closed:
+            raise RuntimeError("PartMapWriter is closed")
+        idx = indices.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
+        arr = _as_uint8_labels(labels, self.manifest.num_parts)
+        if arr.shape != (idx.shape[0], *self.manifest.grid):
+            raise ValueError(f"labels {arr.shape} do not fit {len(idx)} maps of grid {self.manifest.grid}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.manifest.num_images):
+            raise IndexError(f"image indices must lie in [0, {self.manifest.num_images - 1}]")
+        self.array[idx] = arr
+
+    def close(self) -> PartMapManifest:
+        """Flush; rank 0 writes the manifest once every rank has flushed. Collective."""
+        if not self._closed:
+            self.array.flush()
+            self._closed = True
+            runtime.barrier()
+            if runtime.is_main():
+                _write_manifest(self.path, self.manifest)
+            runtime.barrier()
+        return self.manifest
+
+
+@dataclass
+class PartMaps:
+    """A loaded, validated part-map file.
+
+    Attributes:
+        labels: (N, h, w) uint8, memory-mapped read-only.
+        manifest: its manifest.
+        path: the ``.npy`` file (used to re-open the map in worker processes).
+    """
+
+    labels: np.ndarray
+    manifest: PartMapManifest
+    path: Path | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.manifest.grid
+
+    @property
+    def num_parts(self) -> int:
+        return self.manifest.num_parts
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Maps of images ``indices`` (B,) as a (B, h, w) uint8 CPU tensor."""
+        idx = indices.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
+        return torch.from_numpy(np.ascontiguousarray(self.labels[idx]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a memmap copies the whole array; re-open it from the path instead.
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["labels"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.labels is None and self.path is not None:
+            self.labels = np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+
+def _read_manifest(p: Path) -> PartMapManifest:
+    mp = manifest_path(p)
+    if not mp.is_file():
+        raise DataError(
+            f"part-map file {p.name} has no manifest {mp.name} (an unfinished or foreign export); "
+            "re-export the part maps"
+        )
+    try:
+        d = json.loads(mp.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"part-map manifest {mp.name} cannot be parsed ({e}); re-export part maps") from None
+    if not isinstance(d, dict):
+        raise DataError(f"part-map manifest {mp.name} is not a JSON object; re-export the part maps")
+    return PartMapManifest.from_dict(d, mp.name)
+
+
+def _open_array(p: Path) -> np.ndarray:
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"part-map file {p.name} is truncated or corrupt ({reason}); re-export it") from None
+
+
+def _check_array(p: Path, arr: np.ndarray, m: PartMapManifest) -> None:
+    if arr.dtype != np.uint8:
+        raise DataError(f"part-map file {p.name} holds dtype {arr.dtype}, not uint8; re-export the part maps")
+    expected = (m.num_images, *m.grid)
+    if tuple(arr.shape) != expected:
+        raise DataError(
+            f"part-map file {p.name} has shape {tuple(arr.shape)} but its manifest says {expected} "
+            "(num_images, *grid); re-export the part maps"
+        )
+    flat = arr.reshape(-1)
+    for start in range(0, flat.shape[0], _CHECK_CHUNK):
+        top = int(flat[start : start + _CHECK_CHUNK].max())
+        if top >= m.num_parts:
+            raise DataError(
+                f"part-map file {p.name} holds label {top} but its manifest says num_parts {m.num_parts}; "
+                "re-export the part maps"
+            )
+
+
+def _check_dataset(p: Path, m: PartMapManifest, dataset: Any) -> None:
+    """Every manifest field that identifies the images must match the dataset's."""
+    ds_size, ds_fp = len(dataset), dataset.fingerprint()
+    checks = [
+        (m.dataset == dataset.name, f"dataset {m.dataset!r} but the dataset is {dataset.name!r}",
+         "for this dataset"),
+        (m.split == dataset.split, f"split {m.split!r} but the dataset is split {dataset.split!r}",
+         "for this split"),
+        (m.num_images == ds_size, f"num_images {m.num_images} but the dataset has {ds_size} images",
+         "for the whole split (same data.limit)"),
+        (m.image_size == dataset.image_size,
+         f"image_size {m.image_size} but the dataset's image_size is {dataset.image_size}",
+         "at this image size"),
+        (m.fingerprint == ds_fp, f"fingerprint {m.fingerprint!r} but the dataset's fingerprint is {ds_fp!r} "
+         "(other images or another order)", "for these images"),
+    ]  # fmt: skip
+    for ok, what, fix in checks:
+        if not ok:
+            raise DataError(f"part-map file {p.name} was made for {what}; export part maps {fix}")
+
+
+def load_part_maps(path: str | os.PathLike[str], *, dataset: Any = None) -> PartMaps:
+    """Memory-map a part-map file and validate it (and its pairing with ``dataset``).
+
+    Args:
+        path: ``NAME.npy`` (``.npy`` appended when missing), with ``NAME.json`` next to it.
+        dataset: an ImageSet-like object (``name``, ``split``, ``len()``, ``image_size``,
+            ``fingerprint()``); when given, the file must have been made for exactly it.
+
+    Returns:
+        :class:`PartMaps` with a read-only memory-mapped (N, h, w) uint8 array.
+
+    Raises:
+        DataError: missing file or manifest, unknown format version, corrupt or truncated array,
+            wrong dtype or shape, labels >= num_parts, or any mismatch with ``dataset``; the message
+            names the field with the file's and the dataset's values.
+    """
+    p = npy_path(path)
+    if not p.is_file():
+        raise DataError(f"part-map file {p} does not exist; export part maps for this dataset first")
+    manifest = _read_manifest(p)
+    arr = _open_array(p)
+    _check_array(p, arr, manifest)
+    if dataset is not None:
+        _check_dataset(p, manifest, dataset)
+    return PartMaps(labels=arr, manifest=manifest, path=p)
+
+
+def part_maps_from_masks(dataset: Any, grid: tuple[int, int]) -> np.ndarray:
+    """Oracle part maps: the majority ground-truth part of every grid cell.
+
+    Pixel (y, x) of an S×S mask falls in cell (y·h // S, x·w // S); each cell takes its most
+    frequent part id, ties going to the smaller id.
+
+    Args:
+        dataset: ImageSet-like with ``part_masks`` (N, S, S) uint8 and optionally ``num_gt_parts``.
+        grid: (h, w), each at most S.
+
+    Returns:
+        (N, h, w) uint8 ndarray.
+
+    Raises:
+        DataError: if the dataset has no ground-truth part masks.
+    """
+    masks = getattr(dataset, "part_masks", None)
+    if masks is None:
+        raise DataError(
+            f"dataset {getattr(dataset, 'name', '?')!r} has no ground-truth part masks; "
+            "oracle part maps need a dataset with part masks (e.g. toy_parts)"
+        )
+    masks = torch.as_tensor(masks)
+    n, size_y, size_x = masks.shape
+    h, w = int(grid[0]), int(grid[1])
+    if not (0 < h <= size_y and 0 < w <= size_x):
+        raise DataError(f"grid {grid} must be positive and at most the mask size {size_y}x{size_x}")
+    top = int(masks.max()) + 1 if masks.numel() else 1
+    k = max(int(getattr(dataset, "num_gt_parts", None) or 0), top)
+    cy = torch.arange(size_y) * h // size_y
+    cx = torch.arange(size_x) * w // size_x
+    cell = (cy[:, None] * w + cx[None, :]).reshape(1, -1)  # (1, S*S) cell id of every pixel
+    out = np.empty((n, h, w), dtype=np.uint8)
+    for start in range(0, n, _VOTE_CHUNK):
+        chunk = masks[start : start + _VOTE_CHUNK].reshape(-1, size_y * size_x).long()
+        votes = torch.zeros(chunk.shape[0], h * w * k, dtype=torch.int32)
+        votes.scatter_add_(1, cell * k + chunk, torch.ones_like(chunk, dtype=torch.int32))
+        winner = votes.view(-1, h * w, k).argmax(-1)  # first maximum = smallest id on ties
+        out[start : start + chunk.shape[0]] = winner.view(-1, h, w).numpy().astype(np.uint8)
+    return out
+
+
+__all__ = [
+    "FORMAT_VERSION", "PartMapManifest", "PartMapWriter", "PartMaps", "load_part_maps", "manifest_path",
+    "npy_path", "part_maps_from_masks", "write_part_maps",
+]  # fmt: skip
