@@ -83,21 +83,20 @@ class BlockMasking:
         top = torch.floor(u[:, 2] * (h - bh + 1)).clamp(max=h - 1)
         left = torch.floor(u[:, 3] * (w - bw + 1)).clamp(max=w - 1)
         dev = u.device
-        rows = torch.arange(h, device=dev, dtype=u.dtype).view(1, 1, h, 1)
-        cols = torch.arange(w, device=dev, dtype=u.dtype).view(1, 1, 1, w)
-        inside = (
-            (rows >= top[..., None, None])
-            & (rows < (top + bh)[..., None, None])
-            & (cols >= left[..., None, None])
-            & (cols < (left + bw)[..., None, None])
-        ).view(b, t, h * w)
-        union = torch.cummax(inside.to(torch.uint8), dim=1).values  # (B, T, L) prefix unions
-        fits = union.sum(-1) <= n_mask  # (B, T), monotone: True then False
-        n_fit = fits.sum(-1)  # blocks whose union fits the budget
-        idx = (n_fit - 1).clamp(min=0)
-        chosen = torch.gather(union, 1, idx.view(b, 1, 1).expand(-1, 1, h * w)).squeeze(1).bool()
-        chosen &= (n_fit > 0).unsqueeze(-1)
-        nxt = torch.gather(inside, 1, n_fit.clamp(max=t - 1).view(b, 1, 1).expand(-1, 1, h * w)).squeeze(1)
+        rows = torch.arange(h, device=dev, dtype=u.dtype).view(1, h, 1)
+        cols = torch.arange(w, device=dev, dtype=u.dtype).view(1, w, 1)
+        in_rows = (rows >= top[:, None]) & (rows < (top + bh)[:, None])  # (B, h, T)
+        in_cols = (cols >= left[:, None]) & (cols < (left + bw)[:, None])  # (B, w, T)
+        inside = (in_rows.unsqueeze(2) & in_cols.unsqueeze(1)).view(b, h * w, t)  # T last: fast reductions
+        # Index of the first rectangle covering each patch (T if none): the union of the first n
+        # rectangles is {first < n}, so prefix-union sizes are a cumulative histogram over T.
+        covered = inside.any(dim=-1)
+        first = torch.where(covered, inside.to(torch.uint8).argmax(dim=-1), t)  # argmax: first maximum
+        hist = torch.zeros(b, t + 1, device=dev, dtype=torch.long).scatter_add_(1, first, torch.ones_like(first))
+        union_size = hist[:, :t].cumsum(dim=1)  # (B, T): size of the union of rectangles 0..i
+        n_fit = (union_size <= n_mask).sum(dim=1)  # monotone, so this is the longest fitting prefix
+        chosen = first < n_fit.unsqueeze(1)
+        nxt = torch.gather(inside, 2, n_fit.clamp(max=t - 1).view(b, 1, 1).expand(-1, h * w, 1)).squeeze(2)
         nxt &= (n_fit < t).unsqueeze(-1)
         noise = uniform_noise(b, num_patches, generator, device).to(dev)
         scores = 2.0 * chosen.to(noise.dtype) + nxt.to(noise.dtype) + noise
