@@ -168,6 +168,10 @@ class PartsConfig:
         blur_sigma: Gaussian blur of the maps (3x3 kernel); 0 disables it (paper-silent default 1.0).
         blur_padding: ``replicate`` or ``reflect`` border of the blur (paper-silent default
             ``replicate``; either keeps the maps a partition).
+        straight_through: feed the decoder the hard (one-hot argmax) partition in the forward
+            pass, with the soft maps' gradient (straight-through). Paper-silent default True: with
+            soft maps the decoder's instance norms read layout from tiny variations of a
+            near-constant map, so the argmax labels need not describe the layout.
         decoder_channels: width of the first decoder block (halved per upsampling).
         decoder_min_channels: floor of the decoder widths (paper-silent default 16).
         decoder_upsample: ``nearest`` or ``bilinear`` x2 upsampling (paper-silent default nearest).
@@ -203,6 +207,7 @@ class PartsConfig:
     mlp_hidden: int = 512
     blur_sigma: float = 1.0
     blur_padding: str = "replicate"
+    straight_through: bool = True
     decoder_channels: int = 128
     decoder_min_channels: int = 16
     decoder_upsample: str = "nearest"
@@ -253,7 +258,7 @@ class EvalConfig:
     feature: str = "cls"
     batch_size: int = 256
     linear_epochs: int = 30
-    linear_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
+    linear_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
     linear_batch_size: int = 256
     linear_val_frac: float = 0.1
     linear_optimizer: str = "sgd"
@@ -319,6 +324,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("fp32", "bf16"),
     "parts.global_token": ("cls", "mean"),
     "eval.feature": ("cls", "mean"),
+    "eval.linear_optimizer": ("sgd", "adamw"),
+    "eval.ft_global_pool": ("avg", "token"),
 }
 
 
@@ -433,6 +440,11 @@ def validate(cfg: Config) -> None:
         "parts.batch_size": cfg.parts.batch_size,
         "eval.knn_k": cfg.eval.knn_k,
         "eval.batch_size": cfg.eval.batch_size,
+        "eval.linear_batch_size": cfg.eval.linear_batch_size,
+        "eval.linear_epochs": cfg.eval.linear_epochs,
+        "eval.ft_batch_size": cfg.eval.ft_batch_size,
+        "eval.ft_epochs": cfg.eval.ft_epochs,
+        "eval.knn_chunk_size": cfg.eval.knn_chunk_size,
     }
     for key, value in positive.items():
         if value < 1:

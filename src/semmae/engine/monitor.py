@@ -26,14 +26,16 @@ def encode_images(
 ) -> torch.Tensor:
     """CLS features (N, D) float32 of uint8 images under the eval transform (centre, normalise)."""
     from semmae.data.transforms import center_batch, normalize
+    from semmae.eval.features import encode_batches
 
-    feats = []
-    for i in range(0, images_u8.shape[0], batch_size):
-        x, _ = center_batch(images_u8[i : i + batch_size].to(device), out_size=cfg.data.image_size)
-        x = normalize(x, cfg.data.mean, cfg.data.std)
-        with runtime.autocast(device, cfg.train.precision):
-            feats.append(model.forward_features(x)[:, 0].float())
-    return torch.cat(feats)
+    def batches():  # noqa: ANN202
+        for i in range(0, images_u8.shape[0], batch_size):
+            x, _ = center_batch(images_u8[i : i + batch_size].to(device), out_size=cfg.data.image_size)
+            yield normalize(x, cfg.data.mean, cfg.data.std), torch.zeros(x.shape[0], dtype=torch.long)
+
+    feats, _ = encode_batches(model, batches(), images_u8.shape[0], device=device, precision=cfg.train.precision,
+                              progress=False, desc="kNN monitor")  # fmt: skip
+    return feats
 
 
 class PretrainMonitor:
@@ -88,7 +90,7 @@ class PretrainMonitor:
             ).mask  # fmt: skip
             for p in PROGRESS_POINTS
         ]
-        titles = [f"progress {p:g}" for p in PROGRESS_POINTS]
+        titles = ["parts"] + [f"progress {p:g}" for p in PROGRESS_POINTS]
         mask_overlay_grid(
             probe["images01"], labels, masks, self.model.grid, self.num_parts,
             self.run_dir / "images" / "masks_progress.png", titles=titles,
@@ -145,8 +147,8 @@ class PretrainMonitor:
             return {}
         tr_idx = torch.arange(min(tc.knn_train, len(train)))
         te_idx = torch.arange(min(tc.knn_test, len(test)))
-        ftr = encode_images(self.model, train.load(tr_idx), self.cfg, self.device)
-        fte = encode_images(self.model, test.load(te_idx), self.cfg, self.device)
+        ftr = encode_images(self.model, train.load(tr_idx), self.cfg, self.device).to(self.device)
+        fte = encode_images(self.model, test.load(te_idx), self.cfg, self.device).to(self.device)
         res = knn_accuracy(
             ftr, train.targets[tr_idx].to(self.device), fte, test.targets[te_idx].to(self.device),
             k=ec.knn_k, temperature=ec.knn_t, num_classes=len(train.classes),

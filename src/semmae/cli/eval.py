@@ -1,0 +1,133 @@
+"""``semmae eval knn|linear|finetune``: evaluate an encoder on the config's dataset.
+
+The data section defaults to the checkpoint's own (when it records one); ``--config`` and the
+``section.field=value`` overrides apply on top. Progress goes to stderr; the LAST stdout line is
+one JSON object with the result, which is also appended to ``results.jsonl`` in the checkpoint's
+run directory (the directory holding ``checkpoints/``), or to ``--results FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from semmae import config as config_lib
+from semmae.cli.common import add_config_args
+
+_COMMANDS = {
+    "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
+    "linear": "linear probe (BatchNorm + linear, lr grid eval.linear_lrs) on frozen features",
+    "finetune": "fine-tune the encoder as a classifier into --out (MAE recipe: layer decay, mixup)",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate an encoder: knn, linear, finetune",
+        description="Evaluate an encoder. Example: semmae eval knn --checkpoint runs/mae/checkpoints/last.pt",
+    )
+    evsub = p.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
+    for name, text in _COMMANDS.items():
+        q = evsub.add_parser(name, help=text, description=text)
+        q.add_argument(
+            "--checkpoint",
+            required=True,
+            help="our checkpoint (.pt), an official MAE .pth, a timm ViT file, timm:NAME@FILE "
+            "or random:<preset>",
+        )
+        q.add_argument("--results", help="append the result here instead of RUN_DIR/results.jsonl")
+        add_config_args(q, out=name == "finetune", resume=name == "finetune")
+        q.set_defaults(func=lambda args, name=name: _run(name, args))
+
+
+def _read_tree(path: str) -> dict[str, Any]:
+    config_lib.load(path)  # validates the file with the usual one-line errors
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def eval_config(
+    checkpoint_data: dict[str, Any] | None, config_path: str | None, overrides: list[str]
+) -> config_lib.Config:
+    """Defaults, then the checkpoint's data section, then the ``--config`` file, then overrides.
+
+    Raises:
+        ConfigError: bad file, unknown key or invalid value.
+    """
+    tree: dict[str, dict[str, Any]] = {}
+    if checkpoint_data:
+        known = {f.name for f in dataclasses.fields(config_lib.DataConfig)}
+        tree["data"] = {
+            k: v for k, v in checkpoint_data.items() if k in known
+        }  # older runs may lack new keys
+    layers: list[dict[str, Any]] = [_read_tree(config_path)] if config_path else []
+    layers.append({})
+    for text in overrides:
+        key, value = config_lib.parse_override(text)
+        section, _, name = key.partition(".")
+        layers[-1].setdefault(section, {})[name] = value
+    for layer in layers:
+        for section, values in layer.items():
+            if isinstance(values, dict) and isinstance(tree.get(section), dict):
+                tree[section].update(values)
+            else:
+                tree[section] = dict(values) if isinstance(values, dict) else values
+    cfg = config_lib.from_dict(tree)
+    config_lib.validate(cfg)
+    return cfg
+
+
+def results_path(spec: str, results: str | None) -> Path | None:
+    """``--results``, else RUN_DIR/results.jsonl for a checkpoint in RUN_DIR/checkpoints/, else next to
+    the checkpoint file; None for ``random:`` encoders without ``--results``."""
+    if results:
+        return Path(results)
+    if spec.startswith("random:"):
+        return None
+    ckpt = Path(spec.rsplit("@", 1)[-1] if spec.startswith("timm:") else spec)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir / "results.jsonl"
+
+
+def _run(name: str, args: argparse.Namespace) -> int:
+    from semmae.engine.logging import append_result
+    from semmae.models.encoder import load_encoder
+    from semmae.runtime import is_main
+
+    loaded = load_encoder(args.checkpoint)
+    cfg = eval_config(loaded[1].get("data"), args.config, list(args.overrides))
+    if name == "knn":
+        from semmae.eval.knn import run_knn
+
+        result = run_knn(cfg, args.checkpoint, loaded=loaded)
+    elif name == "linear":
+        from semmae.eval.linear import run_linear
+
+        result = run_linear(cfg, args.checkpoint, loaded=loaded)
+    else:
+        from semmae.eval.finetune import run_finetune
+
+        result = run_finetune(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
+        if "interrupted" in result:
+            sig = result["interrupted"]
+            what = signal.Signals(sig).name if sig > 0 else "stop request"
+            print(
+                f"semmae: stopped by {what} at step {result['step']}; checkpoint saved. Continue with: "
+                f"semmae eval finetune --checkpoint {args.checkpoint} --out {args.out} --resume ...",
+                file=sys.stderr,
+            )
+            return 128 + sig if sig > 0 else 1
+    path = results_path(args.checkpoint, args.results)
+    if path is not None and is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        append_result(path, result)
+    if is_main():
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,31 @@
+"""``semmae export``: write an encoder as a timm ViT (safetensors) or an ONNX graph."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export an encoder to timm (safetensors) or ONNX",
+        description="Export an encoder. Example: semmae export --checkpoint runs/mae/checkpoints/last.pt "
+        "--format timm --out mae_encoder.safetensors",
+    )
+    p.add_argument("--checkpoint", required=True, help="anything `semmae eval` accepts as --checkpoint")
+    p.add_argument("--format", required=True, help="timm (safetensors + constructor kwargs) or onnx")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-verify", action="store_true", help="skip reloading the export to compare features")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from semmae.models.export import run_export
+
+    result = run_export(
+        args.checkpoint, args.format, args.out, overwrite=args.overwrite, verify=not args.no_verify
+    )
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,30 @@
+"""Evaluation of encoders: frozen features, weighted kNN, linear probe, fine-tuning."""
+
+from semmae.eval.features import (
+    FeatureSet,
+    encode_batches,
+    evaluate_classifier,
+    extract_features,
+    pool_tokens,
+    prepare_features,
+)
+from semmae.eval.finetune import run_finetune
+from semmae.eval.knn import knn_accuracy, knn_classify, run_knn, topk_accuracy
+from semmae.eval.linear import ProbeGrid, linear_probe, run_linear
+
+__all__ = [
+    "FeatureSet",
+    "ProbeGrid",
+    "encode_batches",
+    "extract_features",
+    "evaluate_classifier",
+    "knn_accuracy",
+    "knn_classify",
+    "linear_probe",
+    "pool_tokens",
+    "prepare_features",
+    "run_finetune",
+    "run_knn",
+    "run_linear",
+    "topk_accuracy",
+]

@@ -1,0 +1,386 @@
+"""The MAE encoder on its own, and loading one from any checkpoint this toolkit understands.
+
+:class:`ViTEncoder` holds exactly the encoder part of :class:`~semmae.models.mae.MaskedAutoencoderViT`
+under the same parameter names (``patch_embed``, ``cls_token``, ``pos_embed``, ``blocks``, ``norm``),
+which are also the names of a timm ``VisionTransformer``. :func:`load_encoder` builds one from:
+
+* our checkpoints (``{"kind", "model", "arch", "config", ...}``) of kind ``mae``, ``finetune`` or
+  ``parts`` (whichever holds encoder weights, under any key prefix);
+* an official MAE checkpoint (``{"model": state_dict}``, no ``arch``);
+* a timm ViT state dict (``.safetensors``, or a ``.pth``/``.bin`` torch file);
+* ``timm:NAME@FILE`` (a timm ViT file whose head count is taken from the timm model ``NAME``);
+* ``random:<mae preset>`` (random MAE initialisation with a fixed seed: the floor of every metric).
+
+Without an ``arch`` the architecture is read off the tensor shapes: width and patch size from
+``patch_embed.proj.weight`` (D, C, P, P), depth from the block indices, the grid from ``pos_embed``
+(1, 1 + h*w, D), the MLP ratio from ``blocks.0.mlp.fc1``. Heads cannot be seen in shapes: they are
+D / 64 (every standard ViT except ViT-H/14, which has 16), or 1 for widths below 64.
+
+Normalisation in the returned metadata: the ``normalization`` a checkpoint records (fine-tunes,
+our timm exports), else our checkpoint's ``config.data.mean/std``; otherwise ImageNet's mean/std
+for 3-channel encoders and mean 0.5 / std 0.5 for any other channel count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from semmae.errors import CheckpointError, ConfigError
+from semmae.layers import sincos_pos_embed_2d
+from semmae.models.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+RANDOM_SEED = 0  # seed of ``random:<preset>`` encoders, so the floor is one fixed network
+
+ENCODER_KEYS = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
+# Keys found next to an encoder and deliberately dropped: the MAE decoder, timm classifier parts.
+IGNORED_KEYS = (
+    "decoder_embed.",
+    "mask_token",
+    "decoder_pos_embed",
+    "decoder_blocks.",
+    "decoder_norm.",
+    "decoder_pred.",
+    "head.",
+    "fc_norm.",
+    "head_drop.",
+)
+_ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+_KNOWN_HEADS = {(1280, 32): 16}  # (width, depth) -> heads where D / 64 is wrong (ViT-H)
+
+
+class ViTEncoder(nn.Module):
+    """ViT encoder: patch embedding, CLS token, fixed sin-cos positions, blocks, final LayerNorm.
+
+    Args:
+        img_size: square input side S.
+        patch_size: P; must divide ``img_size``.
+        in_chans: C.
+        embed_dim: D.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width / D.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"patch size {patch_size} does not divide image size {img_size}")
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
+        self.grid = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+        self.arch = dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=float(mlp_ratio),
+        )
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # Fixed sin-cos positions as in the MAE (a buffer-like parameter keeps the state-dict name).
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(depth)
+            ]
+        )
+        self.norm = norm_layer(embed_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The MAE's initialisation: sin-cos positions, xavier linears, N(0, .02) CLS token."""
+        self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, self.grid).unsqueeze(0))
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm.
+
+        Args:
+            images: (B, C, S, S) normalised images.
+
+        Returns:
+            (B, 1 + L, D), CLS first, then the L patches in raster order.
+        """
+        if images.ndim != 4 or images.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+            raise ValueError(
+                f"expected images of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
+                f"got {tuple(images.shape)}"
+            )
+        x = self.patch_embed(images) + self.pos_embed[:, 1:, :]
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward_features`: (B, C, S, S) -> (B, 1 + L, D)."""
+        return self.forward_features(images)
+
+    @classmethod
+    def from_arch(cls, arch: dict[str, Any]) -> ViTEncoder:
+        """Build from an MAE or encoder ``arch`` dict (decoder fields are ignored)."""
+        return cls(**{k: arch[k] for k in _ARCH_FIELDS if k in arch})
+
+    @classmethod
+    def from_mae(cls, mae: nn.Module) -> ViTEncoder:
+        """The encoder of a :class:`~semmae.models.mae.MaskedAutoencoderViT`, weights copied."""
+        enc = cls.from_arch(mae.arch).to(next(mae.parameters()).device)
+        state = {k: v for k, v in mae.state_dict().items() if k.startswith(ENCODER_KEYS)}
+        enc.load_state_dict(state, strict=True)
+        return enc
+
+
+def default_normalization(in_chans: int) -> tuple[list[float], list[float]]:
+    """(mean, std) used when a checkpoint does not say: ImageNet's for RGB, 0.5/0.5 otherwise."""
+    if in_chans == 3:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [0.5], [0.5]
+
+
+def check_encoder_fits(encoder: ViTEncoder, image_size: int, in_chans: int) -> None:
+    """Refuse data the encoder cannot take, naming the config settings that fix it.
+
+    Args:
+        encoder: the encoder (its position embeddings fix the image size).
+        image_size: S of the data.
+        in_chans: C of the data.
+
+    Raises:
+        ConfigError: channel count or image size (patch grid) differ from the encoder's.
+    """
+    fixes = [f"data.in_chans={encoder.in_chans}"] if in_chans != encoder.in_chans else []
+    if image_size != encoder.img_size:
+        fixes.append(f"data.image_size={encoder.img_size}")
+    if not fixes:
+        return
+    if image_size % encoder.patch_size:
+        p = encoder.patch_size
+        reason = f"the encoder's patch size {p} does not divide the data's image size {image_size}"
+    else:
+        c, s, g = encoder.in_chans, encoder.img_size, encoder.grid
+        reason = (
+            f"the encoder takes {c}x{s}x{s} images (a {g[0]}x{g[1]} position grid) but the data gives "
+            f"{in_chans}x{image_size}x{image_size}"
+        )
+    raise ConfigError(f"{reason}; set {' '.join(fixes)}")
+
+
+def _key_list(state: dict[str, Any], n: int = 6) -> str:
+    keys = list(state)
+    more = f", ... ({len(keys)} keys)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def _encoder_state(state: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
+    """Encoder weights of ``state`` with any prefix (``module.``, ``backbone.``, ...) removed.
+
+    Raises:
+        CheckpointError: no ViT encoder, several candidate prefixes, or unknown extra keys.
+    """
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    prefixes = sorted(
+        k[: -len("patch_embed.proj.weight")] for k in tensors if k.endswith("patch_embed.proj.weight")
+    )
+    if not prefixes:
+        raise CheckpointError(f"checkpoint {where} holds no ViT encoder (found keys {_key_list(state)})")
+    if len(prefixes) > 1 and "" not in prefixes:
+        raise CheckpointError(
+            f"checkpoint {where} holds several ViT encoders (prefixes {prefixes}); export one"
+        )
+    prefix = "" if "" in prefixes else prefixes[0]
+    sub = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    enc = {k: v for k, v in sub.items() if k.startswith(ENCODER_KEYS)}
+    unknown = [k for k in sub if not k.startswith(ENCODER_KEYS + IGNORED_KEYS)]
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {where} holds a ViT variant this encoder does not support (unexpected keys "
+            f"{unknown[:4]}: e.g. layer scale, register tokens, qk-norm)"
+        )
+    if "norm.weight" not in enc and "fc_norm.weight" in sub:
+        # An average-pooling classifier has no token norm; its pooled-feature norm stands in for it.
+        log.info("checkpoint %s has no final token norm; using its fc_norm in its place", where)
+        enc["norm.weight"], enc["norm.bias"] = sub["fc_norm.weight"], sub["fc_norm.bias"]
+    return enc
+
+
+def infer_arch(
+    state: dict[str, torch.Tensor], where: str, hint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Encoder constructor arguments from tensor shapes; ``hint`` supplies heads/ratio when known.
+
+    Raises:
+        CheckpointError: shapes that do not form a plain ViT (e.g. no class-token position).
+    """
+    hint = dict(hint or {})
+    try:
+        dim, chans, patch, patch_w = state["patch_embed.proj.weight"].shape
+        num_pos = state["pos_embed"].shape[1]
+        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+        hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {where} holds an incomplete ViT encoder (missing {exc})") from None
+    side = round((num_pos - 1) ** 0.5)
+    if patch != patch_w or side * side != num_pos - 1 or "cls_token" not in state:
+        raise CheckpointError(
+            f"checkpoint {where} is not a square-patch ViT with a class token and position embeddings "
+            f"for it (pos_embed has {num_pos} positions)"
+        )
+    heads = hint.get("num_heads") or _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
+    ratio = float(hint.get("mlp_ratio") or hidden / dim)
+    return dict(img_size=side * patch, patch_size=patch, in_chans=chans, embed_dim=dim, depth=depth,
+                num_heads=int(heads), mlp_ratio=ratio)  # fmt: skip
+
+
+def _build(state: dict[str, torch.Tensor], where: str, hint: dict[str, Any] | None) -> ViTEncoder:
+    arch = infer_arch(state, where, hint)
+    enc = ViTEncoder(**arch)
+    missing, unexpected = enc.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {where} holds a ViT variant this encoder does not support (missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}; e.g. layer scale or qk-norm)"
+        )
+    return enc.eval()
+
+
+def _random_encoder(name: str) -> tuple[ViTEncoder, dict[str, Any]]:
+    from semmae.models.registry import preset
+
+    arch = preset(name)  # ConfigError listing the presets
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        enc = ViTEncoder.from_arch(arch)
+    mean, std = default_normalization(enc.in_chans)
+    return enc.eval(), {"source": f"random:{name}", "kind": "random", "mean": mean, "std": std, "data": None}
+
+
+def _timm_heads(name: str) -> dict[str, Any]:
+    """Heads and MLP ratio of the timm model ``name``, built on the meta device (no weights)."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    except Exception as exc:  # noqa: BLE001 - unknown or non-ViT timm names
+        raise CheckpointError(
+            f"timm model {name!r} is not a ViT timm can build ({type(exc).__name__})"
+        ) from None
+    return {"num_heads": attn.num_heads, "mlp_ratio": mlp.fc1.out_features / mlp.fc1.in_features}
+
+
+def _read_file(
+    path: Path, where: str, map_location: str | torch.device
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state dict, description) of any supported file; description has kind/arch/config/meta."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except Exception as exc:  # noqa: BLE001 - a corrupt file is the user's to fix
+            raise CheckpointError(f"checkpoint {where} could not be read ({type(exc).__name__})") from None
+        kwargs = json.loads(meta["timm_kwargs"]) if "timm_kwargs" in meta else None
+        norm = {k: json.loads(meta[k]) for k in ("mean", "std", "data") if k in meta}
+        return state, {"kind": "timm", "arch": kwargs, "config": None, "norm": norm}
+    obj = load_checkpoint(path, map_location=map_location)
+    if "kind" in obj and isinstance(obj.get("model"), dict):
+        norm = obj.get("normalization") or {}  # what a fine-tune actually fed its encoder
+        return obj["model"], dict(kind=obj["kind"], arch=obj.get("arch"), config=obj.get("config"), norm=norm)
+    for key, kind in (("model", "official_mae"), ("state_dict", "timm"), ("model_ema", "timm")):
+        if isinstance(obj.get(key), dict):
+            return obj[key], {"kind": kind, "arch": None, "config": None}
+    return obj, {"kind": "timm", "arch": None, "config": None}
+
+
+def load_encoder(spec: str, *, map_location: str | torch.device = "cpu") -> tuple[ViTEncoder, dict[str, Any]]:
+    """Build the ViT encoder named by ``spec`` (see the module docstring for what it may be).
+
+    Args:
+        spec: a checkpoint path, ``timm:NAME@FILE`` or ``random:<mae preset>``.
+        map_location: where tensors are loaded (the encoder is returned on this device).
+
+    Returns:
+        ``(encoder in eval mode, metadata)``; metadata has ``source``, ``kind``, ``mean``, ``std``
+        (lists of floats) and ``data`` (the checkpoint's data config dict, or None).
+
+    Raises:
+        CheckpointError: missing or unreadable file, or one that holds no ViT encoder.
+        ConfigError: unknown ``random:`` preset.
+    """
+    if spec.startswith("random:"):
+        enc, meta = _random_encoder(spec[len("random:") :])
+        return enc.to(map_location), meta
+    hint: dict[str, Any] = {}
+    path_text = spec
+    if spec.startswith("timm:"):
+        name, sep, path_text = spec[len("timm:") :].partition("@")
+        if not sep:
+            raise CheckpointError(f"encoder {spec!r} must look like timm:MODEL_NAME@WEIGHTS_FILE")
+        hint = _timm_heads(name)
+    path = Path(path_text)
+    where = repr(str(path))
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {where} not found")
+    state, desc = _read_file(path, where, map_location)
+    backbone = (
+        ((desc["config"] or {}).get("parts") or {}).get("backbone") if desc["kind"] == "parts" else None
+    )
+    if backbone and not any(k.endswith("patch_embed.proj.weight") for k in state) and backbone != spec:
+        # A part learner that stored only its own head: its frozen encoder is the backbone it names.
+        log.info("checkpoint %s holds no encoder weights; loading its backbone %s", where, backbone)
+        enc, meta = load_encoder(backbone, map_location=map_location)
+        return enc, {**meta, "via": spec}
+    enc_state = _encoder_state(state, where)
+    enc = _build(enc_state, where, {**hint, **(desc["arch"] or {})}).to(map_location)
+    data = (desc["config"] or {}).get("data") if isinstance(desc["config"], dict) else None
+    mean, std = default_normalization(enc.in_chans)
+    norm = desc.get("norm") or {}
+    if norm.get("mean") and norm.get("std"):
+        mean, std = list(norm["mean"]), list(norm["std"])
+    elif data and data.get("mean") and data.get("std"):
+        mean, std = list(data["mean"]), list(data["std"])
+    return enc, dict(source=spec, kind=desc["kind"], mean=mean, std=std, data=data or norm.get("data"))

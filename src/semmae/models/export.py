@@ -1,0 +1,229 @@
+"""Export a :class:`~semmae.models.encoder.ViTEncoder` to timm (safetensors) or ONNX.
+
+The timm export is a ``VisionTransformer`` state dict (our names are timm's) in a ``.safetensors``
+file whose metadata holds the constructor arguments as JSON (``timm_kwargs``) and the input
+normalisation (``mean``, ``std``). Loading it in timm takes three lines::
+
+    import json, timm; from safetensors import safe_open; from safetensors.torch import load_file
+    kwargs = json.loads(safe_open("encoder.safetensors", "pt").metadata()["timm_kwargs"])
+    model = timm.models.VisionTransformer(**kwargs); model.load_state_dict(load_file("encoder.safetensors"))
+
+``model.forward_features(x)`` then returns our ``forward_features(x)`` (B, 1 + L, D): timm's default
+``no_embed_class=False`` adds ``pos_embed`` (1, 1 + L, D) after concatenating the CLS token, which is
+the same sum as ours; its ``layernorm`` is LayerNorm with eps 1e-6, as ours. The ONNX export runs
+``forward_features`` with a dynamic batch axis (input ``images``, output ``tokens``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from semmae import __version__
+from semmae.errors import ConfigError, RunDirError
+from semmae.models.encoder import ViTEncoder
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("timm", "onnx")
+
+
+def timm_vit_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
+    """JSON-serialisable ``timm.models.VisionTransformer`` arguments that compute our features.
+
+    ``norm_layer="layernorm"`` is timm's LayerNorm (eps 1e-6); ``global_pool="token"`` with
+    ``num_classes=0`` keeps the final token norm and no head, so the state dicts match one-to-one.
+    """
+    return dict(
+        img_size=encoder.img_size,
+        patch_size=encoder.patch_size,
+        in_chans=encoder.in_chans,
+        embed_dim=encoder.embed_dim,
+        depth=encoder.depth,
+        num_heads=encoder.num_heads,
+        mlp_ratio=float(encoder.arch["mlp_ratio"]),
+        qkv_bias=True,
+        class_token=True,
+        no_embed_class=False,
+        global_pool="token",
+        num_classes=0,
+        norm_layer="layernorm",
+    )
+
+
+def encoder_to_timm_state_dict(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
+    """The encoder's weights under timm ``VisionTransformer`` names (identical to ours), on CPU."""
+    return {k: v.detach().to("cpu").clone().contiguous() for k, v in encoder.state_dict().items()}
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` that replaces it only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write the timm state dict and its constructor arguments to a ``.safetensors`` file.
+
+    Args:
+        encoder: the encoder to export.
+        path: output file.
+        metadata: extra JSON-serialisable entries (e.g. ``mean``, ``std``, ``source``).
+
+    Returns:
+        The written path.
+    """
+    from safetensors.torch import save_file
+
+    meta = {
+        "format": "semmae-timm-vit",
+        "semmae_version": __version__,
+        "timm_kwargs": json.dumps(timm_vit_kwargs(encoder)),
+    }
+    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    path = Path(path)
+    with _atomic_path(path) as tmp:
+        save_file(encoder_to_timm_state_dict(encoder), str(tmp), metadata=meta)
+    return path
+
+
+class _FeaturesModule(nn.Module):
+    """``forward = encoder.forward_features`` so the exporter traces the features, not a head."""
+
+    def __init__(self, encoder: ViTEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_features(images)
+
+
+def export_onnx(encoder: ViTEncoder, path: str | Path, opset: int = 17) -> Path:
+    """Export ``forward_features`` (images (B, C, S, S) -> tokens (B, 1 + L, D)) to ONNX.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it needs no ``onnxscript`` and handles
+    the fused attention at opset >= 14. The file is checked with ``onnx.checker``.
+    """
+    import onnx
+
+    path = Path(path)
+    module = _FeaturesModule(encoder).eval()
+    example = torch.zeros(
+        2, encoder.in_chans, encoder.img_size, encoder.img_size, device=next(encoder.parameters()).device
+    )
+    with _atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # the shape check in forward_features is a trace-time constant, as intended; the legacy
+        # exporter is chosen on purpose (the dynamo one needs onnxscript), so its notice is noise
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["tokens"],
+            dynamic_axes={"images": {0: "batch"}, "tokens": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        onnx.checker.check_model(str(tmp))
+    return path
+
+
+_EXPORTERS: dict[str, Callable[..., Path]] = {"timm": export_timm, "onnx": export_onnx}
+
+
+def check_format(fmt: str) -> None:
+    """Raises ConfigError unless ``fmt`` is an export format."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+
+
+def export_encoder(
+    encoder: ViTEncoder, path: str | Path, fmt: str, *, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Export in format ``fmt`` (``timm`` or ``onnx``); metadata is stored by the timm format only."""
+    check_format(fmt)
+    if fmt == "timm":
+        return export_timm(encoder, path, metadata=metadata)
+    return export_onnx(encoder, path)
+
+
+@torch.no_grad()
+def export_max_abs_diff(encoder: ViTEncoder, path: str | Path, fmt: str) -> float | None:
+    """Max |exported - ours| of ``forward_features`` on two fixed random images (None if untestable)."""
+    check_format(fmt)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, encoder.in_chans, encoder.img_size, encoder.img_size, generator=gen)
+    was_training = encoder.training
+    ref = encoder.eval().forward_features(x.to(next(encoder.parameters()).device)).float().cpu()
+    encoder.train(was_training)
+    if fmt == "timm":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        from timm.models.vision_transformer import VisionTransformer
+
+        with safe_open(str(path), "pt") as f:
+            kwargs = json.loads(f.metadata()["timm_kwargs"])
+        model = VisionTransformer(**kwargs).eval()
+        model.load_state_dict(load_file(str(path)))
+        return float((model.forward_features(x) - ref).abs().max())
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(["tokens"], {"images": x.numpy()})[0]
+    return float((torch.from_numpy(out) - ref).abs().max())
+
+
+def run_export(
+    spec: str, fmt: str, out: str | Path, *, overwrite: bool = False, verify: bool = True
+) -> dict[str, Any]:
+    """Load the encoder of ``spec`` and export it to ``out``.
+
+    Args:
+        spec: anything :func:`~semmae.models.encoder.load_encoder` accepts.
+        fmt: ``timm`` or ``onnx``.
+        out: output file; an existing one is refused unless ``overwrite``.
+        verify: reload the export and compare its features with ours.
+
+    Returns:
+        ``{"format", "out", "source", "bytes", "max_abs_diff"}``.
+
+    Raises:
+        ConfigError: unknown format. RunDirError: ``out`` exists. CheckpointError: bad ``spec``.
+    """
+    from semmae.models.encoder import load_encoder
+
+    check_format(fmt)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RunDirError(f"output file {str(out)!r} exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise RunDirError(f"output path {str(out)!r} is a directory; give a file name")
+    encoder, meta = load_encoder(spec)
+    extra = {"mean": meta["mean"], "std": meta["std"], "source": meta["source"], "data": meta.get("data")}
+    export_encoder(encoder, out, fmt, metadata=extra)
+    diff = export_max_abs_diff(encoder, out, fmt) if verify else None
+    if diff is not None:
+        log.info("export %s: max |exported - ours| on random images = %.2e", fmt, diff)
+    return {"format": fmt, "out": str(out), "source": spec, "bytes": out.stat().st_size, "max_abs_diff": diff}

@@ -1,0 +1,99 @@
+"""`semmae eval` / `semmae export`: one-line errors with exit code 2, config layering, JSON results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from semmae.cli.eval import eval_config, results_path
+from semmae.cli.main import main
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("semmae: error: ")
+    return err[0]
+
+
+def test_not_an_encoder_is_refused(tmp_path, capsys) -> None:
+    path = tmp_path / "cnn.pt"
+    torch.save({"kind": "parts", "model": nn.Conv2d(1, 2, 3).state_dict()}, path)
+    assert main(["eval", "knn", "--checkpoint", str(path)]) == 2
+    assert "holds no ViT encoder" in _error_line(capsys)
+
+
+def test_patch_size_that_does_not_fit_is_refused(capsys) -> None:
+    assert main(["eval", "linear", "--checkpoint", "random:mae_debug", "data.image_size=30"]) == 2
+    assert "patch size 4 does not divide" in _error_line(capsys)
+    assert main(["eval", "knn", "--checkpoint", "random:mae_debug", "data.in_chans=3"]) == 2
+    assert "data.in_chans=1" in _error_line(capsys)
+
+
+def test_unknown_export_format_and_overwrite(tmp_path, capsys) -> None:
+    out = tmp_path / "enc.bin"
+    assert main(["export", "--checkpoint", "random:mae_debug", "--format", "tflite", "--out", str(out)]) == 2
+    assert "timm, onnx" in _error_line(capsys)
+    assert main(["export", "--checkpoint", "random:mae_debug", "--format", "timm", "--out", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["format"] == "timm" and res["max_abs_diff"] <= 1e-5
+    assert main(["export", "--checkpoint", "random:mae_debug", "--format", "timm", "--out", str(out)]) == 2
+    assert "--overwrite" in _error_line(capsys)
+
+
+def test_config_layers_checkpoint_file_overrides(tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  limit: 100\neval:\n  knn_k: 5\n")
+    ckpt_data = {"name": "toy_parts", "image_size": 32, "limit": 10, "mean": [0.1], "std": [0.2], "gone": 1}
+    cfg = eval_config(ckpt_data, str(recipe), ["data.limit=7", "eval.feature=mean"])
+    assert (cfg.data.name, cfg.data.image_size, cfg.data.limit, cfg.data.mean) == ("toy_parts", 32, 7, [0.1])
+    assert (cfg.eval.knn_k, cfg.eval.feature) == (5, "mean")
+    assert eval_config(None, None, []).data.name == "fashion_mnist"
+
+
+def test_results_path(tmp_path) -> None:
+    assert results_path("runs/a/checkpoints/last.pt", None).as_posix() == "runs/a/results.jsonl"
+    assert results_path("w/mae.pth", None).as_posix() == "w/results.jsonl"
+    assert results_path("timm:vit_tiny_patch16_224@w/v.safetensors", None).as_posix() == "w/results.jsonl"
+    assert results_path("random:mae_debug", None) is None
+    assert results_path("random:mae_debug", "x.jsonl").as_posix() == "x.jsonl"
+
+
+@pytest.mark.parametrize("command", ["knn", "linear"])
+def test_eval_prints_json_last_and_appends_results(tmp_path, capsys, command) -> None:
+    pytest.importorskip("semmae.data.transforms")
+    from semmae.config import Config
+    from semmae.models import build_mae
+    from semmae.models.checkpoint import save_checkpoint
+
+    cfg = Config()
+    cfg.data.name, cfg.data.toy_size, cfg.data.image_size = "toy_parts", 40, 28
+    mae = build_mae("mae_debug")
+    ckpt = save_checkpoint(
+        tmp_path / "run" / "checkpoints" / "last.pt",
+        {"kind": "mae", "model": mae.state_dict(), "arch": mae.arch, "config": cfg.to_dict()},
+    )
+    argv = [
+        "eval",
+        command,
+        "--checkpoint",
+        str(ckpt),
+        "eval.linear_epochs=2",
+        "eval.knn_k=3",
+        "train.device=cpu",
+    ]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (
+        res["eval"] == command
+        and res["dataset"] == "toy_parts"
+        and res["n_train"] == 40
+        and res["n_test"] == 40
+    )
+    assert 0.0 <= res["top1"] <= 100.0 and "top5" not in res and res["checkpoint"] == str(ckpt)
+    assert ("k" in res) if command == "knn" else ("lr" in res)
+    rows = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1]) == res

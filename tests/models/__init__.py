@@ -1,0 +1,1 @@
+"""Tests of semmae.models: encoder loading and export."""

@@ -1,0 +1,102 @@
+"""Exports compute our features: timm from the safetensors file, ONNX in onnxruntime; the classifier."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from semmae.errors import ConfigError, RunDirError
+from semmae.models.encoder import load_encoder
+from semmae.models.export import export_encoder, export_onnx, export_timm, run_export, timm_vit_kwargs
+from semmae.models.vit import build_classifier
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    enc, _ = load_encoder("random:mae_debug")
+    with torch.no_grad():  # non-trivial norms and tokens, so a dropped or misplaced one shows
+        for name, p in enc.named_parameters():
+            if "norm" in name or name in ("cls_token", "pos_embed"):
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    return enc
+
+
+def _images(n: int = 3) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+
+
+def test_timm_export_matches_our_features(encoder, tmp_path) -> None:
+    path = export_timm(encoder, tmp_path / "enc.safetensors", metadata={"mean": [0.3], "std": [0.2]})
+    # the README's three lines
+    import timm  # noqa: F401
+
+    kwargs = json.loads(safe_open(str(path), "pt").metadata()["timm_kwargs"])
+    model = timm.models.VisionTransformer(**kwargs)
+    model.load_state_dict(load_file(str(path)))  # noqa: E702
+    model.eval()
+    x = _images()
+    diff = (model.forward_features(x) - encoder.forward_features(x)).abs().max().item()
+    assert diff <= 1e-5
+    assert (
+        kwargs["no_embed_class"] is False and kwargs["num_heads"] == 2 and kwargs == timm_vit_kwargs(encoder)
+    )
+    assert model.norm.eps == 1e-6
+    again, meta = load_encoder(str(path))
+    assert meta["mean"] == [0.3] and meta["std"] == [0.2] and meta["kind"] == "timm"
+    assert torch.equal(again.forward_features(x), encoder.forward_features(x))
+
+
+def test_onnx_export_matches_in_onnxruntime(encoder, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    path = export_onnx(encoder, tmp_path / "enc.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 5):  # the export traced batch 2: the batch axis must be dynamic
+        x = _images(n)
+        (out,) = sess.run(["tokens"], {"images": x.numpy()})
+        assert out.shape == (n, 50, 32)
+        assert (torch.from_numpy(out) - encoder.forward_features(x)).abs().max().item() <= 1e-4
+
+
+def test_unknown_format_is_a_config_error(encoder, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="timm, onnx"):
+        export_encoder(encoder, tmp_path / "x", "tflite")
+    with pytest.raises(ConfigError, match="timm, onnx"):
+        run_export("random:mae_debug", "torchscript", tmp_path / "x")
+
+
+def test_run_export_refuses_to_overwrite(tmp_path) -> None:
+    out = tmp_path / "enc.safetensors"
+    res = run_export("random:mae_debug", "timm", out)
+    assert res["max_abs_diff"] <= 1e-5 and out.stat().st_size == res["bytes"]
+    with pytest.raises(RunDirError, match="--overwrite"):
+        run_export("random:mae_debug", "timm", out)
+    assert run_export("random:mae_debug", "timm", out, overwrite=True, verify=False)["max_abs_diff"] is None
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_classifier_starts_from_the_encoder(encoder, pool) -> None:
+    clf = build_classifier(encoder, 10, global_pool=pool, drop_path_rate=0.0).eval()
+    x = _images()
+    enc_state = encoder.state_dict()
+    for k, v in clf.state_dict().items():
+        if k.startswith(("blocks.", "patch_embed.", "cls_token", "pos_embed")):
+            assert torch.equal(v, enc_state[k]), k
+    if pool == "token":
+        assert torch.equal(clf.forward_features(x), encoder.forward_features(x))
+    else:  # MAE's global pool: no token norm, a fresh fc_norm on the pooled tokens
+        assert isinstance(clf.norm, torch.nn.Identity) and torch.equal(clf.fc_norm.weight, torch.ones(32))
+    assert clf.head.weight.std().item() < 1e-4 and torch.equal(clf.head.bias, torch.zeros(10))
+    logits = clf(x)
+    assert logits.shape == (3, 10) and logits.abs().max().item() < 0.01
+    assert clf.pos_embed.requires_grad
+
+
+def test_classifier_rejects_bad_arguments(encoder) -> None:
+    with pytest.raises(ConfigError, match="avg, token"):
+        build_classifier(encoder, 10, global_pool="map")
+    with pytest.raises(ConfigError, match="at least one class"):
+        build_classifier(encoder, 0)
