@@ -326,6 +326,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "eval.feature": ("cls", "mean"),
     "eval.linear_optimizer": ("sgd", "adamw"),
     "eval.ft_global_pool": ("avg", "token"),
+    "parts.blur_padding": ("replicate", "reflect"),
+    "parts.decoder_upsample": ("nearest", "bilinear"),
+    "parts.label_source": ("raw", "blurred"),
+    "parts.cache_dtype": ("float16", "float32"),
 }
 
 
@@ -465,6 +469,8 @@ def validate(cfg: Config) -> None:
             f"config key 'model.patch_size' ({cfg.model.patch_size}) must divide "
             f"data.image_size ({cfg.data.image_size})"
         )
+    if cfg.parts.export_scale not in (1, 2):
+        raise ConfigError(f"config key 'parts.export_scale' must be 1 or 2, got {cfg.parts.export_scale}")
     if cfg.parts.num_parts < 2:
         raise ConfigError(f"config key 'parts.num_parts' must be at least 2, got {cfg.parts.num_parts}")
     if not 0.0 <= cfg.eval.linear_val_frac < 1.0:

@@ -1,0 +1,277 @@
+"""Label whole splits with a trained part learner and write part-map files (DESIGN.md §4).
+
+The file format (``.npy`` uint8 (N, h, w) + JSON manifest) belongs to
+:mod:`semmae.data.partmaps`; this module only produces the labels. Under ``torchrun`` every rank
+labels one contiguous shard of the split into the same memory-mapped file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from semmae import config as config_lib
+from semmae.errors import CheckpointError, ConfigError, RunDirError
+from semmae.models.checkpoint import load_checkpoint, load_state_strict
+from semmae.parts.backbone import FrozenBackbone, load_backbone
+from semmae.parts.labels import maps_to_labels
+from semmae.parts.learner import PartLearner
+from semmae.runtime import (
+    autocast,
+    barrier,
+    broadcast_object,
+    distributed_session,
+    rank,
+    resolve_device,
+    world_size,
+)
+
+log = logging.getLogger(__name__)
+
+
+def file_hash(path: str | Path) -> str:
+    """First 16 hex digits of the sha256 of a file."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def resolve_checkpoint(run: str | Path) -> Path:
+    """A run directory's ``checkpoints/last.pt``, or ``run`` itself when it is a file."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    ckpt = path / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"no part-learner checkpoint at {str(ckpt)!r}; train one with 'semmae parts train'"
+        )
+    return ckpt
+
+
+def restore_backbone(ckpt: dict[str, Any], device: torch.device) -> FrozenBackbone:
+    """Rebuild the frozen backbone a part-learner checkpoint was trained on.
+
+    Raises:
+        CheckpointError: the backbone file changed since training.
+    """
+    info = ckpt["backbone"]
+    backbone, meta = load_backbone(info["spec"], info.get("global_token", "cls"))
+    if "state" in info:  # a random-init backbone cannot be rebuilt from its spec: restore its weights
+        load_state_strict(backbone.encoder, info["state"])
+    elif meta["hash"] != info["hash"]:
+        raise CheckpointError(
+            f"backbone {info['spec']!r} changed since the part learner was trained (hash {meta['hash']} "
+            f"!= {info['hash']}); restore that file or retrain the part learner"
+        )
+    return backbone.to(device)
+
+
+def load_part_learner(
+    run: str | Path, device: torch.device
+) -> tuple[PartLearner, FrozenBackbone, dict[str, Any], Path]:
+    """Load a trained part learner, its backbone and its checkpoint dict.
+
+    Args:
+        run: a ``semmae parts train`` run directory or its checkpoint file.
+        device: where to put the modules.
+
+    Returns:
+        ``(learner (eval mode), backbone, checkpoint dict, checkpoint path)``.
+
+    Raises:
+        CheckpointError: missing or not a part-learner checkpoint.
+    """
+    path = resolve_checkpoint(run)
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "parts":
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a {ckpt.get('kind')!r} checkpoint, not a part learner"
+        )
+    learner = PartLearner(**ckpt["arch"])
+    load_state_strict(learner, ckpt["model"])
+    backbone = restore_backbone(ckpt, device)
+    return learner.to(device).eval(), backbone, ckpt, path
+
+
+@torch.no_grad()
+def iter_labels(
+    learner: PartLearner,
+    backbone: FrozenBackbone,
+    ds: Any,
+    indices: torch.Tensor,
+    *,
+    batch_size: int,
+    device: torch.device,
+    mean: list[float],
+    std: list[float],
+    scale: int = 1,
+    label_source: str = "raw",
+    precision: str = "fp32",
+    progress: bool = False,
+    with_tokens: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Label images (centre transform) in batches.
+
+    Args:
+        learner, backbone: trained modules on ``device``.
+        ds: an ImageSet.
+        indices: (N,) image indices, visited in order.
+        batch_size: images per batch.
+        device: where to run.
+        mean, std: input normalisation of the backbone.
+        scale: label-grid refinement (1 = patch grid).
+        label_source: ``raw`` or ``blurred`` maps.
+        precision: ``fp32`` or ``bf16``.
+        progress: show a tqdm bar.
+        with_tokens: also yield the backbone patch tokens (for the k-means baseline).
+
+    Yields:
+        ``(indices (B,), labels (B, h*scale, w*scale) uint8 on CPU, patch tokens (B, L, D) | None)``.
+    """
+    from semmae.data import iterate_batches
+    from semmae.data.transforms import center_batch, normalize
+
+    bar = tqdm(total=len(indices), desc="labelling", unit="img", disable=None if progress else True)
+    for images_u8, _, idx in iterate_batches(ds, indices, batch_size):
+        images01, _ = center_batch(images_u8, out_size=ds.image_size)
+        x = normalize(images01.to(device), mean, std)
+        with autocast(device, precision):
+            f, g = backbone(x)
+            out = learner(f, g)
+        maps = out.maps_raw if label_source == "raw" else out.maps
+        yield idx, maps_to_labels(maps, scale).cpu(), f.float().cpu() if with_tokens else None
+        bar.update(len(idx))
+    bar.close()
+
+
+def _exists(out_path: str | Path) -> bool:
+    from semmae.data.partmaps import npy_path
+
+    return npy_path(out_path).exists()
+
+
+def _refuse_existing(out_path: str | Path, overwrite: bool, exists: object = None) -> None:
+    if (_exists(out_path) if exists is None else exists) and not overwrite:
+        raise RunDirError(f"part-map file {str(out_path)!r} exists; pass --overwrite to replace it")
+
+
+def shard(num_images: int, rank_: int, world: int) -> torch.Tensor:
+    """Contiguous index range of one rank: rank r gets [r*N/W, (r+1)*N/W)."""
+    lo, hi = num_images * rank_ // world, num_images * (rank_ + 1) // world
+    return torch.arange(lo, hi)
+
+
+def export_part_maps(
+    run_dir: str | Path,
+    split: str,
+    out_path: str | Path,
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Any:
+    """Label every image of ``split`` with a trained part learner and write a part-map file.
+
+    Args:
+        run_dir: the part-learner run directory (or its checkpoint file).
+        split: ``train`` or ``test``.
+        out_path: the ``.npy`` file to write (its manifest goes next to it).
+        batch_size: images per forward.
+        device: ``auto``, ``cpu``, ``cuda``...
+        overwrite: replace an existing file.
+        progress: show a tqdm bar (rank 0).
+
+    Returns:
+        The :class:`semmae.data.partmaps.PartMapManifest` written.
+
+    Raises:
+        RunDirError: ``out_path`` exists and ``overwrite`` is False.
+        CheckpointError: no usable part-learner checkpoint.
+    """
+    from semmae.data import build_dataset
+    from semmae.data.partmaps import PartMapWriter
+
+    dev = resolve_device(device)
+    with distributed_session(dev):
+        # Rank 0's view decides, so no rank sees the file another rank has just created.
+        _refuse_existing(out_path, overwrite, exists=broadcast_object(_exists(out_path)))
+        learner, backbone, ckpt, ckpt_path = load_part_learner(run_dir, dev)
+        cfg = config_lib.from_dict(ckpt["config"])
+        ds = build_dataset(cfg.data, split)
+        scale = cfg.parts.export_scale
+        grid = (learner.grid[0] * scale, learner.grid[1] * scale)
+        writer = PartMapWriter.create(
+            out_path, num_images=len(ds), grid=grid, dataset=ds.name, split=split,
+            image_size=ds.image_size, num_parts=learner.num_parts, fingerprint=ds.fingerprint(),
+            learner_hash=file_hash(ckpt_path), source="learner",
+        )  # fmt: skip
+        norm = ckpt["norm"]
+        for idx, labels, _ in iter_labels(
+            learner, backbone, ds, shard(len(ds), rank(), world_size()), batch_size=batch_size,
+            device=dev, mean=norm["mean"], std=norm["std"], scale=scale,
+            label_source=cfg.parts.label_source, precision=cfg.train.precision,
+            progress=progress and rank() == 0,
+        ):  # fmt: skip
+            writer.write(idx, labels)
+        barrier()
+        manifest = writer.close()
+    log.info("wrote %d part maps (%dx%d, K=%d) to %s", len(ds), *grid, learner.num_parts, out_path)
+    return manifest
+
+
+def maps_from_masks(
+    cfg: config_lib.Config, split: str, grid: int, out_path: str | Path, *, overwrite: bool = False
+) -> Any:
+    """Oracle part maps from a dataset's ground-truth part masks (majority vote per grid cell).
+
+    Lets stage 2 run before stage 1, and gives stage 1 an upper reference.
+
+    Args:
+        cfg: config whose data section names a dataset with part masks (``toy_parts``).
+        split: ``train`` or ``test``.
+        grid: side h = w of the label grid (at most the image size).
+        out_path: ``.npy`` file to write.
+        overwrite: replace an existing file.
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        ConfigError: the dataset has no part masks, or the grid is out of range.
+        RunDirError: ``out_path`` exists and ``overwrite`` is False.
+    """
+    from semmae.data import build_dataset
+    from semmae.data.partmaps import part_maps_from_masks, write_part_maps
+
+    _refuse_existing(out_path, overwrite)
+    ds = build_dataset(cfg.data, split)
+    if ds.part_masks is None or ds.num_gt_parts is None:
+        raise ConfigError(f"dataset {ds.name!r} has no ground-truth part masks; use data.name=toy_parts")
+    if not 1 <= grid <= ds.image_size:
+        raise ConfigError(f"--grid {grid} must be between 1 and the image size {ds.image_size}")
+    labels = part_maps_from_masks(ds, (grid, grid))
+    return write_part_maps(
+        out_path, labels, dataset=ds.name, split=split, image_size=ds.image_size,
+        num_parts=int(ds.num_gt_parts), fingerprint=ds.fingerprint(), learner_hash=None, source="oracle",
+    )  # fmt: skip
+
+
+__all__ = [
+    "export_part_maps",
+    "file_hash",
+    "iter_labels",
+    "load_part_learner",
+    "maps_from_masks",
+    "resolve_checkpoint",
+    "shard",
+]

@@ -1,0 +1,80 @@
+"""Part-map pictures: one row per image, input | coloured part overlay | [reconstruction]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from semmae.config import DataConfig
+from semmae.errors import ConfigError
+from semmae.viz.masks import overlay_parts
+
+
+def _to_rgb(images01: torch.Tensor) -> torch.Tensor:
+    x = images01.detach().float().cpu().clamp(0.0, 1.0)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+
+
+def part_grid(
+    images01: torch.Tensor,
+    labels: torch.Tensor,
+    num_parts: int,
+    path: str | Path,
+    recon: torch.Tensor | None = None,
+) -> Path:
+    """Write a PNG with one row per image: input | overlay | reconstruction (when given).
+
+    Args:
+        images01: (B, C, H, W) in [0, 1].
+        labels: (B, h, w) part ids.
+        num_parts: K.
+        path: PNG to write (parent folders are created).
+        recon: optional (B, C, H, W) reconstruction in [0, 1].
+
+    Returns:
+        The path written.
+    """
+    panels = [_to_rgb(images01), overlay_parts(images01, labels.long(), num_parts)]
+    if recon is not None:
+        panels.append(_to_rgb(recon))
+    rows = torch.stack(panels, dim=1).flatten(0, 1)  # (B * panels, 3, H, W), row-major
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(rows, path, nrow=len(panels), padding=1, pad_value=1.0)
+    return path
+
+
+def render_part_map_file(maps_path: str | Path, data_cfg: DataConfig, n: int, out: str | Path) -> Path:
+    """Draw the first ``n`` images of a part-map file's split with their labels overlaid.
+
+    Args:
+        maps_path: the ``.npy`` part-map file (with its manifest).
+        data_cfg: data section naming the dataset the file was made for.
+        n: images to draw.
+        out: PNG to write.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: the config names another dataset than the manifest.
+        DataError: the file does not fit the dataset (raised by ``load_part_maps``).
+    """
+    from semmae.data import build_dataset
+    from semmae.data.partmaps import load_part_maps
+    from semmae.data.transforms import center_batch
+
+    manifest = load_part_maps(maps_path).manifest
+    if manifest.dataset != data_cfg.name:
+        raise ConfigError(
+            f"part maps {str(maps_path)!r} were made for dataset {manifest.dataset!r} but the config "
+            f"names {data_cfg.name!r}; pass --config with the matching data section"
+        )
+    ds = build_dataset(data_cfg, manifest.split)
+    maps = load_part_maps(maps_path, dataset=ds)
+    idx = torch.arange(min(n, len(ds)))
+    images01, _ = center_batch(ds.load(idx), out_size=ds.image_size)
+    labels = maps.lookup(idx).long()
+    return part_grid(images01, labels, int(manifest.num_parts), out)
