@@ -43,9 +43,4 @@ def build_masking(cfg: Config, grid: tuple[int, int]) -> MaskingStrategy:
         return build_masking_strategy("random", ratio=mc.ratio)
     if mc.name == "block":
         return build_masking_strategy("block", ratio=mc.ratio, min_block=mc.min_block, grid=grid)
-    if mc.parts is None:
-        raise ConfigError(
-            "masking.name=semantic needs a part-map file: set masking.parts=FILE.npy "
-            "(from `semmae parts export` or `semmae parts from-masks`)"
-        )
     return build_masking_strategy("semantic", ratio=mc.ratio, schedule=mc.schedule, gamma=mc.gamma)

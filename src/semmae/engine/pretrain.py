@@ -97,6 +97,11 @@ def make_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
 def _load_parts(cfg: Config, dataset: Any) -> tuple[Any, int | None]:
     if cfg.masking.name != "semantic":
         return None, None
+    if cfg.masking.parts is None:
+        raise ConfigError(
+            "masking.name=semantic needs a part-map file: set masking.parts=FILE.npy "
+            "(from `semmae parts export` or `semmae parts from-masks`)"
+        )
     from semmae.data.partmaps import load_part_maps
 
     maps = load_part_maps(cfg.masking.parts, dataset=dataset)
