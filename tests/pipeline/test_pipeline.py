@@ -1,0 +1,80 @@
+"""The whole pipeline on tiny data: every stage, a report whose table matches the stage outputs, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from semmae import config as config_lib
+from semmae.pipeline.stages import STAGES, run_pipeline
+from semmae.pipeline.study import summarise
+
+ROOT = Path(__file__).parents[2]
+TINY = [
+    "data.limit=256", "model.name=mae_debug", "train.epochs=1", "train.batch_size=32", "train.progress_bar=false",
+    "train.knn_every_epochs=0", "train.knn_train=256", "train.knn_test=128", "parts.epochs=1", "parts.batch_size=32",
+    "parts.eval_limit=64", "eval.linear_epochs=2", "eval.batch_size=128",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pipe") / "run"
+    cfg = config_lib.load(ROOT / "configs" / "pipeline_fmnist.yaml", TINY)
+    run_pipeline(cfg, out)
+    return out
+
+
+def test_every_stage_completes_and_the_report_has_every_part(pipeline_dir: Path) -> None:
+    for stage in STAGES[:-1]:
+        assert (pipeline_dir / stage / "DONE.json").is_file(), stage
+    md = (pipeline_dir / "report.md").read_text()
+    for needle in ("## Settings", "## Results", "## Training curves", "## Learned parts", "## Masks over training progress",
+                   "## Reconstructions", "points kNN"):  # fmt: skip
+        assert needle in md, needle
+    for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (pipeline_dir / img).is_file(), img
+    assert len(re.findall(r"!\[", md)) >= 7  # curves, part maps, masks, both reconstructions
+    html = (pipeline_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(re.findall(r"!\[", md))
+    assert "src=\"figures" not in html  # self-contained
+
+
+def test_report_table_matches_the_evaluation_outputs(pipeline_dir: Path) -> None:
+    rows = [json.loads(line) for line in (pipeline_dir / "eval" / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["MAE (random masking)", "SemMAE (semantic masking)", "random init (floor)"]
+    md = (pipeline_dir / "report.md").read_text()
+    for r in rows:
+        line = next(line for line in md.splitlines() if line.startswith(f"| {r['name']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) == pytest.approx(r["knn"]["top1"], abs=0.005)
+        assert float(cells[3]) == pytest.approx(r["linear"]["top1"], abs=0.005)
+    semmae_cfg = config_lib.from_dict(json.loads(json.dumps(
+        __import__("yaml").safe_load((pipeline_dir / "semmae" / "config.yaml").read_text()))))
+    assert semmae_cfg.masking.name == "semantic" and semmae_cfg.masking.parts.endswith("parts_train.npy")
+    mae_cfg = __import__("yaml").safe_load((pipeline_dir / "mae" / "config.yaml").read_text())
+    assert mae_cfg["masking"]["name"] == "random"
+    assert {k: v for k, v in mae_cfg["train"].items()} == semmae_cfg.to_dict()["train"]  # same recipe
+
+
+def test_rerun_skips_finished_stages_and_redoes_unfinished(pipeline_dir: Path) -> None:
+    cfg = config_lib.load(ROOT / "configs" / "pipeline_fmnist.yaml", TINY)
+    before = {s: (pipeline_dir / s / "DONE.json").read_text() for s in STAGES[:-1]}
+    (pipeline_dir / "eval" / "DONE.json").unlink()  # as if killed during evaluation
+    records = run_pipeline(cfg, pipeline_dir, resume=True)
+    for s in ("mae", "parts", "export", "semmae"):
+        assert (pipeline_dir / s / "DONE.json").read_text() == before[s], s
+    assert records["eval"]["result"].keys() == json.loads(before["eval"])["result"].keys()
+
+
+def test_study_summary_mean_and_std() -> None:
+    rows = [
+        {"method": "a", "seed": s, "knn": {"top1": k}, "linear": {"top1": k + 1}, "pretrain_s": 60.0}
+        for s, k in ((0, 10.0), (1, 14.0))
+    ]
+    table = summarise(rows)
+    assert table["a"]["knn_top1"] == {"mean": 12.0, "std": pytest.approx(2.8284271)}
+    assert table["a"]["linear_top1"]["mean"] == 13.0 and table["a"]["pretrain_min"]["mean"] == 1.0
