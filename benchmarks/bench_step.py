@@ -87,7 +87,7 @@ def main() -> None:
     result: dict = {
         "model": "mae_fmnist_tiny", "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "gflop_per_step": round(flops / 1e9, 3),
+        "gflop_per_step": round(flops / 1e9, 3), "cpu_native_bf16": runtime.cpu_has_native_bf16(),
     }  # fmt: skip
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         peak = matmul_peak(dtype, device)

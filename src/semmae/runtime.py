@@ -52,6 +52,16 @@ def step_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX); Linux only, else True."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return True
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on ``device`` when ``precision == "bf16"``, else a null context."""
     if precision == "bf16":

@@ -132,6 +132,8 @@ def run_pretrain(
     from semmae.data import build_dataset
 
     device = runtime.resolve_device(cfg.train.device)
+    if cfg.train.precision == "bf16" and device.type == "cpu" and not runtime.cpu_has_native_bf16():
+        log.warning("this CPU has no native bf16 instructions: bf16 autocast will be much slower than fp32")
     with runtime.distributed_session(device):
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed)
