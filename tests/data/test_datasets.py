@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from semmae.config import DataConfig
-from semmae.data import ImageSet, build_dataset, iterate_batches
+from semmae.data import ImageSet, build_dataset, fashion_mnist, iterate_batches, torchvision_sets
 from semmae.data import datasets as datasets_mod
-from semmae.data import fashion_mnist, torchvision_sets
 from semmae.data.datasets import fit_images
 from semmae.errors import DataError
 

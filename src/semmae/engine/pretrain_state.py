@@ -8,7 +8,13 @@ from typing import Any
 
 from semmae.config import Config
 from semmae.errors import CheckpointError, RunDirError
-from semmae.models.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint, set_rng_state
+from semmae.models.checkpoint import (
+    load_checkpoint,
+    load_state_strict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def save_state(path: Path, loop: Any, epoch: int) -> Path:

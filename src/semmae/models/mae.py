@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from semmae.layers import gather_tokens, patchify, sincos_pos_embed_2d, unshuffle_tokens
+from semmae.layers import patchify, sincos_pos_embed_2d, unshuffle_tokens
 from semmae.masking.base import MaskOutput
+from semmae.models.vit_encoder import ViTEncoder
 
 
 @dataclass
@@ -36,8 +36,11 @@ class MAEOutput:
     mask: torch.Tensor
 
 
-class MaskedAutoencoderViT(nn.Module):
+class MaskedAutoencoderViT(ViTEncoder):
     """ViT encoder on visible patches + light ViT decoder on all positions.
+
+    The encoder is :class:`~semmae.models.vit_encoder.ViTEncoder` itself (same parameter names);
+    this class adds the decoder, the mask token and the loss.
 
     Args:
         img_size: square input side.
@@ -63,32 +66,13 @@ class MaskedAutoencoderViT(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
     ) -> None:
-        super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"patch size {patch_size} does not divide image size {img_size}")
+        super().__init__(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        self.embed_dim = embed_dim
-        self.grid = (img_size // patch_size, img_size // patch_size)
-        self.num_patches = self.grid[0] * self.grid[1]
         self.norm_pix_loss = norm_pix_loss
-        self.arch = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-            depth=depth, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim,
-            decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
-            mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
+        self.arch.update(
+            decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads, norm_pix_loss=norm_pix_loss,
         )  # fmt: skip
-
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim), requires_grad=False)
-        self.blocks = nn.ModuleList(
-            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)]
-        )
-        self.norm = norm_layer(embed_dim)
-
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(
@@ -106,53 +90,16 @@ class MaskedAutoencoderViT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """MAE's initialisation: fixed sin-cos positions, xavier linears, N(0, .02) tokens."""
-        self.pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, self.grid).unsqueeze(0))
-        dec_dim = self.decoder_pos_embed.shape[-1]
-        self.decoder_pos_embed.copy_(sincos_pos_embed_2d(dec_dim, self.grid).unsqueeze(0))
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def _check_images(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1:] != (self.in_chans, self.img_size, self.img_size):
-            raise ValueError(
-                f"expected images of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
-                f"got {tuple(images.shape)}"
-            )
+        """MAE's initialisation: the encoder's, plus decoder positions and N(0, .02) mask token."""
+        super().reset_parameters()
+        if hasattr(self, "decoder_pos_embed"):  # not yet built while the encoder initialises
+            dec_dim = self.decoder_pos_embed.shape[-1]
+            self.decoder_pos_embed.copy_(sincos_pos_embed_2d(dec_dim, self.grid).unsqueeze(0))
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def forward_encoder(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode the visible patches (all of them when ``ids_keep`` is None).
-
-        Args:
-            images: (B, C, H, W).
-            ids_keep: (B, n_keep) indices of visible patches, or None.
-
-        Returns:
-            (B, 1 + n_keep, D) normalised tokens, CLS first.
-        """
-        self._check_images(images)
-        x = self.patch_embed(images) + self.pos_embed[:, 1:, :]
-        if ids_keep is not None:
-            x = gather_tokens(x, ids_keep)
-        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Unmasked encoder features for evaluation and part learning: (B, 1 + L, D)."""
-        return self.forward_encoder(images, None)
+        """Encode the visible patches (all of them when ``ids_keep`` is None): (B, 1 + n_keep, D)."""
+        return self.forward_features(images, ids_keep)
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict every patch's pixels.

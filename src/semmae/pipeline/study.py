@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from semmae.config import Config
-from semmae.errors import ConfigError
 from semmae.engine.rundir import prepare_run_dir
+from semmae.errors import ConfigError
 from semmae.pipeline.stages import _export, _parts_train, _pretrain, mae_config, parts_config, run_stage
 
 log = logging.getLogger(__name__)
