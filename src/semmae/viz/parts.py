@@ -23,8 +23,9 @@ def part_grid(
     num_parts: int,
     path: str | Path,
     recon: torch.Tensor | None = None,
+    per_row: int = 1,
 ) -> Path:
-    """Write a PNG with one row per image: input | overlay | reconstruction (when given).
+    """Write a PNG of input | overlay | reconstruction (when given) panels, ``per_row`` images a row.
 
     Args:
         images01: (B, C, H, W) in [0, 1].
@@ -32,6 +33,7 @@ def part_grid(
         num_parts: K.
         path: PNG to write (parent folders are created).
         recon: optional (B, C, H, W) reconstruction in [0, 1].
+        per_row: images side by side in each row; small images are enlarged (nearest) to >= 96 px.
 
     Returns:
         The path written.
@@ -40,9 +42,12 @@ def part_grid(
     if recon is not None:
         panels.append(_to_rgb(recon))
     rows = torch.stack(panels, dim=1).flatten(0, 1)  # (B * panels, 3, H, W), row-major
+    scale = max(1, 96 // rows.shape[-1])
+    if scale > 1:
+        rows = torch.nn.functional.interpolate(rows, scale_factor=scale, mode="nearest")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(rows, path, nrow=len(panels), padding=1, pad_value=1.0)
+    save_image(rows, path, nrow=len(panels) * per_row, padding=2, pad_value=1.0)
     return path
 
 
@@ -77,4 +82,4 @@ def render_part_map_file(maps_path: str | Path, data_cfg: DataConfig, n: int, ou
     idx = torch.arange(min(n, len(ds)))
     images01, _ = center_batch(ds.load(idx), out_size=ds.image_size)
     labels = maps.lookup(idx).long()
-    return part_grid(images01, labels, int(manifest.num_parts), out)
+    return part_grid(images01, labels, int(manifest.num_parts), out, per_row=4)
