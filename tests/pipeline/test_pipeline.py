@@ -10,7 +10,7 @@ import pytest
 
 from semmae import config as config_lib
 from semmae.pipeline.stages import STAGES, run_pipeline
-from semmae.pipeline.study import summarise
+from semmae.pipeline.study import summarise, write_study
 
 ROOT = Path(__file__).parents[2]
 TINY = [
@@ -70,7 +70,7 @@ def test_rerun_skips_finished_stages_and_redoes_unfinished(pipeline_dir: Path) -
     assert records["eval"]["result"].keys() == json.loads(before["eval"])["result"].keys()
 
 
-def test_study_summary_mean_and_std() -> None:
+def test_study_summary_mean_and_std(tmp_path: Path) -> None:
     rows = [
         {"method": "a", "seed": s, "knn": {"top1": k}, "linear": {"top1": k + 1}, "pretrain_s": 60.0}
         for s, k in ((0, 10.0), (1, 14.0))
@@ -78,3 +78,7 @@ def test_study_summary_mean_and_std() -> None:
     table = summarise(rows)
     assert table["a"]["knn_top1"] == {"mean": 12.0, "std": pytest.approx(2.8284271)}
     assert table["a"]["linear_top1"]["mean"] == 13.0 and table["a"]["pretrain_min"]["mean"] == 1.0
+    cfg = config_lib.load(None, [])
+    write_study(tmp_path, cfg, "quick", rows)
+    assert "| a | 12.00 ± 2.83 | 13.00 ± 2.83 | 1.00 ± 0.00 |" in (tmp_path / "study.md").read_text()
+    assert json.loads((tmp_path / "study.json").read_text())["table"] == json.loads(json.dumps(table))

@@ -100,7 +100,8 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     learned = prefix / "export" / "parts_train.npy"
     oracle = _oracle_maps(cfg, root, export["result"]["train_grid"])
     methods = list(cfg.pipeline.study_methods) + (["oracle"] if oracle and "oracle" not in cfg.pipeline.study_methods else [])
-    rows = []
+    rows: list[dict[str, Any]] = []
+    table: dict[str, Any] = {}
     for seed in cfg.pipeline.seeds:
         for method in methods:
             if method == "random" and seed == 0 and mae_config(cfg).train.seed == 0:
@@ -109,6 +110,12 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
                 run_dir = root / "runs" / f"{method}_s{seed}"
                 record = run_stage(run_dir, f"{method} seed {seed}", _pretrain(method_config(cfg, method, seed, learned, oracle)))
             rows.append(_evaluate_run(cfg, run_dir, method, seed, record, evaluate_encoder))
+            table = write_study(root, cfg, budget, rows)  # after every run: an interrupted study shows its table so far
+    return table
+
+
+def write_study(root: Path, cfg: Config, budget: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``study.json`` and ``study.md`` for the runs evaluated so far; returns the table."""
     table = summarise(rows)
     result = {"budget": budget, "dataset": cfg.data.name, "limit": cfg.data.limit, "epochs": cfg.train.epochs,
               "model": cfg.model.name, "seeds": cfg.pipeline.seeds, "table": table, "runs": rows}  # fmt: skip
