@@ -93,3 +93,20 @@ def test_presets_and_shapes() -> None:
         model(torch.randn(2, 1, 32, 32), _mask(2, 16))
     with pytest.raises(ValueError):
         MaskedAutoencoderViT(img_size=30, patch_size=8)
+
+
+def test_vit_base_has_the_official_checkpoint_shapes() -> None:
+    # Shapes of mae_pretrain_vit_base.pth's "model" dict (official MAE release, decoder 512 x 8).
+    official = {
+        "cls_token": (1, 1, 768), "pos_embed": (1, 197, 768), "patch_embed.proj.weight": (768, 3, 16, 16),
+        "blocks.11.attn.qkv.weight": (2304, 768), "blocks.11.mlp.fc1.weight": (3072, 768), "norm.weight": (768,),
+        "decoder_embed.weight": (512, 768), "mask_token": (1, 1, 512), "decoder_pos_embed": (1, 197, 512),
+        "decoder_blocks.7.attn.qkv.weight": (1536, 512), "decoder_norm.weight": (512,),
+        "decoder_pred.weight": (768, 512), "decoder_pred.bias": (768,),
+    }  # fmt: skip
+    with torch.device("meta"):
+        sd = build_mae("mae_vit_base_patch16").state_dict()
+    for key, shape in official.items():
+        assert tuple(sd[key].shape) == shape, key
+    assert not any(k.startswith(("blocks.12", "decoder_blocks.8")) for k in sd)
+    assert len(sd) == 4 + 12 * 12 + 2 + 4 + 8 * 12 + 2 + 2  # tokens/embeds, blocks, norms, decoder
