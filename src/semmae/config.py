@@ -118,7 +118,7 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         log_every: write a metrics line every N steps.
         ckpt_every_steps: also checkpoint every N steps (0 = only at epoch ends).
-        keep_every_epochs: keep a periodic ``checkpoints/epoch_XXXX.pt`` every N epochs (0 = never).
+        keep_every_epochs: keep a periodic ``checkpoints/epoch_0010.pt`` (4-digit epoch) every N epochs (0 = never).
         image_every_epochs: write reconstruction grids every N epochs (0 = never, end always).
         knn_every_epochs: run the kNN monitor every N epochs (0 = only at the end, -1 = never).
         knn_train: train images used by the kNN monitor.

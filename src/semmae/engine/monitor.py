@@ -115,7 +115,7 @@ class PretrainMonitor:
 
     @torch.no_grad()
     def save_reconstructions(self, epoch: int) -> Path:
-        """``images/recon_epoch_XXXX.png`` for the probe images under a fixed random mask."""
+        """``images/recon_epoch_0003.png`` (4-digit epoch) for the probe images under a fixed random mask."""
         from semmae.data.transforms import denormalize
         from semmae.masking import build as build_strategy
         from semmae.viz.recon import reconstruction_panels, save_reconstruction_grid
