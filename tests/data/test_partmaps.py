@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from semmae.data import oracle
 from semmae.data import partmaps as pm
+from semmae.data.oracle import part_maps_from_masks
 from semmae.data.partmaps import (
     PartMapWriter,
     load_part_maps,
     manifest_path,
-    part_maps_from_masks,
     write_part_maps,
 )
 from semmae.errors import DataError
@@ -287,7 +288,7 @@ def test_part_maps_from_hand_built_mask() -> None:
 def test_part_maps_from_masks_matches_slow_vote(
     size: int, grid: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pm, "_VOTE_CHUNK", 2)  # several chunks, a ragged last one
+    monkeypatch.setattr(oracle, "_VOTE_CHUNK", 2)  # several chunks, a ragged last one
     masks = torch.from_numpy(np.random.default_rng(size).integers(0, 5, (5, size, size), dtype=np.uint8))
     ds = FakeImageSet(n=5, part_masks=masks, num_gt_parts=5)
     np.testing.assert_array_equal(part_maps_from_masks(ds, grid), _slow_vote(masks.numpy(), grid))

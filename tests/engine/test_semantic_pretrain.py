@@ -53,8 +53,9 @@ def test_paired_dataset_yields_image_labels_and_target(tmp_path: Path) -> None:
     import torch
 
     from semmae.data import build_dataset
+    from semmae.data.oracle import part_maps_from_masks
     from semmae.data.paired import PartLabelledImages
-    from semmae.data.partmaps import part_maps_from_masks, write_part_maps
+    from semmae.data.partmaps import write_part_maps
 
     cfg = config_lib.load(None, TOY)
     ds = build_dataset(cfg.data, "train")

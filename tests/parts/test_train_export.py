@@ -140,7 +140,8 @@ def test_export_round_trip(tmp_path) -> None:
 @needs_data
 def test_from_masks_cli(tmp_path) -> None:
     from semmae.data import build_dataset
-    from semmae.data.partmaps import load_part_maps, part_maps_from_masks
+    from semmae.data.oracle import part_maps_from_masks
+    from semmae.data.partmaps import load_part_maps
 
     cfg = _cfg()
     cfg_path = tmp_path / "cfg.yaml"

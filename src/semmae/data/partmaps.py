@@ -31,7 +31,6 @@ from semmae.errors import DataError
 
 FORMAT_VERSION = 1
 _CHECK_CHUNK = 1 << 22  # labels checked per chunk (bytes), so validating never loads the whole map
-_VOTE_CHUNK = 256  # images per chunk in part_maps_from_masks
 
 
 @dataclass(frozen=True)
@@ -380,49 +379,7 @@ def load_part_maps(path: str | os.PathLike[str], *, dataset: Any = None) -> Part
     return PartMaps(labels=arr, manifest=manifest, path=p)
 
 
-def part_maps_from_masks(dataset: Any, grid: tuple[int, int]) -> np.ndarray:
-    """Oracle part maps: the majority ground-truth part of every grid cell.
-
-    Pixel (y, x) of an S×S mask falls in cell (y·h // S, x·w // S); each cell takes its most
-    frequent part id, ties going to the smaller id.
-
-    Args:
-        dataset: ImageSet-like with ``part_masks`` (N, S, S) uint8 and optionally ``num_gt_parts``.
-        grid: (h, w), each at most S.
-
-    Returns:
-        (N, h, w) uint8 ndarray.
-
-    Raises:
-        DataError: if the dataset has no ground-truth part masks.
-    """
-    masks = getattr(dataset, "part_masks", None)
-    if masks is None:
-        raise DataError(
-            f"dataset {getattr(dataset, 'name', '?')!r} has no ground-truth part masks; "
-            "oracle part maps need a dataset with part masks (e.g. toy_parts)"
-        )
-    masks = torch.as_tensor(masks)
-    n, size_y, size_x = masks.shape
-    h, w = int(grid[0]), int(grid[1])
-    if not (0 < h <= size_y and 0 < w <= size_x):
-        raise DataError(f"grid {grid} must be positive and at most the mask size {size_y}x{size_x}")
-    top = int(masks.max()) + 1 if masks.numel() else 1
-    k = max(int(getattr(dataset, "num_gt_parts", None) or 0), top)
-    cy = torch.arange(size_y) * h // size_y
-    cx = torch.arange(size_x) * w // size_x
-    cell = (cy[:, None] * w + cx[None, :]).reshape(1, -1)  # (1, S*S) cell id of every pixel
-    out = np.empty((n, h, w), dtype=np.uint8)
-    for start in range(0, n, _VOTE_CHUNK):
-        chunk = masks[start : start + _VOTE_CHUNK].reshape(-1, size_y * size_x).long()
-        votes = torch.zeros(chunk.shape[0], h * w * k, dtype=torch.int32)
-        votes.scatter_add_(1, cell * k + chunk, torch.ones_like(chunk, dtype=torch.int32))
-        winner = votes.view(-1, h * w, k).argmax(-1)  # first maximum = smallest id on ties
-        out[start : start + chunk.shape[0]] = winner.view(-1, h, w).numpy().astype(np.uint8)
-    return out
-
-
 __all__ = [
     "FORMAT_VERSION", "PartMapManifest", "PartMapWriter", "PartMaps", "load_part_maps", "manifest_path",
-    "npy_path", "part_maps_from_masks", "write_part_maps",
+    "npy_path", "write_part_maps",
 ]  # fmt: skip

@@ -251,7 +251,8 @@ def maps_from_masks(
         RunDirError: ``out_path`` exists and ``overwrite`` is False.
     """
     from semmae.data import build_dataset
-    from semmae.data.partmaps import part_maps_from_masks, write_part_maps
+    from semmae.data.oracle import part_maps_from_masks
+    from semmae.data.partmaps import write_part_maps
 
     _refuse_existing(out_path, overwrite)
     ds = build_dataset(cfg.data, split)

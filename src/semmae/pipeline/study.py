@@ -57,7 +57,8 @@ def _oracle_maps(cfg: Config, root: Path, grid: list[int]) -> Path | None:
     if cfg.data.name != "toy_parts":
         return None
     from semmae.data import build_dataset
-    from semmae.data.partmaps import part_maps_from_masks, write_part_maps
+    from semmae.data.oracle import part_maps_from_masks
+    from semmae.data.partmaps import write_part_maps
 
     path = root / "prefix" / "oracle_train.npy"
     if not path.is_file():
