@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from semmae import runtime
 from semmae.config import Config
+
+if TYPE_CHECKING:
+    from semmae.eval.features import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,12 @@ def knn_accuracy(
 
 
 def run_knn(
-    cfg: Config, spec: str, *, progress: bool = True, loaded: tuple[Any, dict[str, Any]] | None = None
+    cfg: Config,
+    spec: str,
+    *,
+    progress: bool = True,
+    loaded: tuple[Any, dict[str, Any]] | None = None,
+    features: FeatureSet | None = None,
 ) -> dict[str, Any]:
     """The kNN evaluation of an encoder on ``cfg.data`` (train split = memory, test split = queries).
 
@@ -121,6 +129,7 @@ def run_knn(
         spec: the encoder (see :func:`~semmae.models.encoder.load_encoder`).
         progress: show progress bars.
         loaded: ``load_encoder(spec)``'s result when the caller already has it.
+        features: features already extracted for ``spec`` (then nothing is loaded).
 
     Returns:
         ``{"eval": "knn", "top1", ["top5"], "k", "t", "checkpoint", "dataset", "feature",
@@ -129,7 +138,7 @@ def run_knn(
     from semmae.eval.features import prepare_features
 
     t0 = time.perf_counter()
-    fs = prepare_features(cfg, spec, progress=progress, loaded=loaded)
+    fs = features if features is not None else prepare_features(cfg, spec, progress=progress, loaded=loaded)
     device = runtime.resolve_device(cfg.train.device)
     acc = knn_accuracy(
         fs.train_feats.to(device),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,9 @@ from semmae.config import Config
 from semmae.engine.schedule import warmup_cosine
 from semmae.errors import ConfigError
 from semmae.eval.knn import topk_accuracy
+
+if TYPE_CHECKING:
+    from semmae.eval.features import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +234,22 @@ def linear_probe(
 
 
 def run_linear(
-    cfg: Config, spec: str, *, progress: bool = True, loaded: tuple[Any, dict[str, Any]] | None = None
+    cfg: Config,
+    spec: str,
+    *,
+    progress: bool = True,
+    loaded: tuple[Any, dict[str, Any]] | None = None,
+    features: FeatureSet | None = None,
 ) -> dict[str, Any]:
     """The linear-probe evaluation of an encoder on ``cfg.data`` (see the module docstring).
+
+    Args:
+        cfg: the resolved config (``data``, ``eval.linear_*``, ``eval.feature``, ``train.device``,
+            ``train.precision``, ``train.seed``).
+        spec: the encoder (see :func:`~semmae.models.encoder.load_encoder`).
+        progress: show progress bars.
+        loaded: ``load_encoder(spec)``'s result when the caller already has it.
+        features: features already extracted for ``spec`` (then nothing is loaded).
 
     Returns:
         ``{"eval": "linear", "top1", ["top5"], "lr", "val_top1", "grid", "epochs", "optimizer",
@@ -248,7 +264,7 @@ def run_linear(
             f"got {e.linear_optimizer!r}"
         )
     t0 = time.perf_counter()
-    fs = prepare_features(cfg, spec, progress=progress, loaded=loaded)
+    fs = features if features is not None else prepare_features(cfg, spec, progress=progress, loaded=loaded)
     device = runtime.resolve_device(cfg.train.device)
     res = linear_probe(
         fs.train_feats.to(device),

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from semmae import runtime
 from semmae.config import Config
 from semmae.engine.logging import append_result
 
@@ -16,38 +15,27 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_encoder(cfg: Config, spec: str, *, progress: bool = True) -> dict[str, Any]:
-    """kNN and linear probe of one encoder on ``cfg.data``, sharing the extracted features.
+    """kNN and linear probe of one encoder on ``cfg.data``, sharing one feature extraction.
 
     Returns:
-        ``{"knn": {...}, "linear": {...}, "feature_seconds", "seconds"}`` with accuracies in percent.
+        ``{"checkpoint", "dataset", "feature", "n_train", "n_test", "feature_seconds", "knn": {...},
+        "linear": {...}, "seconds"}``: the rows of :func:`~semmae.eval.knn.run_knn` and
+        :func:`~semmae.eval.linear.run_linear`, accuracies in percent.
     """
     from semmae.eval.features import prepare_features
-    from semmae.eval.knn import knn_accuracy
-    from semmae.eval.linear import linear_probe
+    from semmae.eval.knn import run_knn
+    from semmae.eval.linear import run_linear
 
     t0 = time.perf_counter()
     fs = prepare_features(cfg, spec, progress=progress)
-    device = runtime.resolve_device(cfg.train.device)
-    ftr, fte = fs.train_feats.to(device), fs.test_feats.to(device)
-    e = cfg.eval
-    t_knn = time.perf_counter()
-    knn = knn_accuracy(ftr, fs.train_labels, fte, fs.test_labels, k=e.knn_k, temperature=e.knn_t,
-                       num_classes=fs.num_classes, chunk_size=e.knn_chunk_size)  # fmt: skip
-    knn_s = time.perf_counter() - t_knn
-    t_lin = time.perf_counter()
-    linear = linear_probe(
-        ftr, fs.train_labels, fte, fs.test_labels, num_classes=fs.num_classes, lrs=e.linear_lrs,
-        epochs=e.linear_epochs, batch_size=e.linear_batch_size, val_frac=e.linear_val_frac,
-        optimizer=e.linear_optimizer, weight_decay=e.linear_weight_decay, warmup_epochs=e.linear_warmup_epochs,
-        seed=cfg.train.seed, progress=progress,
-    )  # fmt: skip
-    lin_s = time.perf_counter() - t_lin
+    knn = run_knn(cfg, spec, progress=progress, features=fs)
+    linear = run_linear(cfg, spec, progress=progress, features=fs)
     return {
-        "checkpoint": spec, **{k: v for k, v in fs.info.items() if k != "checkpoint"},
-        "knn": {**knn, "k": e.knn_k, "t": e.knn_t, "seconds": round(knn_s, 2)},
-        "linear": {**linear, "seconds": round(lin_s, 2)},
+        **fs.info,
+        "knn": {k: v for k, v in knn.items() if k not in fs.info},
+        "linear": {k: v for k, v in linear.items() if k not in fs.info},
         "seconds": round(time.perf_counter() - t0, 2),
-    }  # fmt: skip
+    }
 
 
 def evaluate_encoders(cfg: Config, encoders: dict[str, str], results_file: Path) -> dict[str, Any]:
