@@ -44,6 +44,9 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("train.precision=fp16", "train.precision"),
         ("data.name=mnist", "data.name"),
         ("epochs", "section.field=value"),
+        ("parts.lambda_presence=-1", "parts.lambda_presence"),
+        ("parts.tau=0", "parts.tau"),
+        ("parts.blur_padding=zeros", "parts.blur_padding"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,13 @@ from typing import Any
 
 import yaml
 
+from semmae.config_checks import coerce, validate
 from semmae.errors import ConfigError
+
+__all__ = [
+    "Config", "DataConfig", "EvalConfig", "MaskingConfig", "ModelConfig", "PartsConfig",
+    "PipelineConfig", "TrainConfig", "dump", "from_dict", "load", "parse_override", "validate",
+]  # fmt: skip
 
 
 @dataclass
@@ -165,6 +170,10 @@ class PartsConfig:
         tau: correlation temperature (paper-silent default 0.1); ``learn_tau`` makes it a parameter.
         tau_min: floor of a learnable tau (paper-silent default 0.01).
         mlp_hidden: hidden width of the MLP g -> K part tokens (paper-silent default 512).
+        center_tokens: subtract each image's mean patch token before the cosine with the part
+            tokens (paper-silent default True). ViT patch tokens of one image share a large common
+            direction (MAE tokens on toy-parts: mean pairwise cosine 0.98), so uncentred cosines
+            hardly differ between locations. The k-means baseline gets the same centring.
         blur_sigma: Gaussian blur of the maps (3x3 kernel); 0 disables it (paper-silent default 1.0).
         blur_padding: ``replicate`` or ``reflect`` border of the blur (paper-silent default
             ``replicate``; either keeps the maps a partition).
@@ -179,6 +188,11 @@ class PartsConfig:
         lambda_div: weight of the diversity loss (paper-silent default 1.0).
         lambda_area: weight of the part-usage (area entropy) term inside the diversity loss
             (paper-silent default 1.0).
+        lambda_presence: weight of the presence hinge inside the diversity loss: every part should
+            win at least one location of every image (paper-silent default 1.0; 0 disables it).
+            It keeps parts from dying: at a small tau the softmax of a part that lost everywhere
+            has no gradient left.
+        presence_margin: cosine lead a part's best location needs (paper-silent default 0.05).
         label_source: maps the labels are the argmax of: ``raw`` (the softmax partition) or
             ``blurred`` (what the decoder sees) (paper-silent default ``raw``).
         min_part_share: a part covering less than this share of all locations counts as empty
@@ -205,6 +219,7 @@ class PartsConfig:
     learn_tau: bool = False
     tau_min: float = 0.01
     mlp_hidden: int = 512
+    center_tokens: bool = True
     blur_sigma: float = 1.0
     blur_padding: str = "replicate"
     straight_through: bool = True
@@ -214,6 +229,8 @@ class PartsConfig:
     style_dim: int = 128
     lambda_div: float = 1.0
     lambda_area: float = 1.0
+    lambda_presence: float = 1.0
+    presence_margin: float = 0.05
     label_source: str = "raw"
     min_part_share: float = 0.01
     cache_features: bool = True
@@ -315,72 +332,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("fashion_mnist", "toy_parts", "image_folder", "cifar10", "cifar100", "stl10"),
-    "data.on_corrupt": ("warn", "error"),
-    "masking.name": ("random", "block", "semantic"),
-    "masking.schedule": ("power", "intra", "inter", "linear", "reversed", "cosine"),
-    "masking.step_per": ("step", "epoch"),
-    "train.precision": ("fp32", "bf16"),
-    "parts.global_token": ("cls", "mean"),
-    "eval.feature": ("cls", "mean"),
-    "eval.linear_optimizer": ("sgd", "adamw"),
-    "eval.ft_global_pool": ("avg", "token"),
-    "parts.blur_padding": ("replicate", "reflect"),
-    "parts.decoder_upsample": ("nearest", "bilinear"),
-    "parts.label_source": ("raw", "blurred"),
-    "parts.cache_dtype": ("float16", "float32"),
-}
-
-
-def _check_type(key: str, value: Any, tp: Any) -> Any:
-    """Coerce ``value`` to the annotated type ``tp`` or raise a ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(key, value, arg)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key {key!r}: expected {tp}, got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
-        return [_check_type(key, v, item_tp) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
-    raise TypeError(f"unsupported config field type {tp} for {key}")
-
-
 def _apply(cfg: Config, key: str, value: Any) -> None:
     parts = key.split(".")
     if len(parts) != 2:
@@ -397,7 +348,7 @@ def _apply(cfg: Config, key: str, value: Any) -> None:
         hint = difflib.get_close_matches(field_name, hints, n=1)
         extra = f" (did you mean '{section_name}.{hint[0]}'?)" if hint else ""
         raise ConfigError(f"unknown config key {key!r}{extra}")
-    setattr(section, field_name, _check_type(key, value, hints[field_name]))
+    setattr(section, field_name, coerce(key, value, hints[field_name]))
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -423,58 +374,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
-
-
-def validate(cfg: Config) -> None:
-    """Check values that types alone cannot; raises ConfigError naming the key."""
-    for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            raise ConfigError(f"config key {key!r} must be one of {', '.join(choices)}; got {value!r}")
-    if not 0.0 < cfg.masking.ratio < 1.0:
-        raise ConfigError(f"config key 'masking.ratio' must be in (0, 1), got {cfg.masking.ratio}")
-    positive = {
-        "data.image_size": cfg.data.image_size,
-        "data.in_chans": cfg.data.in_chans,
-        "train.batch_size": cfg.train.batch_size,
-        "train.accum_steps": cfg.train.accum_steps,
-        "train.log_every": cfg.train.log_every,
-        "parts.num_parts": cfg.parts.num_parts,
-        "parts.batch_size": cfg.parts.batch_size,
-        "eval.knn_k": cfg.eval.knn_k,
-        "eval.batch_size": cfg.eval.batch_size,
-        "eval.linear_batch_size": cfg.eval.linear_batch_size,
-        "eval.linear_epochs": cfg.eval.linear_epochs,
-        "eval.ft_batch_size": cfg.eval.ft_batch_size,
-        "eval.ft_epochs": cfg.eval.ft_epochs,
-        "eval.knn_chunk_size": cfg.eval.knn_chunk_size,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config key {key!r} must be at least 1, got {value}")
-    if cfg.train.epochs < 0 or (cfg.train.max_steps is not None and cfg.train.max_steps < 1):
-        raise ConfigError("config keys 'train.epochs' must be >= 0 and 'train.max_steps' >= 1")
-    if cfg.data.limit is not None and cfg.data.limit < 1:
-        raise ConfigError(f"config key 'data.limit' must be at least 1, got {cfg.data.limit}")
-    lo, hi = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (-1.0, -1.0)
-    if not 0.0 < lo <= hi <= 1.0:
-        raise ConfigError(f"config key 'data.crop_scale' must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.crop_scale}")
-    if len(cfg.data.mean) not in (1, cfg.data.in_chans) or len(cfg.data.std) != len(cfg.data.mean):
-        raise ConfigError("config keys 'data.mean' and 'data.std' need 1 or data.in_chans values each")
-    if cfg.model.patch_size is not None and (
-        cfg.model.patch_size < 1 or cfg.data.image_size % cfg.model.patch_size
-    ):
-        raise ConfigError(
-            f"config key 'model.patch_size' ({cfg.model.patch_size}) must divide "
-            f"data.image_size ({cfg.data.image_size})"
-        )
-    if cfg.parts.export_scale not in (1, 2):
-        raise ConfigError(f"config key 'parts.export_scale' must be 1 or 2, got {cfg.parts.export_scale}")
-    if cfg.parts.num_parts < 2:
-        raise ConfigError(f"config key 'parts.num_parts' must be at least 2, got {cfg.parts.num_parts}")
-    if not 0.0 <= cfg.eval.linear_val_frac < 1.0:
-        raise ConfigError("config key 'eval.linear_val_frac' must be in [0, 1)")
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -76,3 +76,16 @@ def test_kmeans_recovers_separated_clusters() -> None:
     assert part_nmi(labels, truth.view(6, 4, 4)) == pytest.approx(1.0)
     small = kmeans_part_baseline(tokens, 3, seed=0, minibatch_above=10)  # MiniBatchKMeans path
     assert part_nmi(small, truth.view(6, 4, 4)) > 0.9
+
+
+def test_centred_kmeans_ignores_a_per_image_offset() -> None:
+    # Every image adds its own large offset: raw k-means clusters by image, centred k-means by part.
+    g = torch.Generator().manual_seed(4)
+    truth = torch.randint(0, 3, (6, 16), generator=g)
+    truth[:, :3] = torch.arange(3)  # every image shows every part
+    tokens = torch.eye(8)[:3][truth] + 0.05 * torch.randn(6, 16, 8, generator=g)
+    tokens = tokens + 20 * torch.randn(6, 1, 8, generator=g)
+    raw = kmeans_part_baseline(tokens, 3, seed=0)
+    centred = kmeans_part_baseline(tokens, 3, seed=0, center=True)
+    assert part_nmi(centred, truth.view(6, 4, 4)) == pytest.approx(1.0)
+    assert part_nmi(raw, truth.view(6, 4, 4)) < 0.5

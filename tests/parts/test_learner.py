@@ -122,6 +122,18 @@ def test_gradients_reach_every_learner_parameter_and_not_the_backbone(
         assert not p.requires_grad and p.grad is None
 
 
+def test_centred_cosines_ignore_what_all_patches_of_an_image_share(backbone: FrozenBackbone) -> None:
+    torch.manual_seed(5)
+    f, g = backbone(torch.randn(2, 1, 28, 28))
+    shift = 10 * torch.randn(2, 1, f.shape[-1])  # one vector per image, added to every patch
+    centred = _small_learner(backbone, center_tokens=True)
+    torch.testing.assert_close(centred.part_cosine(f + shift, g), centred.part_cosine(f, g), atol=1e-5, rtol=0)
+    raw = _small_learner(backbone, center_tokens=False)
+    assert not torch.allclose(raw.part_cosine(f + shift, g), raw.part_cosine(f, g), atol=1e-2)
+    out = centred(f, g)
+    torch.testing.assert_close(out.logits, out.cosine / centred.tau)
+
+
 def test_fixed_tau_is_a_buffer(backbone: FrozenBackbone) -> None:
     learner = _small_learner(backbone, tau=0.2)
     assert "log_tau" not in dict(learner.named_parameters())

@@ -111,6 +111,7 @@ def kmeans_part_baseline(
     seed: int = 0,
     *,
     grid: tuple[int, int] | None = None,
+    center: bool = False,
     minibatch_above: int = 50_000,
 ) -> torch.Tensor:
     """Cluster all L2-normalised patch tokens of all images into K parts.
@@ -120,6 +121,9 @@ def kmeans_part_baseline(
         num_parts: K.
         seed: k-means seed.
         grid: (h, w) with h * w = L; None = square.
+        center: subtract each image's mean patch token first (as the part learner does with
+            ``parts.center_tokens``), so clusters follow differences inside an image rather than
+            between images.
         minibatch_above: use MiniBatchKMeans above this many tokens (N * L).
 
     Returns:
@@ -133,7 +137,10 @@ def kmeans_part_baseline(
         if side * side != length:
             raise ValueError(f"{length} patches are not a square grid; pass grid=(h, w)")
         grid = (side, side)
-    x = F.normalize(patch_tokens.float().reshape(n * length, -1), dim=-1).cpu().numpy()
+    tokens = patch_tokens.float()
+    if center:
+        tokens = tokens - tokens.mean(dim=1, keepdim=True)
+    x = F.normalize(tokens.reshape(n * length, -1), dim=-1).cpu().numpy()
     if n * length > minibatch_above:
         km = MiniBatchKMeans(n_clusters=num_parts, random_state=seed, n_init=3, batch_size=4096)
     else:

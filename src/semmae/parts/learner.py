@@ -3,7 +3,7 @@
 From a frozen backbone's patch tokens F (B, L, D) and global token g (B, D):
 
 1. an MLP maps g to K part tokens Q (B, K, D);
-2. S = <normalize(Q), normalize(F)> / tau, (B, K, L);
+2. S = <normalize(Q), normalize(F - mean_l F)> / tau, (B, K, L) (centring optional);
 3. softmax over K -> a soft partition A (B, K, h, w) of every patch location;
 4. a fixed depthwise 3x3 Gaussian blur of each map (the blur of a partition is a partition),
    optionally of the hard argmax partition with straight-through gradients;
@@ -37,12 +37,14 @@ class PartOutput:
         maps: (B, K, h, w) blurred maps fed to the decoder (of the one-hot argmax partition when
             straight-through); still sum to 1 over K.
         logits: (B, K, h, w) correlations S (cosine / tau) before the softmax.
+        cosine: (B, K, h, w) the cosines themselves (``logits * tau``).
         recon: (B, C, H, W) reconstruction in normalised pixel units.
     """
 
     maps_raw: torch.Tensor
     maps: torch.Tensor
     logits: torch.Tensor
+    cosine: torch.Tensor
     recon: torch.Tensor
 
 
@@ -100,6 +102,9 @@ class PartLearner(nn.Module):
         learn_tau: make tau a parameter (stored as log tau, floored at ``tau_min``).
         tau_min: floor of a learnable tau.
         mlp_hidden: hidden width of the MLP g -> Q.
+        center_tokens: subtract each image's mean patch token before the cosine. ViT patch
+            tokens share a large common direction (MAE tokens of one image: mean cosine ~0.98),
+            so raw cosines barely differ between locations.
         blur_sigma: Gaussian sigma of the map blur (0 = off).
         blur_padding: ``replicate`` or ``reflect``.
         straight_through: decode the hard argmax partition (one-hot) in the forward pass and pass
@@ -121,6 +126,7 @@ class PartLearner(nn.Module):
         learn_tau: bool = False,
         tau_min: float = 0.01,
         mlp_hidden: int = 512,
+        center_tokens: bool = False,
         blur_sigma: float = 1.0,
         blur_padding: str = "replicate",
         straight_through: bool = True,
@@ -138,8 +144,8 @@ class PartLearner(nn.Module):
         self.arch: dict[str, Any] = dict(
             embed_dim=embed_dim, num_parts=num_parts, grid=list(grid), img_size=img_size,
             in_chans=in_chans, tau=tau, learn_tau=learn_tau, tau_min=tau_min, mlp_hidden=mlp_hidden,
-            blur_sigma=blur_sigma, blur_padding=blur_padding, straight_through=straight_through,
-            style_dim=style_dim,
+            center_tokens=center_tokens, blur_sigma=blur_sigma, blur_padding=blur_padding,
+            straight_through=straight_through, style_dim=style_dim,
             decoder_channels=decoder_channels, decoder_min_channels=decoder_min_channels,
             decoder_upsample=decoder_upsample,
         )  # fmt: skip
@@ -147,6 +153,7 @@ class PartLearner(nn.Module):
         self.num_parts = num_parts
         self.grid = grid
         self.tau_min = tau_min
+        self.center_tokens = center_tokens
         self.straight_through = straight_through
         self.part_mlp = nn.Sequential(
             nn.Linear(embed_dim, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, num_parts * embed_dim)
@@ -171,15 +178,20 @@ class PartLearner(nn.Module):
         """(B, D) -> Q (B, K, D)."""
         return self.part_mlp(global_token).view(-1, self.num_parts, self.embed_dim)
 
-    def part_logits(self, patch_tokens: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
-        """Correlations S (B, K, h, w) = cos(Q_k, F_l) / tau."""
+    def part_cosine(self, patch_tokens: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
+        """Cosines (B, K, h, w) = cos(Q_k, F_l), F centred per image when ``center_tokens``."""
         b, length, _ = patch_tokens.shape
         if length != self.grid[0] * self.grid[1]:
             raise ValueError(f"expected {self.grid[0] * self.grid[1]} patch tokens, got {length}")
         q = F.normalize(self.part_tokens(global_token), dim=-1)
+        if self.center_tokens:
+            patch_tokens = patch_tokens - patch_tokens.mean(dim=1, keepdim=True)
         f = F.normalize(patch_tokens, dim=-1)
-        s = torch.einsum("bkd,bld->bkl", q, f) / self.tau
-        return s.view(b, self.num_parts, *self.grid)
+        return torch.einsum("bkd,bld->bkl", q, f).view(b, self.num_parts, *self.grid)
+
+    def part_logits(self, patch_tokens: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
+        """Correlations S (B, K, h, w) = cos(Q_k, F_l) / tau."""
+        return self.part_cosine(patch_tokens, global_token) / self.tau
 
     def forward(self, patch_tokens: torch.Tensor, global_token: torch.Tensor) -> PartOutput:
         """Part maps and reconstruction.
@@ -191,7 +203,8 @@ class PartLearner(nn.Module):
         Returns:
             :class:`PartOutput`.
         """
-        logits = self.part_logits(patch_tokens, global_token)
+        cosine = self.part_cosine(patch_tokens, global_token)
+        logits = cosine / self.tau
         maps_raw = logits.float().softmax(dim=1).to(logits.dtype)
         decoded = maps_raw
         if self.straight_through:
@@ -200,4 +213,4 @@ class PartLearner(nn.Module):
             decoded = hard + maps_raw - maps_raw.detach()
         maps = self.blur(decoded)
         recon = self.decoder(maps, global_token)
-        return PartOutput(maps_raw=maps_raw, maps=maps, logits=logits, recon=recon)
+        return PartOutput(maps_raw=maps_raw, maps=maps, logits=logits, cosine=cosine, recon=recon)

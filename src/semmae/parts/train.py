@@ -39,39 +39,13 @@ from semmae.runtime import autocast, resolve_device, seed_everything, step_gener
 
 log = logging.getLogger(__name__)
 
-_CHOICES = {
-    "blur_padding": ("replicate", "reflect"),
-    "decoder_upsample": ("nearest", "bilinear"),
-    "label_source": ("raw", "blurred"),
-    "cache_dtype": ("float16", "float32"),
-}
-
-
-def check_parts_config(parts: config_lib.PartsConfig) -> None:
-    """Values of the parts section that the shared validation does not cover.
-
-    Raises:
-        ConfigError: naming the key.
-    """
-    for key, choices in _CHOICES.items():
-        if getattr(parts, key) not in choices:
-            raise ConfigError(
-                f"config key 'parts.{key}' must be one of {', '.join(choices)}; got {getattr(parts, key)!r}"
-            )
-    if parts.export_scale not in (1, 2):
-        raise ConfigError(f"config key 'parts.export_scale' must be 1 or 2, got {parts.export_scale}")
-    if parts.tau <= 0 or parts.tau_min <= 0:
-        raise ConfigError("config keys 'parts.tau' and 'parts.tau_min' must be positive")
-    if parts.epochs < 1 or (parts.max_steps is not None and parts.max_steps < 1):
-        raise ConfigError("config keys 'parts.epochs' and 'parts.max_steps' must be at least 1")
-
-
 def learner_kwargs(parts: config_lib.PartsConfig, backbone: FrozenBackbone) -> dict[str, Any]:
     """Constructor arguments of the :class:`PartLearner` for this config and backbone."""
     return dict(
         embed_dim=backbone.embed_dim, num_parts=parts.num_parts, grid=list(backbone.grid),
         img_size=backbone.img_size, in_chans=backbone.in_chans, tau=parts.tau,
         learn_tau=parts.learn_tau, tau_min=parts.tau_min, mlp_hidden=parts.mlp_hidden,
+        center_tokens=parts.center_tokens,
         blur_sigma=parts.blur_sigma, blur_padding=parts.blur_padding,
         straight_through=parts.straight_through, style_dim=parts.style_dim,
         decoder_channels=parts.decoder_channels, decoder_min_channels=parts.decoder_min_channels,
@@ -145,7 +119,7 @@ def _build_cache(run: _Run) -> FeatureCache:
 def _setup(cfg: config_lib.Config, out_dir: str | Path, resume: bool, overwrite: bool) -> _Run:
     from semmae.data import build_dataset
 
-    check_parts_config(cfg.parts)
+    config_lib.validate(cfg)
     if world_size() > 1:
         raise ConfigError("'semmae parts train' runs in one process; launch it without torchrun")
     device = resolve_device(cfg.train.device)
@@ -244,7 +218,10 @@ def _train_step(
     f, g, target = _batch_inputs(run, images_u8, idx)
     with autocast(run.device, run.cfg.train.precision):
         out = run.learner(f, g)
-    terms = parts_loss(out.recon, target, out.maps_raw, lambda_div=p.lambda_div, lambda_area=p.lambda_area)
+    terms = parts_loss(
+        out.recon, target, out.maps_raw, lambda_div=p.lambda_div, lambda_area=p.lambda_area,
+        scores=out.cosine, lambda_presence=p.lambda_presence, presence_margin=p.presence_margin,
+    )  # fmt: skip
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     if p.clip_grad is not None:
@@ -372,7 +349,10 @@ def evaluate_parts(run: _Run, logger: MetricsLogger | None = None) -> dict[str, 
         "kmeans": None,
     }  # fmt: skip
     if p.eval_kmeans:
-        km = kmeans_part_baseline(torch.cat(tokens), k, seed=run.cfg.train.seed, grid=run.learner.grid)
+        km = kmeans_part_baseline(
+            torch.cat(tokens), k, seed=run.cfg.train.seed, grid=run.learner.grid,
+            center=run.learner.center_tokens,
+        )  # fmt: skip
         result["kmeans"] = part_metrics(km, gt, k, k_gt, min_share=p.min_part_share)
     (run.run_dir / "partseg.json").write_text(json.dumps(result, indent=2) + "\n")
     if logger is not None:
