@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: install dataset test test-all demo bench clean
+.PHONY: install dataset test test-all lint demo bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test: install dataset
 
 test-all: install dataset
 	$(PY) -m pytest -q -m ""
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
 
 demo: install dataset
 	$(PY) -m semmae pipeline --config configs/pipeline_fmnist.yaml --out $(DEMO_OUT) --resume

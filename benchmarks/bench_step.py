@@ -59,7 +59,9 @@ def time_steps(model, opt, x, masking, device, precision: str, steps: int) -> li
     for i in range(steps + 3):
         _sync(device)
         t = time.perf_counter()
-        mask = masking(x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(i), device=device)
+        mask = masking(
+            x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(i), device=device
+        )
         with runtime.autocast(device, precision):
             loss = model(x, mask).loss
         loss.backward()
@@ -83,7 +85,11 @@ def main() -> None:
     opt = build_adamw(model, 1e-4, 0.05)
     masking = build("random", ratio=0.75)
     x = torch.randn(args.batch, 1, 28, 28, device=device)
-    flops = step_flops(model, x, masking(args.batch, model.num_patches, generator=torch.Generator().manual_seed(0), device=device))
+    flops = step_flops(
+        model,
+        x,
+        masking(args.batch, model.num_patches, generator=torch.Generator().manual_seed(0), device=device),
+    )
     result: dict = {
         "model": "mae_fmnist_tiny", "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -19,7 +19,9 @@ def test_every_recipe_loads(path: Path) -> None:
 
 
 def test_overrides_are_typed_and_applied() -> None:
-    cfg = config_lib.load(None, ["train.epochs=3", "data.limit=100", "masking.ratio=0.6", "data.crop_scale=[0.5,1]"])
+    cfg = config_lib.load(
+        None, ["train.epochs=3", "data.limit=100", "masking.ratio=0.6", "data.crop_scale=[0.5,1]"]
+    )
     assert cfg.train.epochs == 3 and cfg.data.limit == 100
     assert cfg.masking.ratio == pytest.approx(0.6)
     assert cfg.data.crop_scale == [0.5, 1.0]

@@ -306,9 +306,7 @@ class PipelineConfig:
         study_methods: masking variants compared by ``semmae study``.
     """
 
-    stages: list[str] = field(
-        default_factory=lambda: ["mae", "parts", "export", "semmae", "eval", "report"]
-    )
+    stages: list[str] = field(default_factory=lambda: ["mae", "parts", "export", "semmae", "eval", "report"])
     seeds: list[int] = field(default_factory=lambda: [0])
     study_methods: list[str] = field(
         default_factory=lambda: ["random", "block", "semantic", "intra", "inter", "reversed"]

@@ -114,7 +114,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.limit' must be at least 1, got {cfg.data.limit}")
     lo, hi = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (-1.0, -1.0)
     if not 0.0 < lo <= hi <= 1.0:
-        raise ConfigError(f"config key 'data.crop_scale' must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.crop_scale}")
+        raise ConfigError(
+            f"config key 'data.crop_scale' must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.crop_scale}"
+        )
     if len(cfg.data.mean) not in (1, cfg.data.in_chans) or len(cfg.data.std) != len(cfg.data.mean):
         raise ConfigError("config keys 'data.mean' and 'data.std' need 1 or data.in_chans values each")
     if cfg.model.patch_size is not None and (

@@ -38,7 +38,9 @@ def _err(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
         (["data.name=image_folder", "data.root=EMPTY"], "no images"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], needle: str) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], needle: str
+) -> None:
     (tmp_path / "empty").mkdir()
     overrides = [o.replace("EMPTY", str(tmp_path / "empty")) for o in overrides]
     err = _err(capsys, ["pretrain", "--config", DEBUG, "--out", str(tmp_path / "run"), *FAST, *overrides])

@@ -42,7 +42,8 @@ def test_class_tree_with_hash_split(tmp_path: Path) -> None:
     assert len(train) + len(test) == 120
     expected_test = sum(
         folder_mod.in_test_split(f"{c}/{p}{i:03d}{exts[i % 5]}")
-        for c, p in (("cat", "c"), ("dog", "sub/d")) for i in range(60)
+        for c, p in (("cat", "c"), ("dog", "sub/d"))
+        for i in range(60)
     )
     assert len(test) == expected_test and 3 <= expected_test <= 25  # about 10%
     for ds in (train, test):

@@ -74,7 +74,7 @@ def test_deterministic_and_seed_dependent() -> None:
     a = make_toy_parts(64, 28, 3, seed=5)
     b = make_toy_parts(64, 28, 3, seed=5)
     c = make_toy_parts(64, 28, 3, seed=6)
-    assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3]))
+    assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3], strict=True))
     assert a[0].shape == (64, 3, 28, 28)
     assert not torch.equal(a[0], c[0])
     # colour parts: channels differ

@@ -49,8 +49,13 @@ def test_identity_crop_reproduces_input(device: str) -> None:
     x = _random_images(c=3).to(device)
     maps = torch.randint(0, 5, (8, 28, 28)).to(device)
     out, out_maps = augment_batch(
-        x, out_size=28, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False,
-        generator=torch.Generator().manual_seed(0), part_maps=maps,
+        x,
+        out_size=28,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        hflip=False,
+        generator=torch.Generator().manual_seed(0),
+        part_maps=maps,
     )
     assert out.device.type == device and out.dtype == torch.float32
     assert torch.allclose(out, x.float() / 255.0, atol=1e-5)
@@ -61,8 +66,13 @@ def test_flip_only_mirrors_exactly() -> None:
     x = _random_images(b=64)
     maps = torch.randint(0, 7, (64, 28, 28))
     out, out_maps = augment_batch(
-        x, out_size=28, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=True,
-        generator=torch.Generator().manual_seed(1), part_maps=maps,
+        x,
+        out_size=28,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        hflip=True,
+        generator=torch.Generator().manual_seed(1),
+        part_maps=maps,
     )
     ref = x.float() / 255.0
     flipped = (out - ref.flip(-1)).abs().amax((1, 2, 3)) < 1e-5
@@ -78,14 +88,23 @@ def test_flip_only_mirrors_exactly() -> None:
 @pytest.mark.parametrize("map_size", [28, 7, 56])
 def test_image_and_part_map_stay_aligned(map_size: int) -> None:
     labels, image = _checker(128)
-    maps = labels if map_size == 28 else F.interpolate(
-        labels[:, None].float(), size=(map_size, map_size), mode="nearest-exact"
-    )[:, 0].long()
+    maps = (
+        labels
+        if map_size == 28
+        else F.interpolate(labels[:, None].float(), size=(map_size, map_size), mode="nearest-exact")[
+            :, 0
+        ].long()
+    )
     if map_size == 7:  # one cell per 4x4 block: the map is exactly the block grid
         assert torch.equal(maps[0], 1 + 2 * ((torch.arange(7)[:, None] + torch.arange(7)[None, :]) % 2))
     out, out_maps = augment_batch(
-        image, out_size=28, scale=(0.25, 1.0), ratio=(0.75, 4 / 3), hflip=True,
-        generator=torch.Generator().manual_seed(2), part_maps=maps,
+        image,
+        out_size=28,
+        scale=(0.25, 1.0),
+        ratio=(0.75, 4 / 3),
+        hflip=True,
+        generator=torch.Generator().manual_seed(2),
+        part_maps=maps,
     )
     assert out_maps.shape == (128, 28, 28) and out_maps.dtype == torch.long
     agree = (_decode(out) == out_maps).float().mean().item()
@@ -99,7 +118,11 @@ def test_alignment_fails_when_maps_are_not_transformed() -> None:
     """The alignment check can fail: maps left untouched disagree with cropped images."""
     labels, image = _checker(64)
     out, _ = augment_batch(
-        image, out_size=28, scale=(0.25, 0.5), ratio=(0.75, 4 / 3), hflip=True,
+        image,
+        out_size=28,
+        scale=(0.25, 0.5),
+        ratio=(0.75, 4 / 3),
+        hflip=True,
         generator=torch.Generator().manual_seed(3),
     )
     assert (_decode(out) == labels).float().mean().item() < 0.9
@@ -178,12 +201,16 @@ def _vote_reference(labels: torch.Tensor, grid: tuple[int, int], k: int) -> torc
 
 
 def test_labels_to_patch_grid_known_values_and_ties() -> None:
-    labels = torch.tensor([[
-        [1, 1, 3, 3],
-        [2, 2, 3, 0],
-        [0, 1, 2, 2],
-        [2, 3, 2, 2],
-    ]])
+    labels = torch.tensor(
+        [
+            [
+                [1, 1, 3, 3],
+                [2, 2, 3, 0],
+                [0, 1, 2, 2],
+                [2, 3, 2, 2],
+            ]
+        ]
+    )
     # cells: {1,1,2,2} tie -> 1; {3,3,3,0} -> 3; {0,1,2,3} four-way tie -> 0; {2,2,2,2} -> 2
     assert labels_to_patch_grid(labels, (2, 2), 4).tolist() == [[1, 3, 0, 2]]
     rnd = torch.randint(0, 5, (6, 28, 28), generator=torch.Generator().manual_seed(0))

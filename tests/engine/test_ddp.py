@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).parents[2]
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing"
+)
 def test_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     torchrun = str(Path(sys.executable).parent / "torchrun")

@@ -32,7 +32,10 @@ def test_run_writes_every_output(tmp_path: Path) -> None:
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
         assert (out / name).is_file(), name
     assert any((out / "tb").iterdir())
-    assert sorted(p.name for p in (out / "images").glob("*.png")) == ["recon_epoch_0001.png", "recon_epoch_0002.png"]
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == [
+        "recon_epoch_0001.png",
+        "recon_epoch_0002.png",
+    ]
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     losses = [r["loss"] for r in rows]
     assert all(isinstance(v, float) and v == v for v in losses)
@@ -46,7 +49,9 @@ def test_run_writes_every_output(tmp_path: Path) -> None:
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
-    cfg = _cfg("train.epochs=2", "train.warmup_epochs=0.5", "train.ckpt_every_steps=100", "train.knn_every_epochs=-1")
+    cfg = _cfg(
+        "train.epochs=2", "train.warmup_epochs=0.5", "train.ckpt_every_steps=100", "train.knn_every_epochs=-1"
+    )
     run_pretrain(cfg, tmp_path / "a")
     partial = run_pretrain(cfg, tmp_path / "b", stop_at_step=5)  # mid-epoch (8 steps per epoch)
     assert not partial["complete"] and partial["step"] == 5

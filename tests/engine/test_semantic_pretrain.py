@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -20,19 +21,39 @@ TOY = [
 ]  # fmt: skip
 
 
-def test_oracle_part_maps_drive_semantic_pretraining(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_oracle_part_maps_drive_semantic_pretraining(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg_file = tmp_path / "toy.yaml"
     config_lib.dump(config_lib.load(None, TOY), cfg_file)
     maps = tmp_path / "oracle.npy"
-    assert main(["parts", "from-masks", "--config", str(cfg_file), "--split", "train", "--grid", "8", "--out", str(maps)]) == 0
+    assert (
+        main(
+            [
+                "parts",
+                "from-masks",
+                "--config",
+                str(cfg_file),
+                "--split",
+                "train",
+                "--grid",
+                "8",
+                "--out",
+                str(maps),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     cfg = config_lib.load(cfg_file, ["masking.name=semantic", f"masking.parts={maps}"])
     summary = run_pretrain(cfg, tmp_path / "run")
     assert summary["complete"]
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lambda" in r]
     lams = [r["lambda"] for r in rows]
-    assert lams[0] == pytest.approx(1.0, abs=0.02) and lams[-1] < 0.3  # intra-part first, inter-part last (λ logged for the step's start)
-    assert all(a >= b for a, b in zip(lams, lams[1:]))
+    assert (
+        lams[0] == pytest.approx(1.0, abs=0.02) and lams[-1] < 0.3
+    )  # intra-part first, inter-part last (λ logged for the step's start)
+    assert all(a >= b for a, b in itertools.pairwise(lams))
     assert (tmp_path / "run" / "images" / "masks_progress.png").is_file()
 
 
@@ -40,12 +61,30 @@ def test_part_maps_of_another_split_are_refused(tmp_path: Path, capsys: pytest.C
     cfg_file = tmp_path / "toy.yaml"
     config_lib.dump(config_lib.load(None, TOY), cfg_file)
     maps = tmp_path / "test_maps.npy"
-    assert main(["parts", "from-masks", "--config", str(cfg_file), "--split", "test", "--grid", "8", "--out", str(maps)]) == 0
+    assert (
+        main(
+            [
+                "parts",
+                "from-masks",
+                "--config",
+                str(cfg_file),
+                "--split",
+                "test",
+                "--grid",
+                "8",
+                "--out",
+                str(maps),
+            ]
+        )
+        == 0
+    )
     cfg = config_lib.load(cfg_file, ["masking.name=semantic", f"masking.parts={maps}"])
     with pytest.raises(DataError, match="split"):
         run_pretrain(cfg, tmp_path / "run")
     capsys.readouterr()
-    code = main(["pretrain", "--config", str(cfg_file), "--out", str(tmp_path / "run2"), "masking.name=semantic"])
+    code = main(
+        ["pretrain", "--config", str(cfg_file), "--out", str(tmp_path / "run2"), "masking.name=semantic"]
+    )
     assert code == 2 and "masking.parts" in capsys.readouterr().err
 
 

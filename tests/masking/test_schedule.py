@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -29,7 +30,7 @@ def test_expected_covers_every_schedule() -> None:
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_known_values(name: str) -> None:
     lam = lambda_schedule(name, gamma=2.0)
-    for p, want in zip((0.0, 0.5, 1.0), EXPECTED[name]):
+    for p, want in zip((0.0, 0.5, 1.0), EXPECTED[name], strict=True):
         assert lam(p) == pytest.approx(want, abs=1e-12)
 
 
@@ -45,7 +46,7 @@ def test_monotone_and_in_range(name: str) -> None:
     lam = lambda_schedule(name)
     values = [lam(i / 100) for i in range(101)]
     assert all(0.0 <= v <= 1.0 for v in values)
-    diffs = [b - a for a, b in zip(values, values[1:])]
+    diffs = [b - a for a, b in itertools.pairwise(values)]
     sign = DIRECTION[name]
     if sign == 0:
         assert all(d == 0 for d in diffs)

@@ -76,7 +76,7 @@ def test_counts_match_python_reference(seed: int) -> None:
         got = semantic_counts(labels, num_parts, ratio, lam, order=order)
         for row in range(batch):
             ref = reference_counts(labels[row].tolist(), num_parts, ratio, lam, order[row].tolist())
-            for name, t, r in zip("nabm", got, ref):
+            for name, t, r in zip("nabm", got, ref, strict=True):
                 assert t[row].tolist() == r, (name, ratio, lam, row)
 
 
@@ -84,7 +84,7 @@ def test_generator_order_is_part_order_draw() -> None:
     labels = torch.randint(0, 6, (5, 49), generator=_gen(0))
     got = semantic_counts(labels, 6, 0.75, 0.3, _gen(9))
     via_order = semantic_counts(labels, 6, 0.75, 0.3, order=part_order(5, 6, _gen(9), "cpu"))
-    for x, y in zip(got, via_order):
+    for x, y in zip(got, via_order, strict=True):
         assert torch.equal(x, y)
 
 

@@ -69,9 +69,20 @@ def test_hidden_pixels_do_not_leak_into_the_encoder() -> None:
 
 def test_official_mae_state_dict_names() -> None:
     names = set(build_mae("mae_debug").state_dict())
-    for key in ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "patch_embed.proj.weight",
-                "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "norm.weight", "decoder_embed.weight",
-                "decoder_blocks.0.norm1.weight", "decoder_norm.weight", "decoder_pred.weight"):
+    for key in (
+        "cls_token",
+        "pos_embed",
+        "mask_token",
+        "decoder_pos_embed",
+        "patch_embed.proj.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.mlp.fc1.weight",
+        "norm.weight",
+        "decoder_embed.weight",
+        "decoder_blocks.0.norm1.weight",
+        "decoder_norm.weight",
+        "decoder_pred.weight",
+    ):
         assert key in names
 
 
@@ -85,8 +96,17 @@ def test_vit_base_matches_the_official_parameter_count() -> None:
 def test_presets_and_shapes() -> None:
     for name in MODELS.names():
         assert preset(name)["img_size"] % preset(name)["patch_size"] == 0
-    model = MaskedAutoencoderViT(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=1, num_heads=2,
-                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    model = MaskedAutoencoderViT(
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
     out = model(torch.randn(2, 3, 32, 32), _mask(2, 16))
     assert out.pred.shape == (2, 16, 8 * 8 * 3)
     with pytest.raises(ValueError, match="expected images"):

@@ -127,7 +127,9 @@ def test_centred_cosines_ignore_what_all_patches_of_an_image_share(backbone: Fro
     f, g = backbone(torch.randn(2, 1, 28, 28))
     shift = 10 * torch.randn(2, 1, f.shape[-1])  # one vector per image, added to every patch
     centred = _small_learner(backbone, center_tokens=True)
-    torch.testing.assert_close(centred.part_cosine(f + shift, g), centred.part_cosine(f, g), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        centred.part_cosine(f + shift, g), centred.part_cosine(f, g), atol=1e-5, rtol=0
+    )
     raw = _small_learner(backbone, center_tokens=False)
     assert not torch.allclose(raw.part_cosine(f + shift, g), raw.part_cosine(f, g), atol=1e-2)
     out = centred(f, g)

@@ -40,20 +40,27 @@ def test_every_stage_completes_and_the_report_has_every_part(pipeline_dir: Path)
     assert len(re.findall(r"!\[", md)) >= 7  # curves, part maps, masks, both reconstructions
     html = (pipeline_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(re.findall(r"!\[", md))
-    assert "src=\"figures" not in html  # self-contained
+    assert 'src="figures' not in html  # self-contained
 
 
 def test_report_table_matches_the_evaluation_outputs(pipeline_dir: Path) -> None:
     rows = [json.loads(line) for line in (pipeline_dir / "eval" / "results.jsonl").read_text().splitlines()]
-    assert [r["name"] for r in rows] == ["MAE (random masking)", "SemMAE (semantic masking)", "random init (floor)"]
+    assert [r["name"] for r in rows] == [
+        "MAE (random masking)",
+        "SemMAE (semantic masking)",
+        "random init (floor)",
+    ]
     md = (pipeline_dir / "report.md").read_text()
     for r in rows:
         line = next(line for line in md.splitlines() if line.startswith(f"| {r['name']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[1]) == pytest.approx(r["knn"]["top1"], abs=0.005)
         assert float(cells[3]) == pytest.approx(r["linear"]["top1"], abs=0.005)
-    semmae_cfg = config_lib.from_dict(json.loads(json.dumps(
-        __import__("yaml").safe_load((pipeline_dir / "semmae" / "config.yaml").read_text()))))
+    semmae_cfg = config_lib.from_dict(
+        json.loads(
+            json.dumps(__import__("yaml").safe_load((pipeline_dir / "semmae" / "config.yaml").read_text()))
+        )
+    )
     assert semmae_cfg.masking.name == "semantic" and semmae_cfg.masking.parts.endswith("parts_train.npy")
     mae_cfg = __import__("yaml").safe_load((pipeline_dir / "mae" / "config.yaml").read_text())
     assert mae_cfg["masking"]["name"] == "random"

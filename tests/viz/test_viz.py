@@ -40,7 +40,11 @@ def test_overlays_and_mask_grid(tmp_path: Path) -> None:
     over = overlay_parts(images, labels, 4)
     assert over.shape == (2, 3, 28, 28) and 0 <= over.min() and over.max() <= 1
     flat = labels.view(2, 49)
-    masks = [build("random", ratio=0.75)(2, 49, generator=torch.Generator().manual_seed(s)).mask for s in range(3)]
-    path = mask_overlay_grid(images, flat, masks, (7, 7), 4, tmp_path / "m.png", titles=["parts", "a", "b", "c"])
+    masks = [
+        build("random", ratio=0.75)(2, 49, generator=torch.Generator().manual_seed(s)).mask for s in range(3)
+    ]
+    path = mask_overlay_grid(
+        images, flat, masks, (7, 7), 4, tmp_path / "m.png", titles=["parts", "a", "b", "c"]
+    )
     img = torch.from_numpy(np.array(Image.open(path).convert("L"))).float()
     assert img.numel() > 0 and img.std() > 0

@@ -9,11 +9,15 @@ from semmae import config as config_lib
 
 def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume: bool = True) -> None:
     """Add ``--config FILE``, ``[--out DIR]``, ``[--resume|--overwrite]`` and ``overrides...``."""
-    parser.add_argument("--config", help="YAML recipe (overrides of the defaults), e.g. configs/fmnist_tiny.yaml")
+    parser.add_argument(
+        "--config", help="YAML recipe (overrides of the defaults), e.g. configs/fmnist_tiny.yaml"
+    )
     if out:
         parser.add_argument("--out", required=True, help="run directory to write")
     if resume:
-        parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        parser.add_argument(
+            "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        )
         parser.add_argument("--overwrite", action="store_true", help="delete --out first if it is not empty")
     parser.add_argument(
         "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. train.epochs=2"

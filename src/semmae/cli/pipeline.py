@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Example: semmae study --config configs/study_fmnist.yaml --budget quick --out runs/study",
     )
     add_config_args(s)
-    s.add_argument("--budget", choices=("quick", "full"), default="quick", help="quick: a smoke run; full: the README's")
+    s.add_argument(
+        "--budget", choices=("quick", "full"), default="quick", help="quick: a smoke run; full: the README's"
+    )
     s.set_defaults(func=_study)
 
 

@@ -16,7 +16,7 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Protocol
 
@@ -135,7 +135,7 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "semmae"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _probe(host: str, port: int, timeout: float) -> bool:
     result = [False]
 
@@ -229,7 +229,12 @@ def build_dataset(cfg: DataConfig, split: str) -> ImageSet:
     ds = loaders[cfg.name](cfg, split)
     log.info(
         "dataset %s/%s: %d images of %dx%dx%d%s",
-        ds.name, ds.split, len(ds), ds.in_chans, ds.image_size, ds.image_size,
+        ds.name,
+        ds.split,
+        len(ds),
+        ds.in_chans,
+        ds.image_size,
+        ds.image_size,
         " (streamed)" if ds.streamed else "",
     )
     return ds

@@ -43,8 +43,16 @@ FILES = (
     "t10k-labels-idx1-ubyte",
 )
 CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 _HOW_TO_GET = (
     "install it with `apt-get install dataset-fashion-mnist`, set SEMMAE_FASHION_MNIST=DIR, "

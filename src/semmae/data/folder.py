@@ -54,7 +54,8 @@ def _is_image(path: Path) -> bool:
 def _images_under(folder: Path) -> list[Path]:
     """Image files anywhere below ``folder`` (hidden files and folders skipped), sorted by path."""
     found = [
-        p for p in folder.rglob("*")
+        p
+        for p in folder.rglob("*")
         if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
     return sorted(found, key=lambda p: p.as_posix())
@@ -92,8 +93,8 @@ def _split_files(root: Path, split: str) -> tuple[Path, list[Path], list[int], l
         return base, files, targets, classes
     files, targets, classes = scan_folder(root)
     keep = [in_test_split(f.relative_to(root).as_posix()) == (split == "test") for f in files]
-    files = [f for f, k in zip(files, keep) if k]
-    targets = [t for t, k in zip(targets, keep) if k]
+    files = [f for f, k in zip(files, keep, strict=True) if k]
+    targets = [t for t, k in zip(targets, keep, strict=True) if k]
     return root, files, targets, classes
 
 
@@ -133,7 +134,7 @@ class FileSource:
             return torch.zeros(self.in_chans, self.image_size, self.image_size, dtype=torch.uint8)
 
     def digest_items(self) -> Iterator[bytes]:
-        for name, size in zip(self.files, self.sizes):
+        for name, size in zip(self.files, self.sizes, strict=True):
             yield f"{name}\t{size}\n".encode()
 
 
@@ -188,7 +189,7 @@ def _verify_headers(files: list[Path], on_corrupt: str) -> list[bool]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         checks = pool.map(_header_ok, files)
         results = list(tqdm(checks, total=len(files), desc="checking images", disable=None))
-    for path, exc in zip(files, results):
+    for path, exc in zip(files, results, strict=True):
         if exc is not None:
             _corrupt(path, exc, on_corrupt)
     return [exc is None for exc in results]
@@ -229,7 +230,7 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
     target_t = torch.tensor(targets, dtype=torch.int64)[keep]
     if images is not None:
         return ImageSet("image_folder", split, classes, target_t, images[keep], num_skipped=skipped)
-    kept = [f for f, k in zip(files, keep.tolist()) if k]
+    kept = [f for f, k in zip(files, keep.tolist(), strict=True) if k]
     source = FileSource(
         base=base,
         files=[f.relative_to(base).as_posix() for f in kept],

@@ -28,7 +28,9 @@ class PartLabelledImages(Dataset):
 
     def __init__(self, dataset: ImageSet, part_maps: PartMaps | str | Path) -> None:
         self.dataset = dataset
-        self.part_maps = part_maps if isinstance(part_maps, PartMaps) else load_part_maps(part_maps, dataset=dataset)
+        self.part_maps = (
+            part_maps if isinstance(part_maps, PartMaps) else load_part_maps(part_maps, dataset=dataset)
+        )
 
     @property
     def num_parts(self) -> int:

@@ -36,28 +36,50 @@ _PIXELS_PER_CHUNK = 1 << 17  # image pixels per render pass: small scratch tenso
 # Per class: body and head (cx, cy, ax, ay, shape), 4 limbs (x0, y0, x1, y1) and limb half-thickness,
 # in object coordinates (y down). Shapes: 0 ellipse, 1 diamond, 2 box.
 _ELLIPSE, _DIAMOND, _BOX = 0.0, 1.0, 2.0
-_BODY = torch.tensor([
-    [0.00, 0.10, 0.24, 0.36, _ELLIPSE],
-    [0.00, 0.05, 0.32, 0.30, _BOX],
-    [0.00, 0.15, 0.28, 0.28, _ELLIPSE],
-    [0.05, 0.05, 0.52, 0.22, _ELLIPSE],
-])
-_HEAD = torch.tensor([
-    [0.00, -0.46, 0.21, 0.21, _ELLIPSE],
-    [0.00, -0.45, 0.19, 0.19, _BOX],
-    [0.00, -0.36, 0.24, 0.24, _DIAMOND],
-    [-0.60, -0.26, 0.19, 0.19, _ELLIPSE],
-])
-_LIMBS = torch.tensor([  # per class: left arm, right arm, left leg, right leg (animal: four legs)
-    [[-0.20, -0.10, -0.55, 0.25], [0.20, -0.10, 0.55, 0.25],
-     [-0.12, 0.40, -0.20, 0.85], [0.12, 0.40, 0.20, 0.85]],
-    [[-0.30, -0.10, -0.80, -0.10], [0.30, -0.10, 0.80, -0.10],
-     [-0.15, 0.30, -0.15, 0.85], [0.15, 0.30, 0.15, 0.85]],
-    [[-0.20, -0.05, -0.60, -0.75], [0.20, -0.05, 0.60, -0.75],
-     [-0.10, 0.40, -0.45, 0.85], [0.10, 0.40, 0.45, 0.85]],
-    [[-0.38, 0.15, -0.42, 0.70], [-0.13, 0.15, -0.13, 0.70],
-     [0.13, 0.15, 0.13, 0.70], [0.38, 0.15, 0.42, 0.70]],
-])
+_BODY = torch.tensor(
+    [
+        [0.00, 0.10, 0.24, 0.36, _ELLIPSE],
+        [0.00, 0.05, 0.32, 0.30, _BOX],
+        [0.00, 0.15, 0.28, 0.28, _ELLIPSE],
+        [0.05, 0.05, 0.52, 0.22, _ELLIPSE],
+    ]
+)
+_HEAD = torch.tensor(
+    [
+        [0.00, -0.46, 0.21, 0.21, _ELLIPSE],
+        [0.00, -0.45, 0.19, 0.19, _BOX],
+        [0.00, -0.36, 0.24, 0.24, _DIAMOND],
+        [-0.60, -0.26, 0.19, 0.19, _ELLIPSE],
+    ]
+)
+_LIMBS = torch.tensor(
+    [  # per class: left arm, right arm, left leg, right leg (animal: four legs)
+        [
+            [-0.20, -0.10, -0.55, 0.25],
+            [0.20, -0.10, 0.55, 0.25],
+            [-0.12, 0.40, -0.20, 0.85],
+            [0.12, 0.40, 0.20, 0.85],
+        ],
+        [
+            [-0.30, -0.10, -0.80, -0.10],
+            [0.30, -0.10, 0.80, -0.10],
+            [-0.15, 0.30, -0.15, 0.85],
+            [0.15, 0.30, 0.15, 0.85],
+        ],
+        [
+            [-0.20, -0.05, -0.60, -0.75],
+            [0.20, -0.05, 0.60, -0.75],
+            [-0.10, 0.40, -0.45, 0.85],
+            [0.10, 0.40, 0.45, 0.85],
+        ],
+        [
+            [-0.38, 0.15, -0.42, 0.70],
+            [-0.13, 0.15, -0.13, 0.70],
+            [0.13, 0.15, 0.13, 0.70],
+            [0.38, 0.15, 0.42, 0.70],
+        ],
+    ]
+)
 _THICKNESS = torch.tensor([0.08, 0.09, 0.08, 0.07])
 _INTENSITY = torch.tensor([[0.15, 0.40], [0.45, 0.75], [0.65, 0.95], [0.30, 0.60]])  # per part: lo, hi
 _FREQ = (1.0, 3.0, 4.0, 5.0)  # cycles per unit, per part
@@ -191,8 +213,12 @@ def make_toy_parts(
         images.append(img)
         masks.append(mask)
     if not images:
-        return (torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8),
-                params["cls"], torch.empty(0, image_size, image_size, dtype=torch.uint8), NUM_PARTS)
+        return (
+            torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8),
+            params["cls"],
+            torch.empty(0, image_size, image_size, dtype=torch.uint8),
+            NUM_PARTS,
+        )
     return torch.cat(images), params["cls"].clone(), torch.cat(masks), NUM_PARTS
 
 
@@ -206,6 +232,11 @@ def load_toy_parts(cfg: DataConfig, split: str) -> ImageSet:
     n = cfg.toy_size if cfg.limit is None else min(cfg.toy_size, cfg.limit)
     images, targets, masks, k = make_toy_parts(cfg.toy_size, cfg.image_size, cfg.in_chans, split_seed(split))
     return ImageSet(
-        name="toy_parts", split=split, classes=list(CLASSES), targets=targets[:n].clone(),
-        images=images[:n].clone(), part_masks=masks[:n].clone(), num_gt_parts=k,
+        name="toy_parts",
+        split=split,
+        classes=list(CLASSES),
+        targets=targets[:n].clone(),
+        images=images[:n].clone(),
+        part_masks=masks[:n].clone(),
+        num_gt_parts=k,
     )

@@ -79,7 +79,11 @@ _SPECS = {
     "cifar10": _Spec("CIFAR-10", _LocalCIFAR10, CIFAR10, CIFAR10.base_folder, CIFAR10.url),
     "cifar100": _Spec("CIFAR-100", _LocalCIFAR100, CIFAR100, CIFAR100.base_folder, CIFAR100.url),
     "stl10": _Spec(
-        "STL-10", _LocalSTL10, STL10, STL10.base_folder, STL10.url,
+        "STL-10",
+        _LocalSTL10,
+        STL10,
+        STL10.base_folder,
+        STL10.url,
         ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
     ),
 }
@@ -151,6 +155,9 @@ def load_torchvision_set(cfg: DataConfig, split: str) -> ImageSet:
     if cfg.limit is not None:
         images, targets = images[: cfg.limit].clone(), targets[: cfg.limit].clone()
     return ImageSet(
-        name=cfg.name, split=split, classes=classes, targets=targets,
+        name=cfg.name,
+        split=split,
+        classes=classes,
+        targets=targets,
         images=fit_images(images, cfg.image_size, cfg.in_chans),
     )

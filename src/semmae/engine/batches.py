@@ -94,7 +94,9 @@ class PretrainBatches:
             gen = step_generator(self.seed, 2, epoch, i, self.rank)
             yield self._prepare(i, images_u8, idx, gen)
 
-    def _prepare(self, i: int, images_u8: torch.Tensor, idx: torch.Tensor, gen: torch.Generator) -> MicroBatch:
+    def _prepare(
+        self, i: int, images_u8: torch.Tensor, idx: torch.Tensor, gen: torch.Generator
+    ) -> MicroBatch:
         maps = None
         if self.part_maps is not None:
             maps = self.part_maps.lookup(idx).to(self.device)  # type: ignore[attr-defined]

@@ -33,7 +33,9 @@ def build_model(cfg: Config) -> MaskedAutoencoderViT:
     try:
         return build_mae(cfg.model.name, **kwargs)
     except ValueError as exc:
-        raise ConfigError(f"model {cfg.model.name!r} does not fit data.image_size={cfg.data.image_size}: {exc}") from None
+        raise ConfigError(
+            f"model {cfg.model.name!r} does not fit data.image_size={cfg.data.image_size}: {exc}"
+        ) from None
 
 
 def build_masking(cfg: Config, grid: tuple[int, int]) -> MaskingStrategy:

@@ -28,7 +28,9 @@ class MetricsLogger:
         filename: name of the JSONL file.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, filename: str = "metrics.jsonl") -> None:
+    def __init__(
+        self, run_dir: str | Path, tensorboard: bool = True, filename: str = "metrics.jsonl"
+    ) -> None:
         self.active = is_main()
         self.path = Path(run_dir) / filename
         self._tb = None
@@ -58,7 +60,9 @@ class MetricsLogger:
     def __enter__(self) -> MetricsLogger:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -22,7 +22,11 @@ PROGRESS_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @torch.no_grad()
 def encode_images(
-    model: MaskedAutoencoderViT, images_u8: torch.Tensor, cfg: Config, device: torch.device, batch_size: int = 256
+    model: MaskedAutoencoderViT,
+    images_u8: torch.Tensor,
+    cfg: Config,
+    device: torch.device,
+    batch_size: int = 256,
 ) -> torch.Tensor:
     """CLS features (N, D) float32 of uint8 images under the eval transform (centre, normalise)."""
     from semmae.data.transforms import center_batch, normalize
@@ -85,8 +89,12 @@ class PretrainMonitor:
         labels = probe["labels"]
         masks = [
             self.masking(
-                labels.shape[0], self.model.num_patches, part_labels=labels, num_parts=self.num_parts,
-                progress=p, generator=torch.Generator().manual_seed(0),
+                labels.shape[0],
+                self.model.num_patches,
+                part_labels=labels,
+                num_parts=self.num_parts,
+                progress=p,
+                generator=torch.Generator().manual_seed(0),
             ).mask  # fmt: skip
             for p in PROGRESS_POINTS
         ]
@@ -154,11 +162,23 @@ class PretrainMonitor:
             k=ec.knn_k, temperature=ec.knn_t, num_classes=len(train.classes),
         )  # fmt: skip
         self.last_knn = float(res["top1"])
-        log.info("kNN top1 %.2f%% (%d train / %d test, %.1fs)", self.last_knn, len(tr_idx), len(te_idx), time.perf_counter() - t0)
+        log.info(
+            "kNN top1 %.2f%% (%d train / %d test, %.1fs)",
+            self.last_knn,
+            len(tr_idx),
+            len(te_idx),
+            time.perf_counter() - t0,
+        )
         return {"knn_top1": self.last_knn}
 
     def summary(
-        self, step: int, plan: Any, interrupted: int | None, wall_s: float, last_loss: float, digests: list[str]
+        self,
+        step: int,
+        plan: Any,
+        interrupted: int | None,
+        wall_s: float,
+        last_loss: float,
+        digests: list[str],
     ) -> dict[str, Any]:
         """The run's summary; written to ``summary.json`` only when training completed.
 

@@ -152,14 +152,18 @@ def run_pretrain(
             state.step = load_resume_state(run_dir, model, optimizer, cfg)
         ddp = DistributedDataParallel(model) if runtime.is_distributed() else model
         monitor = PretrainMonitor(cfg, run_dir, model, masking, device, part_maps, num_parts)
-        loop = _Loop(cfg, run_dir, model, ddp, optimizer, masking, batches, plan, state, monitor, device, num_parts)
+        loop = _Loop(
+            cfg, run_dir, model, ddp, optimizer, masking, batches, plan, state, monitor, device, num_parts
+        )
         return loop.run(stop_at_step)
 
 
 class _Loop:
     """The epoch/step loop of :func:`run_pretrain` (kept separate so each method stays small)."""
 
-    def __init__(self, cfg, run_dir, model, ddp, optimizer, masking, batches, plan, state, monitor, device, num_parts):  # noqa: ANN001, PLR0913
+    def __init__(
+        self, cfg, run_dir, model, ddp, optimizer, masking, batches, plan, state, monitor, device, num_parts
+    ):  # noqa: ANN001, PLR0913
         self.cfg, self.run_dir, self.model, self.ddp = cfg, Path(run_dir), model, ddp
         self.optimizer, self.masking, self.batches, self.plan = optimizer, masking, batches, plan
         self.state, self.monitor, self.device, self.num_parts = state, monitor, device, num_parts
@@ -252,7 +256,9 @@ class _Loop:
 
     def log_window(self, epoch: int, bar: tqdm) -> None:
         state = self.state
-        loss = runtime.all_reduce_mean(state.loss_sum / max(1, state.loss_count)).item()  # host sync, log steps only
+        loss = runtime.all_reduce_mean(
+            state.loss_sum / max(1, state.loss_count)
+        ).item()  # host sync, log steps only
         now = time.perf_counter()
         img_s = state.window_images / max(1e-9, now - state.window_start)
         metrics: dict[str, Any] = dict(
@@ -262,7 +268,9 @@ class _Loop:
         if self.cfg.masking.name == "semantic":
             from semmae.masking.schedule import lambda_schedule
 
-            metrics["lambda"] = lambda_schedule(self.cfg.masking.schedule, self.cfg.masking.gamma)(metrics["progress"])
+            metrics["lambda"] = lambda_schedule(self.cfg.masking.schedule, self.cfg.masking.gamma)(
+                metrics["progress"]
+            )
         self.logger.log(state.step, **metrics)
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
         state.last_loss = loss
@@ -298,7 +306,9 @@ class _Loop:
         self.logger.close()
         wall = time.perf_counter() - self.t0
         digests = runtime.all_gather_object(parameter_digest(self.model))
-        return self.monitor.summary(self.state.step, self.plan, interrupted, wall, self.state.last_loss, digests)
+        return self.monitor.summary(
+            self.state.step, self.plan, interrupted, wall, self.state.last_loss, digests
+        )
 
 
 def parameter_digest(model: torch.nn.Module) -> str:

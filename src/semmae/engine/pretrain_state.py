@@ -47,7 +47,9 @@ def load_resume_state(run_dir: Path, model: Any, optimizer: Any, cfg: Config) ->
     """
     path = Path(run_dir) / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise RunDirError(f"nothing to resume in {str(run_dir)!r} (no checkpoints/last.pt); run without --resume")
+        raise RunDirError(
+            f"nothing to resume in {str(run_dir)!r} (no checkpoints/last.pt); run without --resume"
+        )
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "mae":
         raise CheckpointError(f"{path} is a {ckpt.get('kind')!r} checkpoint, not an MAE pretraining one")

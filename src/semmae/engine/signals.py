@@ -32,7 +32,9 @@ class StopRequest:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)  # type: ignore[arg-type]
         self._old.clear()

@@ -18,7 +18,9 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def unshuffle_tokens(visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+def unshuffle_tokens(
+    visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor
+) -> torch.Tensor:
     """Put visible tokens back in raster order, filling hidden positions with ``mask_token``.
 
     Args:

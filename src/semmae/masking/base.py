@@ -66,7 +66,9 @@ class MaskOutput:
 
     def to(self, device: torch.device | str) -> MaskOutput:
         """Move every tensor to ``device``."""
-        return MaskOutput(*(t.to(device) for t in (self.ids_keep, self.ids_mask, self.ids_restore, self.mask)))
+        return MaskOutput(
+            *(t.to(device) for t in (self.ids_keep, self.ids_mask, self.ids_restore, self.mask))
+        )
 
 
 def mask_from_scores(scores: torch.Tensor, n_mask: int) -> MaskOutput:

@@ -92,7 +92,9 @@ class BlockMasking:
         # rectangles is {first < n}, so prefix-union sizes are a cumulative histogram over T.
         covered = inside.any(dim=-1)
         first = torch.where(covered, inside.to(torch.uint8).argmax(dim=-1), t)  # argmax: first maximum
-        hist = torch.zeros(b, t + 1, device=dev, dtype=torch.long).scatter_add_(1, first, torch.ones_like(first))
+        hist = torch.zeros(b, t + 1, device=dev, dtype=torch.long).scatter_add_(
+            1, first, torch.ones_like(first)
+        )
         union_size = hist[:, :t].cumsum(dim=1)  # (B, T): size of the union of rectangles 0..i
         n_fit = (union_size <= n_mask).sum(dim=1)  # monotone, so this is the longest fitting prefix
         chosen = first < n_fit.unsqueeze(1)

@@ -70,7 +70,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # Our checkpoints hold RNG states and config dicts, not only tensors.
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
-        raise CheckpointError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict of state")
     return obj

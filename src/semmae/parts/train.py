@@ -39,6 +39,7 @@ from semmae.runtime import autocast, resolve_device, seed_everything, step_gener
 
 log = logging.getLogger(__name__)
 
+
 def learner_kwargs(parts: config_lib.PartsConfig, backbone: FrozenBackbone) -> dict[str, Any]:
     """Constructor arguments of the :class:`PartLearner` for this config and backbone."""
     return dict(

@@ -60,7 +60,9 @@ def reading(results: dict[str, Any]) -> str:
         )
         text += (
             "; a linear probe on random ViT features is a strong floor on small grey images, so a short "
-            "schedule may not clear it. " if gl <= 0 else ". "
+            "schedule may not clear it. "
+            if gl <= 0
+            else ". "
         )
     text += (
         "This is one seed on a short schedule: differences of a point or two are within run-to-run noise at this "
@@ -73,12 +75,22 @@ def reading(results: dict[str, Any]) -> str:
 
 def _settings(cfg: Config, root: Path) -> list[list[str]]:
     d, t, m, p = cfg.data, cfg.train, cfg.masking, cfg.parts
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     return [
         ["dataset", f"{d.name} (limit {d.limit or 'none'}), {d.image_size}px × {d.in_chans}ch"],
         ["model", f"{cfg.model.name}"],
-        ["pretraining", f"{t.epochs} epochs, batch {t.batch_size}×{t.accum_steps}, blr {t.base_lr:g}, {t.precision}"],
-        ["masking", f"ratio {m.ratio}, SemMAE schedule {m.schedule} (γ={m.gamma:g}), λ stepped per {m.step_per}"],
+        [
+            "pretraining",
+            f"{t.epochs} epochs, batch {t.batch_size}×{t.accum_steps}, blr {t.base_lr:g}, {t.precision}",
+        ],
+        [
+            "masking",
+            f"ratio {m.ratio}, SemMAE schedule {m.schedule} (γ={m.gamma:g}), λ stepped per {m.step_per}",
+        ],
         ["parts", f"K={p.num_parts}, {p.epochs} epochs, global token {p.global_token}, τ={p.tau:g}"],
         ["hardware", f"{device}, torch {torch.__version__}"],
         ["directory", f"`{root}`"],
@@ -94,9 +106,14 @@ def write_report(root: Path, cfg: Config) -> Path:
     doc.heading("Settings")
     doc.table(["", "value"], _settings(cfg, root))
     doc.heading("Results")
-    doc.table(["encoder", "kNN top-1", "kNN top-5", "linear top-1", "probe lr", "pretrain min"], results_rows(results, times))
+    doc.table(
+        ["encoder", "kNN top-1", "kNN top-5", "linear top-1", "probe lr", "pretrain min"],
+        results_rows(results, times),
+    )
     doc.para(reading(results))
-    doc.table(["stage", "minutes"], [[s, _fmt(v / 60 if v else None, 1)] for s, v in times.items() if v is not None])
+    doc.table(
+        ["stage", "minutes"], [[s, _fmt(v / 60 if v else None, 1)] for s, v in times.items() if v is not None]
+    )
     _curves(doc, root)
     _parts_section(doc, root, cfg)
     doc.heading("Masks over training progress")
@@ -115,16 +132,24 @@ def write_report(root: Path, cfg: Config) -> Path:
 def _curves(doc: Document, root: Path) -> None:
     from semmae.viz.plots import plot_curves
 
-    runs = {"MAE": read_metrics(root / "mae" / "metrics.jsonl"), "SemMAE": read_metrics(root / "semmae" / "metrics.jsonl")}
+    runs = {
+        "MAE": read_metrics(root / "mae" / "metrics.jsonl"),
+        "SemMAE": read_metrics(root / "semmae" / "metrics.jsonl"),
+    }
     fig = root / "figures"
     doc.heading("Training curves")
-    doc.image(plot_curves(runs, "loss", fig / "loss.png", title="pretraining loss (hidden patches)"), "pretraining loss")
+    doc.image(
+        plot_curves(runs, "loss", fig / "loss.png", title="pretraining loss (hidden patches)"),
+        "pretraining loss",
+    )
     doc.image(plot_curves(runs, "knn_top1", fig / "knn.png", x="epoch", title="kNN monitor", ylabel="top-1 %"),
               "kNN monitor (held-out subset) per epoch")  # fmt: skip
     doc.image(plot_curves({"SemMAE": runs["SemMAE"]}, "lambda", fig / "lambda.png", title="λ: 1 intra-part → 0 inter-part"),
               "SemMAE's λ schedule as trained")  # fmt: skip
     parts = {"part learner": read_metrics(root / "parts" / "metrics.jsonl")}
-    doc.image(plot_curves(parts, "loss", fig / "parts_loss.png", title="part learner loss"), "part learner loss")
+    doc.image(
+        plot_curves(parts, "loss", fig / "parts_loss.png", title="part learner loss"), "part learner loss"
+    )
 
 
 def _parts_section(doc: Document, root: Path, cfg: Config) -> None:
@@ -141,4 +166,6 @@ def _parts_section(doc: Document, root: Path, cfg: Config) -> None:
 
         out = render_part_map_file(maps, cfg.data, 16, root / "figures" / "part_maps_test.png")
         doc.image(out, "exported part maps on test images (one colour per part)")
-    doc.image(_latest(root / "parts" / "images", "*.png"), "part learner: input | part overlay | reconstruction")
+    doc.image(
+        _latest(root / "parts" / "images", "*.png"), "part learner: input | part overlay | reconstruction"
+    )

@@ -128,7 +128,9 @@ def _evaluate(cfg: Config, encoders: dict[str, str]) -> Callable[[Path, bool], d
     return fn
 
 
-def run_pipeline(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run_pipeline(
+    cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Run every stage in ``cfg.pipeline.stages`` (see module docstring) into ``out_dir``.
 
     Returns:

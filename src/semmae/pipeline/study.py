@@ -80,7 +80,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             ("linear_top1", [r["linear"]["top1"] for r in rs]),
             ("pretrain_min", [r["pretrain_s"] / 60 for r in rs]),
         ):
-            entry[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            entry[key] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
         table[method] = entry
     return table
 
@@ -96,11 +99,15 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     root = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
     prefix = root / "prefix"
     mae = run_stage(prefix / "mae", "mae", _pretrain(mae_config(cfg)))
-    run_stage(prefix / "parts", "parts", _parts_train(parts_config(cfg, prefix / "mae" / "checkpoints" / "last.pt")))
+    run_stage(
+        prefix / "parts", "parts", _parts_train(parts_config(cfg, prefix / "mae" / "checkpoints" / "last.pt"))
+    )
     export = run_stage(prefix / "export", "export", _export(prefix / "parts", cfg))
     learned = prefix / "export" / "parts_train.npy"
     oracle = _oracle_maps(cfg, root, export["result"]["train_grid"])
-    methods = list(cfg.pipeline.study_methods) + (["oracle"] if oracle and "oracle" not in cfg.pipeline.study_methods else [])
+    methods = list(cfg.pipeline.study_methods) + (
+        ["oracle"] if oracle and "oracle" not in cfg.pipeline.study_methods else []
+    )
     rows: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
     for seed in cfg.pipeline.seeds:
@@ -109,9 +116,15 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
                 run_dir, record = prefix / "mae", mae
             else:
                 run_dir = root / "runs" / f"{method}_s{seed}"
-                record = run_stage(run_dir, f"{method} seed {seed}", _pretrain(method_config(cfg, method, seed, learned, oracle)))
+                record = run_stage(
+                    run_dir,
+                    f"{method} seed {seed}",
+                    _pretrain(method_config(cfg, method, seed, learned, oracle)),
+                )
             rows.append(_evaluate_run(cfg, run_dir, method, seed, record, evaluate_encoder))
-            table = write_study(root, cfg, budget, rows)  # after every run: an interrupted study shows its table so far
+            table = write_study(
+                root, cfg, budget, rows
+            )  # after every run: an interrupted study shows its table so far
     return table
 
 
@@ -125,7 +138,9 @@ def write_study(root: Path, cfg: Config, budget: str, rows: list[dict[str, Any]]
     return table
 
 
-def _evaluate_run(cfg: Config, run_dir: Path, method: str, seed: int, record: dict[str, Any], evaluate: Any) -> dict[str, Any]:
+def _evaluate_run(
+    cfg: Config, run_dir: Path, method: str, seed: int, record: dict[str, Any], evaluate: Any
+) -> dict[str, Any]:
     cache = run_dir / "eval.json"
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -145,6 +160,8 @@ def study_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for method, e in result["table"].items():
-        cell = [f"{e[k]['mean']:.2f} ± {e[k]['std']:.2f}" for k in ("knn_top1", "linear_top1", "pretrain_min")]
+        cell = [
+            f"{e[k]['mean']:.2f} ± {e[k]['std']:.2f}" for k in ("knn_top1", "linear_top1", "pretrain_min")
+        ]
         lines.append(f"| {method} | " + " | ".join(cell) + " |")
     return "\n".join(lines) + "\n"

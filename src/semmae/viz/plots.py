@@ -12,7 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_curves(
-    series: dict[str, list[dict[str, Any]]], key: str, path: str | Path, *, x: str = "step", title: str = "", ylabel: str = ""
+    series: dict[str, list[dict[str, Any]]],
+    key: str,
+    path: str | Path,
+    *,
+    x: str = "step",
+    title: str = "",
+    ylabel: str = "",
 ) -> Path | None:
     """Plot ``key`` against ``x`` for each named list of metric rows; None when no row has ``key``.
 

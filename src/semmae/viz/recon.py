@@ -10,7 +10,9 @@ from torchvision.utils import save_image
 from semmae.layers import patchify, unpatchify
 
 
-def predictions_to_pixels(pred: torch.Tensor, images: torch.Tensor, patch_size: int, norm_pix: bool) -> torch.Tensor:
+def predictions_to_pixels(
+    pred: torch.Tensor, images: torch.Tensor, patch_size: int, norm_pix: bool
+) -> torch.Tensor:
     """Turn MAE predictions into per-patch pixels in the input's (normalised) space.
 
     With ``norm_pix`` the model predicts each patch normalised by its own mean and variance;
