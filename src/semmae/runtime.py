@@ -8,9 +8,14 @@ starts a process group: gloo on CPU, nccl on CUDA.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import platform
 import random
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,3 +149,44 @@ def distributed_session(device: torch.device) -> Iterator[bool]:
     finally:
         if started and is_distributed():
             dist.destroy_process_group()
+
+
+def _git_commit() -> str | None:
+    """Short commit of the source tree this package runs from (``+dirty`` when modified), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def describe_device() -> str:
+    """The accelerator's name, or ``CPU (arch, N threads)``."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a result: semmae version and git commit, torch version, device, UTC time."""
+    from semmae import __version__
+
+    return {
+        "semmae": __version__,
+        "git": _git_commit(),
+        "torch": torch.__version__,
+        "device": describe_device(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -88,4 +88,26 @@ def test_study_summary_mean_and_std(tmp_path: Path) -> None:
     cfg = config_lib.load(None, [])
     write_study(tmp_path, cfg, "quick", rows)
     assert "| a | 12.00 ± 2.83 | 13.00 ± 2.83 | 1.00 ± 0.00 |" in (tmp_path / "study.md").read_text()
-    assert json.loads((tmp_path / "study.json").read_text())["table"] == json.loads(json.dumps(table))
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert study["table"] == json.loads(json.dumps(table))
+    assert set(study["provenance"]) == {"semmae", "git", "torch", "device", "created"}
+
+
+def test_provenance_names_the_commit_of_this_checkout() -> None:
+    import re
+    import shutil
+    import subprocess
+
+    from semmae.runtime import provenance
+
+    prov = provenance()
+    assert prov["torch"] and prov["device"] and prov["semmae"]
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        assert prov["git"] is None
+        return
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    assert re.fullmatch(r"[0-9a-f]{4,}(\+dirty)?", prov["git"])
+    assert prov["git"].split("+")[0] == head.stdout.strip()

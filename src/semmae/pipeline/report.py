@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from semmae.config import Config
 from semmae.engine.logging import read_metrics
 from semmae.pipeline.document import Document
 from semmae.pipeline.stages import STAGES, stage_done
+from semmae.runtime import provenance
 
 
 def _latest(folder: Path, pattern: str) -> Path | None:
@@ -75,11 +73,7 @@ def reading(results: dict[str, Any]) -> str:
 
 def _settings(cfg: Config, root: Path) -> list[list[str]]:
     d, t, m, p = cfg.data, cfg.train, cfg.masking, cfg.parts
-    device = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    )
+    prov = provenance()
     return [
         ["dataset", f"{d.name} (limit {d.limit or 'none'}), {d.image_size}px × {d.in_chans}ch"],
         ["model", f"{cfg.model.name}"],
@@ -92,7 +86,8 @@ def _settings(cfg: Config, root: Path) -> list[list[str]]:
             f"ratio {m.ratio}, SemMAE schedule {m.schedule} (γ={m.gamma:g}), λ stepped per {m.step_per}",
         ],
         ["parts", f"K={p.num_parts}, {p.epochs} epochs, global token {p.global_token}, τ={p.tau:g}"],
-        ["hardware", f"{device}, torch {torch.__version__}"],
+        ["hardware", f"{prov['device']}, torch {prov['torch']}"],
+        ["code", f"semmae {prov['semmae']}" + (f", git {prov['git']}" if prov["git"] else "")],
         ["directory", f"`{root}`"],
     ]
 

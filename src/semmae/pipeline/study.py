@@ -21,6 +21,7 @@ from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.pipeline.stages import _export, _parts_train, _pretrain, mae_config, parts_config, run_stage
+from semmae.runtime import provenance
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,8 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
                     _pretrain(method_config(cfg, method, seed, learned, oracle)),
                 )
             rows.append(_evaluate_run(cfg, run_dir, method, seed, record, evaluate_encoder))
-            table = write_study(
-                root, cfg, budget, rows
-            )  # after every run: an interrupted study shows its table so far
+            # After every run, so an interrupted study shows its table so far.
+            table = write_study(root, cfg, budget, rows)
     return table
 
 
@@ -132,7 +132,8 @@ def write_study(root: Path, cfg: Config, budget: str, rows: list[dict[str, Any]]
     """Write ``study.json`` and ``study.md`` for the runs evaluated so far; returns the table."""
     table = summarise(rows)
     result = {"budget": budget, "dataset": cfg.data.name, "limit": cfg.data.limit, "epochs": cfg.train.epochs,
-              "model": cfg.model.name, "seeds": cfg.pipeline.seeds, "table": table, "runs": rows}  # fmt: skip
+              "model": cfg.model.name, "seeds": cfg.pipeline.seeds, "provenance": provenance(), "table": table,
+              "runs": rows}  # fmt: skip
     (root / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     (root / "study.md").write_text(study_markdown(result))
     return table
