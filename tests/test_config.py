@@ -46,7 +46,7 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("train.precision=fp16", "train.precision"),
         ("data.name=mnist", "data.name"),
         ("epochs", "section.field=value"),
-        ("parts.lambda_presence=-1", "parts.lambda_presence"),
+        ("parts.lambda_area=-1", "parts.lambda_area"),
         ("parts.tau=0", "parts.tau"),
         ("parts.blur_padding=zeros", "parts.blur_padding"),
     ],

@@ -188,11 +188,6 @@ class PartsConfig:
         lambda_div: weight of the diversity loss (paper-silent default 1.0).
         lambda_area: weight of the part-usage (area entropy) term inside the diversity loss
             (paper-silent default 1.0).
-        lambda_presence: weight of the presence hinge inside the diversity loss: every part should
-            win at least one location of every image (paper-silent default 1.0; 0 disables it).
-            It keeps parts from dying: at a small tau the softmax of a part that lost everywhere
-            has no gradient left.
-        presence_margin: cosine lead a part's best location needs (paper-silent default 0.05).
         label_source: maps the labels are the argmax of: ``raw`` (the softmax partition) or
             ``blurred`` (what the decoder sees) (paper-silent default ``raw``).
         min_part_share: a part covering less than this share of all locations counts as empty
@@ -229,8 +224,6 @@ class PartsConfig:
     style_dim: int = 128
     lambda_div: float = 1.0
     lambda_area: float = 1.0
-    lambda_presence: float = 1.0
-    presence_margin: float = 0.05
     label_source: str = "raw"
     min_part_share: float = 0.01
     cache_features: bool = True

@@ -128,7 +128,7 @@ def validate(cfg: Config) -> None:
         )
     if cfg.parts.export_scale not in (1, 2):
         raise ConfigError(f"config key 'parts.export_scale' must be 1 or 2, got {cfg.parts.export_scale}")
-    for key in ("lambda_div", "lambda_area", "lambda_presence", "presence_margin"):
+    for key in ("lambda_div", "lambda_area"):
         if getattr(cfg.parts, key) < 0:
             raise ConfigError(f"config key 'parts.{key}' must be >= 0, got {getattr(cfg.parts, key)}")
     if cfg.parts.tau <= 0 or cfg.parts.tau_min <= 0:

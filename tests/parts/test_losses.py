@@ -17,7 +17,6 @@ from semmae.parts.losses import (
     overlap_loss,
     part_area_histogram,
     parts_loss,
-    presence_loss,
 )
 
 
@@ -53,41 +52,13 @@ def test_area_term_and_histogram() -> None:
     torch.testing.assert_close(hist, torch.tensor([0.75, 0.25, 0.0]))
 
 
-def test_presence_known_values() -> None:
-    labels = torch.arange(16).view(1, 4, 4) % 4
-    scores = _hard_maps(labels, 4)  # each part wins 4 locations with a lead of 1
-    assert float(presence_loss(scores, margin=0.05)) == pytest.approx(0.0, abs=1e-7)
-    assert float(presence_loss(scores, margin=1.5)) == pytest.approx(0.5, abs=1e-6)
-    scores[0, 3] = -0.5  # part 3 loses everywhere; its best lead is -0.5 - 0 where it used to win
-    assert float(presence_loss(scores, margin=0.05)) == pytest.approx((0.05 + 0.5) / 4, abs=1e-6)
-    # Ties: a part that only ties the winner has lead 0 and pays the margin.
-    tie = torch.zeros(1, 2, 2, 2)
-    assert float(presence_loss(tie, margin=0.1)) == pytest.approx(0.1, abs=1e-7)
-
-
-def test_presence_revives_a_part_the_saturated_softmax_has_given_up() -> None:
-    torch.manual_seed(0)
-    cos = torch.rand(2, 4, 4, 4) * 0.5
-    cos[:, 3] = -0.9  # dead everywhere
-    cos.requires_grad_(True)
-    area = area_loss((cos / 0.01).softmax(dim=1))
-    (g_area,) = torch.autograd.grad(area, cos)
-    assert float(g_area[:, 3].abs().max()) < 1e-12  # the area term cannot reach part 3
-    (g_presence,) = torch.autograd.grad(presence_loss(cos, 0.05), cos)
-    assert float(g_presence[:, 3].abs().sum()) > 0.1  # the hinge can
-    assert float(g_presence[:, 3].min()) < 0  # descent raises part 3's score
-
-
 def test_total_is_the_weighted_sum() -> None:
     torch.manual_seed(0)
     recon, target = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     maps = torch.randn(2, 4, 4, 4).softmax(1)
-    scores = torch.randn(2, 4, 4, 4)
-    t = parts_loss(recon, target, maps, lambda_div=0.5, lambda_area=2.0, scores=scores, lambda_presence=3.0)
+    t = parts_loss(recon, target, maps, lambda_div=0.5, lambda_area=2.0)
     assert float(t["rec"]) == pytest.approx(float(F.mse_loss(recon, target)), rel=1e-6)
-    assert float(t["presence"]) == pytest.approx(float(presence_loss(scores)), rel=1e-6)
-    div = t["overlap"] + 2.0 * t["area"] + 3.0 * t["presence"]
-    assert float(t["div"]) == pytest.approx(float(div), rel=1e-6)
+    assert float(t["div"]) == pytest.approx(float(t["overlap"] + 2.0 * t["area"]), rel=1e-6)
     assert float(t["loss"]) == pytest.approx(float(t["rec"] + 0.5 * t["div"]), rel=1e-6)
     assert float(t["area_entropy"]) <= math.log(4) + 1e-6
 

@@ -37,14 +37,12 @@ class PartOutput:
         maps: (B, K, h, w) blurred maps fed to the decoder (of the one-hot argmax partition when
             straight-through); still sum to 1 over K.
         logits: (B, K, h, w) correlations S (cosine / tau) before the softmax.
-        cosine: (B, K, h, w) the cosines themselves (``logits * tau``).
         recon: (B, C, H, W) reconstruction in normalised pixel units.
     """
 
     maps_raw: torch.Tensor
     maps: torch.Tensor
     logits: torch.Tensor
-    cosine: torch.Tensor
     recon: torch.Tensor
 
 
@@ -203,8 +201,7 @@ class PartLearner(nn.Module):
         Returns:
             :class:`PartOutput`.
         """
-        cosine = self.part_cosine(patch_tokens, global_token)
-        logits = cosine / self.tau
+        logits = self.part_logits(patch_tokens, global_token)
         maps_raw = logits.float().softmax(dim=1).to(logits.dtype)
         decoded = maps_raw
         if self.straight_through:
@@ -213,4 +210,4 @@ class PartLearner(nn.Module):
             decoded = hard + maps_raw - maps_raw.detach()
         maps = self.blur(decoded)
         recon = self.decoder(maps, global_token)
-        return PartOutput(maps_raw=maps_raw, maps=maps, logits=logits, cosine=cosine, recon=recon)
+        return PartOutput(maps_raw=maps_raw, maps=maps, logits=logits, recon=recon)

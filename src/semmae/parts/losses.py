@@ -3,16 +3,12 @@
 ``L = L_rec + lambda_div * L_div`` with
 
 - ``L_rec``: MSE between the reconstruction and the normalised input image;
-- ``L_div = overlap + lambda_area * area + lambda_presence * presence``:
+- ``L_div = overlap + lambda_area * area``:
   - overlap: mean over ordered pairs i != j of ``sum_x Â_i(x) Â_j(x) / L``, where each map is
     scaled to max 1 per image (``Â = A / max_x A``), so a faint part spread everywhere still
     counts as overlapping;
   - area: ``log K - H(p)`` with p the batch-mean part areas; zero when every part covers the
-    same share of the batch, ``log K`` when one part covers everything;
-  - presence: a hinge on the cosine scores asking every part to win (be the argmax at) at least
-    one location of every image. The softmax at a small tau saturates, so a part that lost
-    everywhere gets no gradient from the two terms above and stays empty for good; the hinge
-    acts on the scores themselves and keeps pulling it back until it wins somewhere.
+    same share of the batch, ``log K`` when one part covers everything.
 
 The weights and the exact form of both terms are paper-silent defaults (the paper names a
 diversity loss without giving it).
@@ -67,29 +63,6 @@ def area_loss(maps: torch.Tensor) -> torch.Tensor:
     return math.log(maps.shape[1]) - area_entropy(maps)
 
 
-def presence_loss(scores: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
-    """Hinge asking every part to be the argmax at some location of every image.
-
-    With ``lead_k(x) = s_k(x) - max_{j != k} s_j(x)`` and ``win_k = max_x lead_k(x)`` (per image),
-    the loss is the mean over images and parts of ``relu(margin - win_k)``. Its gradient does not
-    vanish for a part that loses everywhere, unlike any term on a saturated softmax.
-
-    Args:
-        scores: (B, K, h, w) part-location scores (the cosines, before the temperature).
-        margin: lead a part's best location must have to cost nothing.
-
-    Returns:
-        Scalar float32, 0 when every part wins somewhere in every image by ``margin``.
-    """
-    s = scores.float().flatten(2)  # (B, K, L)
-    top2 = s.topk(2, dim=1)
-    first, second, winner = top2.values[:, 0:1], top2.values[:, 1:2], top2.indices[:, 0:1]
-    is_winner = torch.arange(s.shape[1], device=s.device).view(1, -1, 1) == winner
-    best_other = torch.where(is_winner, second, first)  # max over j != k, per part and location
-    win = (s - best_other).amax(dim=-1)  # (B, K)
-    return torch.relu(margin - win).mean()
-
-
 def parts_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
@@ -97,9 +70,6 @@ def parts_loss(
     *,
     lambda_div: float = 1.0,
     lambda_area: float = 1.0,
-    scores: torch.Tensor | None = None,
-    lambda_presence: float = 0.0,
-    presence_margin: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The stage-1 objective and its terms.
 
@@ -109,33 +79,22 @@ def parts_loss(
         maps: (B, K, h, w) soft part maps the diversity terms act on (the raw partition).
         lambda_div: weight of ``L_div``.
         lambda_area: weight of the area term inside ``L_div``.
-        scores: (B, K, h, w) cosine scores for the presence term (required when
-            ``lambda_presence > 0``).
-        lambda_presence: weight of the presence term inside ``L_div``.
-        presence_margin: margin of :func:`presence_loss`.
 
     Returns:
         Dict of scalar float32 tensors: ``loss`` (total), ``rec``, ``div``, ``overlap``, ``area``,
-        ``presence``, ``area_entropy``.
+        ``area_entropy``.
     """
     rec = (recon.float() - target.float()).pow(2).mean()
     overlap = overlap_loss(maps)
     entropy = area_entropy(maps)
     area = math.log(maps.shape[1]) - entropy
-    if scores is not None:
-        presence = presence_loss(scores, presence_margin)
-    elif lambda_presence > 0:
-        raise ValueError("lambda_presence > 0 needs the scores")
-    else:
-        presence = torch.zeros((), device=maps.device)
-    div = overlap + lambda_area * area + lambda_presence * presence
+    div = overlap + lambda_area * area
     return {
         "loss": rec + lambda_div * div,
         "rec": rec,
         "div": div,
         "overlap": overlap,
         "area": area,
-        "presence": presence,
         "area_entropy": entropy,
     }
 

@@ -219,10 +219,7 @@ def _train_step(
     f, g, target = _batch_inputs(run, images_u8, idx)
     with autocast(run.device, run.cfg.train.precision):
         out = run.learner(f, g)
-    terms = parts_loss(
-        out.recon, target, out.maps_raw, lambda_div=p.lambda_div, lambda_area=p.lambda_area,
-        scores=out.cosine, lambda_presence=p.lambda_presence, presence_margin=p.presence_margin,
-    )  # fmt: skip
+    terms = parts_loss(out.recon, target, out.maps_raw, lambda_div=p.lambda_div, lambda_area=p.lambda_area)
     run.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     if p.clip_grad is not None:
