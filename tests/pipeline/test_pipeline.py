@@ -77,6 +77,33 @@ def test_rerun_skips_finished_stages_and_redoes_unfinished(pipeline_dir: Path) -
     assert records["eval"]["result"].keys() == json.loads(before["eval"])["result"].keys()
 
 
+def test_a_resumed_stage_counts_the_time_of_every_attempt(tmp_path: Path) -> None:
+    import time
+
+    from semmae.pipeline.stages import run_stage
+
+    calls: list[bool] = []
+
+    def stage(d: Path, resume: bool) -> dict:
+        calls.append(resume)
+        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (d / "checkpoints" / "last.pt").write_bytes(b"x")
+        time.sleep(0.3)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # stopped halfway
+        return {"ok": True}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path / "s", "s", stage)
+    assert json.loads((tmp_path / "s" / "PARTIAL.json").read_text())["attempts"] == 1
+    record = run_stage(tmp_path / "s", "s", stage)
+    assert calls == [False, True]
+    assert record["attempts"] == 2 and record["seconds"] >= 0.6
+    assert not (tmp_path / "s" / "PARTIAL.json").exists()
+    assert run_stage(tmp_path / "s", "s", stage) == json.loads((tmp_path / "s" / "DONE.json").read_text())
+    assert len(calls) == 2  # done stages are not run again
+
+
 def test_study_summary_mean_and_std(tmp_path: Path) -> None:
     rows = [
         {"method": "a", "seed": s, "knn": {"top1": k}, "linear": {"top1": k + 1}, "pretrain_s": 60.0}

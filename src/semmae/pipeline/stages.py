@@ -36,7 +36,9 @@ def run_stage(stage_dir: Path, name: str, fn: Callable[[Path, bool], dict[str, A
     """Run ``fn(stage_dir, resume)`` unless already done; record its wall time in ``DONE.json``.
 
     ``resume`` is True when an earlier attempt left a checkpoint behind; a stage directory that
-    holds no checkpoint is started afresh.
+    holds no checkpoint is started afresh. An attempt that fails or is interrupted leaves its
+    time in ``PARTIAL.json``, so a resumed stage's ``seconds`` counts every attempt it built on
+    (a process killed with SIGKILL cannot record its time).
     """
     done = stage_done(stage_dir)
     if done is not None:
@@ -46,13 +48,33 @@ def run_stage(stage_dir: Path, name: str, fn: Callable[[Path, bool], dict[str, A
     if stage_dir.exists() and not resume and runtime.is_main():
         shutil.rmtree(stage_dir)  # a stage that never reached a checkpoint has nothing worth keeping
     runtime.barrier()
+    partial = stage_dir / "PARTIAL.json"
+    earlier = (
+        json.loads(partial.read_text()) if resume and partial.is_file() else {"seconds": 0.0, "attempts": 0}
+    )
     log.info("[%s] %s", name, "resuming" if resume else "starting")
     t0 = time.perf_counter()
-    result = fn(stage_dir, resume)
-    record = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), "result": result}
+    try:
+        result = fn(stage_dir, resume)
+    except BaseException:
+        if runtime.is_main() and stage_dir.is_dir():
+            spent = {
+                "seconds": earlier["seconds"] + time.perf_counter() - t0,
+                "attempts": earlier["attempts"] + 1,
+            }
+            partial.write_text(json.dumps(spent) + "\n")
+        raise
+    seconds = earlier["seconds"] + time.perf_counter() - t0
+    record = {
+        "stage": name,
+        "seconds": round(seconds, 1),
+        "attempts": earlier["attempts"] + 1,
+        "result": result,
+    }
     if runtime.is_main():
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / "DONE.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        partial.unlink(missing_ok=True)
     return record
 
 
