@@ -62,14 +62,22 @@ class PretrainMonitor:
         self.device, self.part_maps, self.num_parts = device, part_maps, num_parts
         self.last_knn: float | None = None
         self._probe: dict[str, torch.Tensor] | None = None
+        self._splits: dict[str, Any] = {}
+
+    def split(self, name: str) -> Any:
+        """The ``train`` or ``test`` dataset of ``cfg.data``, built once per run."""
+        if name not in self._splits:
+            from semmae.data import build_dataset
+
+            self._splits[name] = build_dataset(self.cfg.data, name)
+        return self._splits[name]
 
     def probe_batch(self) -> dict[str, torch.Tensor]:
         """8 fixed training images (normalised, centre) and their part labels, for every grid."""
         if self._probe is None:
-            from semmae.data import build_dataset
             from semmae.data.transforms import center_batch, labels_to_patch_grid, normalize
 
-            ds = build_dataset(self.cfg.data, "train")
+            ds = self.split("train")
             idx = torch.arange(min(8, len(ds)))
             maps = self.part_maps.lookup(idx) if self.part_maps is not None else None
             x01, maps = center_batch(ds.load(idx), out_size=self.cfg.data.image_size, part_maps=maps)
@@ -143,13 +151,11 @@ class PretrainMonitor:
 
     def knn(self) -> dict[str, float]:
         """Weighted kNN (k=20, T=0.07) on CLS features of held-out subsets of train and test."""
-        from semmae.data import build_dataset
         from semmae.eval.knn import knn_accuracy
 
         t0 = time.perf_counter()
         tc, ec = self.cfg.train, self.cfg.eval
-        train = build_dataset(self.cfg.data, "train")
-        test = build_dataset(self.cfg.data, "test")
+        train, test = self.split("train"), self.split("test")
         if int((train.targets >= 0).sum()) == 0:
             log.info("kNN monitor skipped: the dataset has no labels")
             return {}
