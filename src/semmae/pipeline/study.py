@@ -98,6 +98,7 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     from semmae.pipeline.evaluate import evaluate_encoder
 
     root = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
+    prov = provenance()  # the code this process started with, not the tree when it finishes
     prefix = root / "prefix"
     mae = run_stage(prefix / "mae", "mae", _pretrain(mae_config(cfg)))
     run_stage(
@@ -124,16 +125,23 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
                 )
             rows.append(_evaluate_run(cfg, run_dir, method, seed, record, evaluate_encoder))
             # After every run, so an interrupted study shows its table so far.
-            table = write_study(root, cfg, budget, rows)
+            table = write_study(root, cfg, budget, rows, prov)
     return table
 
 
-def write_study(root: Path, cfg: Config, budget: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write ``study.json`` and ``study.md`` for the runs evaluated so far; returns the table."""
+def write_study(
+    root: Path, cfg: Config, budget: str, rows: list[dict[str, Any]], prov: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``study.json`` and ``study.md`` for the runs evaluated so far; returns the table.
+
+    ``prov`` is :func:`~semmae.runtime.provenance` taken when the study started (now when None).
+    """
     table = summarise(rows)
-    result = {"budget": budget, "dataset": cfg.data.name, "limit": cfg.data.limit, "epochs": cfg.train.epochs,
-              "model": cfg.model.name, "seeds": cfg.pipeline.seeds, "provenance": provenance(), "table": table,
-              "runs": rows}  # fmt: skip
+    result = {
+        "budget": budget, "dataset": cfg.data.name, "limit": cfg.data.limit, "epochs": cfg.train.epochs,
+        "model": cfg.model.name, "seeds": cfg.pipeline.seeds, "provenance": prov or provenance(),
+        "table": table, "runs": rows,
+    }  # fmt: skip
     (root / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     (root / "study.md").write_text(study_markdown(result))
     return table
