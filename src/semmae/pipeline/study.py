@@ -71,7 +71,7 @@ def _oracle_maps(cfg: Config, root: Path, grid: list[int]) -> Path | None:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean ± std (sample std; 0 for one seed) of kNN and linear top-1 and pretrain minutes per method."""
+    """Mean ± std (sample std; None for one seed) of kNN and linear top-1 and pretrain minutes per method."""
     table: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
@@ -83,7 +83,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ):
             entry[key] = {
                 "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "std": statistics.stdev(values) if len(values) > 1 else None,
             }
         table[method] = entry
     return table
@@ -170,7 +170,8 @@ def study_markdown(result: dict[str, Any]) -> str:
     ]
     for method, e in result["table"].items():
         cell = [
-            f"{e[k]['mean']:.2f} ± {e[k]['std']:.2f}" for k in ("knn_top1", "linear_top1", "pretrain_min")
+            f"{e[k]['mean']:.2f}" + ("" if e[k]["std"] is None else f" ± {e[k]['std']:.2f}")
+            for k in ("knn_top1", "linear_top1", "pretrain_min")
         ]
         lines.append(f"| {method} | " + " | ".join(cell) + " |")
     return "\n".join(lines) + "\n"
