@@ -20,11 +20,6 @@ import yaml
 from semmae.config_checks import coerce, validate
 from semmae.errors import ConfigError
 
-__all__ = [
-    "Config", "DataConfig", "EvalConfig", "MaskingConfig", "ModelConfig", "PartsConfig",
-    "PipelineConfig", "TrainConfig", "dump", "from_dict", "load", "parse_override", "validate",
-]  # fmt: skip
-
 
 @dataclass
 class DataConfig:

@@ -21,63 +21,45 @@ TOY = [
 ]  # fmt: skip
 
 
+def _oracle_maps_via_cli(tmp_path: Path, split: str) -> tuple[Path, Path]:
+    """Write the toy recipe and ``semmae parts from-masks`` maps of ``split``; returns both paths."""
+    cfg_file = tmp_path / "toy.yaml"
+    config_lib.dump(config_lib.load(None, TOY), cfg_file)
+    maps = tmp_path / f"{split}_maps.npy"
+    argv = [
+        "parts",
+        "from-masks",
+        "--config",
+        str(cfg_file),
+        "--split",
+        split,
+        "--grid",
+        "8",
+        "--out",
+        str(maps),
+    ]
+    assert main(argv) == 0
+    return cfg_file, maps
+
+
 def test_oracle_part_maps_drive_semantic_pretraining(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg_file = tmp_path / "toy.yaml"
-    config_lib.dump(config_lib.load(None, TOY), cfg_file)
-    maps = tmp_path / "oracle.npy"
-    assert (
-        main(
-            [
-                "parts",
-                "from-masks",
-                "--config",
-                str(cfg_file),
-                "--split",
-                "train",
-                "--grid",
-                "8",
-                "--out",
-                str(maps),
-            ]
-        )
-        == 0
-    )
+    cfg_file, maps = _oracle_maps_via_cli(tmp_path, "train")
     capsys.readouterr()
     cfg = config_lib.load(cfg_file, ["masking.name=semantic", f"masking.parts={maps}"])
     summary = run_pretrain(cfg, tmp_path / "run")
     assert summary["complete"]
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lambda" in r]
     lams = [r["lambda"] for r in rows]
-    assert (
-        lams[0] == pytest.approx(1.0, abs=0.02) and lams[-1] < 0.3
-    )  # intra-part first, inter-part last (λ logged for the step's start)
+    # Intra-part first, inter-part last (λ is logged for the step's start).
+    assert lams[0] == pytest.approx(1.0, abs=0.02) and lams[-1] < 0.3
     assert all(a >= b for a, b in itertools.pairwise(lams))
     assert (tmp_path / "run" / "images" / "masks_progress.png").is_file()
 
 
 def test_part_maps_of_another_split_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg_file = tmp_path / "toy.yaml"
-    config_lib.dump(config_lib.load(None, TOY), cfg_file)
-    maps = tmp_path / "test_maps.npy"
-    assert (
-        main(
-            [
-                "parts",
-                "from-masks",
-                "--config",
-                str(cfg_file),
-                "--split",
-                "test",
-                "--grid",
-                "8",
-                "--out",
-                str(maps),
-            ]
-        )
-        == 0
-    )
+    cfg_file, maps = _oracle_maps_via_cli(tmp_path, "test")
     cfg = config_lib.load(cfg_file, ["masking.name=semantic", f"masking.parts={maps}"])
     with pytest.raises(DataError, match="split"):
         run_pretrain(cfg, tmp_path / "run")
