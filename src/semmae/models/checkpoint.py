@@ -9,8 +9,11 @@ directory and are moved into place with ``os.replace``, so a crash never leaves 
 
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,15 @@ from semmae.errors import CheckpointError
 
 
 def rng_state() -> dict[str, Any]:
-    """Global RNG states of Python, NumPy and torch (CPU and CUDA)."""
+    """Global RNG states of Python, NumPy and torch (CPU and CUDA) as tensors and plain data.
+
+    NumPy's state holds an ndarray, which a ``weights_only`` load refuses; it is stored as
+    ``[name, keys tensor, pos, has_gauss, cached_gaussian]``.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -36,7 +44,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore states saved by :func:`rng_state`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -58,24 +67,50 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (or any torch pickle of a dict).
+    """Read a checkpoint written by :func:`save_checkpoint`, or any torch file of tensors and plain data.
+
+    Loading never executes code from the file (DESIGN.md §7 rule 13): ``torch.load`` runs with
+    ``weights_only=True``, which rebuilds only tensors, numbers, strings and containers (and
+    ``argparse.Namespace``, allow-listed for official MAE checkpoints). A file
+    that needs anything else (a pickled class, a function call) is refused.
 
     Raises:
-        CheckpointError: missing, unreadable or not a dict.
+        CheckpointError: missing, unreadable, needing unsafe unpickling, or not a dict.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} not found")
     try:
-        # Our checkpoints hold RNG states and config dicts, not only tensors.
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
+        # argparse.Namespace: official MAE training checkpoints keep their ``args`` in one; it is a
+        # plain attribute bag whose rebuild calls nothing but ``object.__new__`` and a dict update.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # the file asks to import and call something
+            raise CheckpointError(_unsafe_message(path, exc)) from None
         raise CheckpointError(
-            f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})"
+            f"checkpoint {str(path)!r} could not be read (not a torch checkpoint)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {first})"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict of state")
     return obj
+
+
+def _unsafe_message(path: Path, exc: Exception) -> str:
+    """One line: which object the file would make us run, and how a user who trusts it converts it."""
+    what = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    needs = f" (it needs {what.group(1)!r})" if what else ""
+    return (
+        f"checkpoint {str(path)!r} holds Python objects that loading would have to execute{needs}; "
+        "semmae loads only tensors and plain data. If you trust the file, convert it once: "
+        "python -c \"import torch; sd = torch.load('IN', weights_only=False); "
+        "torch.save({'model': sd.get('model', sd)}, 'OUT.pth')\""
+    )
 
 
 def load_state_strict(
