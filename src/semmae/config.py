@@ -40,6 +40,10 @@ class DataConfig:
         on_corrupt: what to do with an unreadable image file: ``warn`` (skip it) or ``error``.
         toy_size: number of images per split of the synthetic toy-parts dataset.
         num_workers: DataLoader workers for streamed datasets.
+        crop_pct: evaluation view of image folders: short side resized to ``image_size / crop_pct``
+            (bicubic), then the centre ``image_size`` square. None = 0.875 (timm/MAE's 256 -> 224).
+            Only image folders are read at full resolution; the small sets are stored at their
+            training size, which is crop_pct 1.0.
     """
 
     name: str = "fashion_mnist"
@@ -55,6 +59,7 @@ class DataConfig:
     on_corrupt: str = "warn"
     toy_size: int = 2000
     num_workers: int = 0
+    crop_pct: float | None = None
 
 
 @dataclass
@@ -255,6 +260,16 @@ class EvalConfig:
         ft_*: fine-tuning recipe: epochs, batch per process, base lr (x batch / 256), min lr,
             warm-up, layer decay, weight decay, drop path, mixup/cutmix alphas (0 and 0 turn
             mixing off), label smoothing, random-erasing probability, global pool (``avg``/``token``).
+        ft_crop_scale: the fine-tune random-resized-crop area range (MAE: [0.08, 1]); never taken
+            from ``data.crop_scale``, which is pretraining's.
+        ft_auto_augment: timm RandAugment spec of the fine-tune transform for image folders
+            (MAE: ``rand-m9-mstd0.5-inc1``; empty = none).
+        linear_protocol: ``fast`` (the lr grid on cached centre-crop features above) or ``mae``
+            (MAE's probe: RandomResizedCrop + flip every epoch, BatchNorm(affine=False) + linear
+            head on the frozen CLS token, LARS, lr = ``linear_blr`` x batch / 256, trained on the
+            whole train split, scored on test).
+        linear_blr: base lr of the ``mae`` probe (MAE: 0.1 at batch 16384).
+        linear_crop_scale: random-resized-crop area range of the ``mae`` probe (MAE: [0.08, 1]).
     """
 
     knn_k: int = 20
@@ -282,6 +297,11 @@ class EvalConfig:
     ft_min_lr: float = 1e-6
     ft_reprob: float = 0.25
     ft_global_pool: str = "avg"
+    ft_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ft_auto_augment: str = "rand-m9-mstd0.5-inc1"
+    linear_protocol: str = "fast"
+    linear_blr: float = 0.1
+    linear_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
 
 
 @dataclass

@@ -25,6 +25,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.feature": ("cls", "mean"),
     "eval.linear_optimizer": ("sgd", "adamw"),
     "eval.ft_global_pool": ("avg", "token"),
+    "eval.linear_protocol": ("fast", "mae"),
     "parts.blur_padding": ("replicate", "reflect"),
     "parts.decoder_upsample": ("nearest", "bilinear"),
     "parts.label_source": ("raw", "blurred"),
@@ -137,5 +138,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config keys 'parts.epochs' and 'parts.max_steps' must be at least 1")
     if cfg.parts.num_parts < 2:
         raise ConfigError(f"config key 'parts.num_parts' must be at least 2, got {cfg.parts.num_parts}")
+    _check_paper_protocol_fields(cfg)
     if not 0.0 <= cfg.eval.linear_val_frac < 1.0:
         raise ConfigError("config key 'eval.linear_val_frac' must be in [0, 1)")
+
+
+def _check_paper_protocol_fields(cfg: Config) -> None:
+    """Ranges of ``data.crop_pct``, the fine-tune and MAE-probe crop scales and ``eval.linear_blr``."""
+    pct = cfg.data.crop_pct
+    if pct is not None and not 0.0 < pct <= 1.0:
+        raise ConfigError(f"config key 'data.crop_pct' must be in (0, 1] (e.g. 0.875), got {pct}")
+    if pct is not None and pct != 1.0 and cfg.data.name != "image_folder":
+        raise ConfigError(
+            f"config key 'data.crop_pct' applies to image folders only ({cfg.data.name} is stored at "
+            "its training size); leave it unset"
+        )
+    for key in ("ft_crop_scale", "linear_crop_scale"):
+        value = getattr(cfg.eval, key)
+        lo, hi = value if len(value) == 2 else (-1.0, -1.0)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ConfigError(f"config key 'eval.{key}' must be [lo, hi] with 0 < lo <= hi <= 1, got {value}")
+    if cfg.eval.linear_blr <= 0:
+        raise ConfigError(f"config key 'eval.linear_blr' must be positive, got {cfg.eval.linear_blr}")

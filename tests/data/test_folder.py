@@ -1,4 +1,4 @@
-"""Image folders: class trees, flat folders, splits, corrupt files, in-memory vs streamed."""
+"""Image folders: class trees, flat folders, splits, corrupt files, streaming, 16-bit images."""
 
 from __future__ import annotations
 
@@ -26,7 +26,12 @@ def _save(path: Path, value: int, size: tuple[int, int] = (8, 8), mode: str = "L
 
 
 def _cfg(root: Path, **kw) -> DataConfig:
+    kw.setdefault("crop_pct", 1.0)  # the evaluation view of an 8x8 file is then the file itself
     return DataConfig(name="image_folder", root=str(root), image_size=8, in_chans=1, **kw)
+
+
+def _all(ds) -> torch.Tensor:
+    return ds.load(torch.arange(len(ds)))
 
 
 def test_class_tree_with_hash_split(tmp_path: Path) -> None:
@@ -47,10 +52,11 @@ def test_class_tree_with_hash_split(tmp_path: Path) -> None:
     )
     assert len(test) == expected_test and 3 <= expected_test <= 25  # about 10%
     for ds in (train, test):
-        assert ds.images.shape[1:] == (1, 8, 8) and ds.num_skipped == 0
-        value = ds.images[:, 0, 4, 4].long()
+        images = _all(ds)
+        assert ds.streamed and images.shape[1:] == (1, 8, 8) and ds.num_skipped == 0
+        value = images[:, 0, 4, 4].long()
         assert torch.equal(ds.targets, (value == 200).long())  # label follows the folder
-        assert bool((ds.images[:, 0, 0, 0].long() == 255 - value).all())  # marker pixel intact
+        assert bool((images[:, 0, 0, 0].long() == 255 - value).all())  # marker pixel intact
     assert build_dataset(_cfg(tmp_path), "test").fingerprint() == test.fingerprint()
 
 
@@ -72,8 +78,9 @@ def test_flat_folder_unlabelled_and_resized(tmp_path: Path) -> None:
         _save(tmp_path / f"img{i:02d}.JPEG", 100, size=(24, 16), mode="RGB")
     ds = build_dataset(DataConfig(name="image_folder", root=str(tmp_path), image_size=8, in_chans=3), "train")
     assert ds.classes == [] and bool((ds.targets == -1).all())
-    assert ds.images.shape[1:] == (3, 8, 8)
-    assert abs(int(ds.images[0, 0, 4, 4]) - 100) <= 3  # JPEG is lossy
+    images = _all(ds)
+    assert images.shape[1:] == (3, 8, 8)
+    assert abs(int(images[0, 0, 4, 4]) - 100) <= 3  # JPEG is lossy
 
 
 def test_corrupt_files_warn_or_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -104,23 +111,23 @@ def test_missing_or_empty_folder(tmp_path: Path) -> None:
         build_dataset(DataConfig(name="image_folder"), "train")
 
 
-def test_streamed_matches_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_streamed_batches_and_fingerprint(tmp_path: Path, caplog) -> None:
     for i in range(12):
         _save(tmp_path / "train" / ("a" if i % 2 else "b") / f"{i:02d}.png", 10 * i)
     _save(tmp_path / "test" / "a" / "0.png", 1)
     (tmp_path / "train" / "a" / "zz_bad.png").write_bytes(b"garbage")  # fails the header check
-    in_memory = build_dataset(_cfg(tmp_path), "train")
-    monkeypatch.setattr(folder_mod, "MEMORY_LIMIT_BYTES", 0)
     streamed = build_dataset(_cfg(tmp_path), "train")
     assert streamed.streamed and streamed.images is None and len(streamed) == 12
     assert streamed.num_skipped == 1 and streamed.image_size == 8 and streamed.in_chans == 1
+    everything = _all(streamed)
+    assert sorted(everything[:, 0, 4, 4].tolist()) == [10 * i for i in range(12)]
     order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(streamed.load(order[:5]), in_memory.images[order[:5]])
+    assert torch.equal(streamed.load(order[:5]), everything[order[:5]])
     for workers in (0, 1):
         got = list(iterate_batches(streamed, order, 5, num_workers=workers))
         assert [len(b[2]) for b in got] == [5, 5, 2]
-        assert torch.equal(torch.cat([b[0] for b in got]), in_memory.images[order])
-        assert torch.equal(torch.cat([b[1] for b in got]), in_memory.targets[order])
+        assert torch.equal(torch.cat([b[0] for b in got]), everything[order])
+        assert torch.equal(torch.cat([b[1] for b in got]), streamed.targets[order])
         assert torch.equal(torch.cat([b[2] for b in got]), order)
     fp = streamed.fingerprint()
     assert len(fp) == 16 and build_dataset(_cfg(tmp_path), "train").fingerprint() == fp
@@ -128,13 +135,27 @@ def test_streamed_matches_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert build_dataset(_cfg(tmp_path), "train").fingerprint() != fp
 
 
-def test_streamed_file_that_breaks_after_the_header_check(tmp_path: Path, monkeypatch, caplog) -> None:
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    ramp = (np.arange(64 * 64, dtype=np.int64).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    cfg = DataConfig(name="image_folder", root=str(tmp_path), image_size=64, in_chans=1, crop_pct=1.0)
+    got = _all(
+        build_dataset(cfg, "train")
+        if not folder_mod.in_test_split("deep.png")
+        else build_dataset(cfg, "test")
+    )
+    expected = torch.from_numpy(np.rint(ramp / 257.0).astype(np.uint8))
+    assert torch.equal(got[0, 0], expected)  # PIL's own convert("L") makes 99.6% of these 255
+    assert float((got == 255).float().mean()) < 0.01
+
+
+def test_streamed_file_that_breaks_after_the_header_check(tmp_path: Path, caplog) -> None:
     for i in range(3):
         _save(tmp_path / "train" / "a" / f"{i}.png", 90, size=(32, 32))
     _save(tmp_path / "test" / "a" / "0.png", 1)
     good = (tmp_path / "train" / "a" / "1.png").read_bytes()
     (tmp_path / "train" / "a" / "1.png").write_bytes(good[: len(good) // 2])  # header intact, data cut
-    monkeypatch.setattr(folder_mod, "MEMORY_LIMIT_BYTES", 0)
     ds = build_dataset(_cfg(tmp_path), "train")
     assert len(ds) == 3  # the header check passes
     with caplog.at_level(logging.WARNING, logger="semmae.data.folder"):

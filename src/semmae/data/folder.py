@@ -2,16 +2,21 @@
 
 Splits: when ``root/train`` and ``root/test`` (or ``root/val``) exist they are the splits;
 otherwise every file goes to ``test`` when a stable hash of its path relative to ``root`` falls in
-the lowest 10%, else to ``train`` (so adding files never moves the others). Images are read with
-PIL (EXIF orientation applied), converted and resized once. A split whose uint8 tensor would take
-at most :data:`MEMORY_LIMIT_BYTES` is held in memory; a larger one is streamed (files are read in
-DataLoader workers while iterating). Unreadable files are skipped with a warning
-(``data.on_corrupt=warn``) or stop the build (``error``); streamed sets check every file's header
-up front, and a file that still fails later yields a black image (warn) or an error.
+the lowest 10%, else to ``train`` (so adding files never moves the others).
+
+Image folders are always streamed at full resolution: nothing is shrunk when a file is read.
+Every read decodes the file (PIL, EXIF orientation applied, 16-bit images scaled to 8 bits) and
+takes one view of the decoded pixels (:mod:`semmae.data.views`): pretraining's random resized crop
+(``FileSource.read_crop``), the evaluation view (short side to ``image_size / crop_pct``, centre
+crop; ``FileSource.read``) or the whole image squeezed to S x S (the view stage 1 labels). Every
+file's header is checked when the split is built: unreadable files are skipped with a warning
+(``data.on_corrupt=warn``) or stop the build (``error``); a file that still fails later yields a
+black image (warn) or an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -19,32 +24,32 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image
 from tqdm.auto import tqdm
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet, fit_images
+from semmae.data.datasets import ImageSet
+from semmae.data.views import decode_image, eval_view, to_uint8_tensor, train_crop, whole_view
 from semmae.errors import DataError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CROP_PCT = 0.875
+VIEWS = ("eval", "whole")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-MEMORY_LIMIT_BYTES = 2 * 1024**3
 TEST_PERMILLE = 100  # share of files (per mille) the path hash sends to "test"
 _ACCEPTED = f"accepted extensions: {' '.join(e[1:] for e in EXTENSIONS)}"
 
 
-def read_image(path: Path, image_size: int, in_chans: int) -> torch.Tensor:
-    """One image file as uint8 (C, S, S); raises OSError/ValueError etc. when unreadable."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("L" if in_chans == 1 else "RGB")
-        arr = np.array(im, dtype=np.uint8)
-    t = torch.from_numpy(arr)
-    t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
-    return fit_images(t.contiguous(), image_size, in_chans)
+def folder_crop_pct(cfg: DataConfig) -> float:
+    """``data.crop_pct`` with its default resolved: 0.875 (timm/MAE's 256 -> 224) for image folders."""
+    return DEFAULT_CROP_PCT if cfg.crop_pct is None else cfg.crop_pct
+
+
+def read_image(path: Path, image_size: int, in_chans: int, crop_pct: float = 1.0) -> torch.Tensor:
+    """One image file's evaluation view as uint8 (C, S, S); raises OSError/ValueError etc. when unreadable."""
+    return to_uint8_tensor(eval_view(decode_image(path, in_chans), image_size, crop_pct))
 
 
 def _is_image(path: Path) -> bool:
@@ -109,6 +114,9 @@ class FileSource:
         image_size: S.
         in_chans: C.
         on_corrupt: ``warn`` (black image + warning) or ``error`` for a file that fails to decode.
+        crop_pct: the evaluation view's centre share (short side resized to S / crop_pct).
+        view: what :meth:`read` returns: ``eval`` (resize + centre crop) or ``whole`` (the whole
+            image resized to S x S, aspect ignored).
     """
 
     base: Path
@@ -117,64 +125,79 @@ class FileSource:
     image_size: int
     in_chans: int
     on_corrupt: str = "warn"
+    crop_pct: float = DEFAULT_CROP_PCT
+    view: str = "eval"
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def read(self, index: int) -> torch.Tensor:
+    def _decode(self, index: int) -> Image.Image | None:
+        """The decoded full-resolution image, or None for an unreadable file under ``warn``."""
         path = self.base / self.files[index]
         try:
-            return read_image(path, self.image_size, self.in_chans)
+            return decode_image(path, self.in_chans)
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
             if self.on_corrupt == "error":
                 raise DataError(
                     f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files"
                 ) from None
             log.warning("unreadable image %s (%s): using a black image", path, exc)
-            return torch.zeros(self.in_chans, self.image_size, self.image_size, dtype=torch.uint8)
+            return None
+
+    def _black(self) -> torch.Tensor:
+        return torch.zeros(self.in_chans, self.image_size, self.image_size, dtype=torch.uint8)
+
+    def read(self, index: int) -> torch.Tensor:
+        """Image ``index`` in this source's view, uint8 (C, S, S)."""
+        im = self._decode(index)
+        if im is None:
+            return self._black()
+        if self.view == "whole":
+            return to_uint8_tensor(whole_view(im, self.image_size))
+        return to_uint8_tensor(eval_view(im, self.image_size, self.crop_pct))
+
+    def read_crop(
+        self, index: int, uniforms: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random resized crop (+ flip) of image ``index`` at full resolution.
+
+        Args:
+            index: image index.
+            uniforms: (23,) pre-drawn crop and flip draws (``transforms.crop_uniforms``).
+            scale, ratio: RandomResizedCrop ranges.
+
+        Returns:
+            uint8 (C, S, S) crop and its float32 (4,) box ``(top, left, h, w)`` as fractions of
+            the image's height and width (the whole image for an unreadable file).
+        """
+        im = self._decode(index)
+        if im is None:
+            return self._black(), torch.tensor([0.0, 0.0, 1.0, 1.0])
+        crop, box = train_crop(im, uniforms, self.image_size, scale, ratio)
+        return to_uint8_tensor(crop), box
 
     def digest_items(self) -> Iterator[bytes]:
         for name, size in zip(self.files, self.sizes, strict=True):
             yield f"{name}\t{size}\n".encode()
 
 
+def whole_image_view(ds: ImageSet) -> ImageSet:
+    """The same set whose reads return each whole image resized to S x S (aspect ratio ignored).
+
+    In-memory sets are already stored whole at S x S and come back unchanged. The fingerprint is
+    the set's own (the view does not change which images, or in which order).
+    """
+    if ds.source is None or not isinstance(ds.source, FileSource):
+        return ds
+    view = dataclasses.replace(ds, source=dataclasses.replace(ds.source, view="whole"))
+    view._fingerprint = ds._fingerprint
+    return view
+
+
 def _corrupt(path: Path, exc: Exception, on_corrupt: str) -> None:
     if on_corrupt == "error":
         raise DataError(f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files")
     log.warning("skipping unreadable image %s (%s)", path, exc)
-
-
-class _Reader(Dataset):
-    def __init__(self, files: list[Path], image_size: int, in_chans: int) -> None:
-        self.files, self.image_size, self.in_chans = files, image_size, in_chans
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, Exception | None]:
-        try:
-            return i, read_image(self.files[i], self.image_size, self.in_chans), None
-        except Exception as exc:  # noqa: BLE001 - reported by the caller
-            return i, None, exc
-
-
-def _load_in_memory(files: list[Path], cfg: DataConfig, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (N, C, S, S), ok bool (N,)) read with ``cfg.num_workers`` workers."""
-    size, chans = cfg.image_size, cfg.in_chans
-    images = torch.zeros(len(files), chans, size, size, dtype=torch.uint8)
-    ok = torch.zeros(len(files), dtype=torch.bool)
-    loader = DataLoader(
-        _Reader(files, size, chans), batch_size=64, num_workers=cfg.num_workers, collate_fn=list
-    )
-    with tqdm(total=len(files), desc=desc, unit="img", disable=None) as bar:
-        for batch in loader:
-            for i, img, exc in batch:
-                if img is None:
-                    _corrupt(files[i], exc, cfg.on_corrupt)
-                else:
-                    images[i], ok[i] = img, True
-            bar.update(len(batch))
-    return images, ok
 
 
 def _header_ok(path: Path) -> Exception | None:
@@ -215,21 +238,13 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
         )
     if cfg.limit is not None:
         files, targets = files[: cfg.limit], targets[: cfg.limit]
-    per_image = cfg.in_chans * cfg.image_size**2
-    if len(files) * per_image <= MEMORY_LIMIT_BYTES:
-        images, ok = _load_in_memory(files, cfg, desc=f"loading {split} images")
-        keep = ok
-    else:
-        images = None
-        keep = torch.tensor(_verify_headers(files, cfg.on_corrupt), dtype=torch.bool)
+    keep = torch.tensor(_verify_headers(files, cfg.on_corrupt), dtype=torch.bool)
     skipped = int((~keep).sum())
     if skipped:
         log.warning("skipped %d unreadable image(s) in %s", skipped, base)
     if not bool(keep.any()):
         raise DataError(f"no readable images for split {split!r} in {root}; check the files ({_ACCEPTED})")
     target_t = torch.tensor(targets, dtype=torch.int64)[keep]
-    if images is not None:
-        return ImageSet("image_folder", split, classes, target_t, images[keep], num_skipped=skipped)
     kept = [f for f, k in zip(files, keep.tolist(), strict=True) if k]
     source = FileSource(
         base=base,
@@ -238,5 +253,6 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
         image_size=cfg.image_size,
         in_chans=cfg.in_chans,
         on_corrupt=cfg.on_corrupt,
+        crop_pct=folder_crop_pct(cfg),
     )
     return ImageSet("image_folder", split, classes, target_t, None, source=source, num_skipped=skipped)

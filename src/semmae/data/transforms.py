@@ -18,28 +18,57 @@ import torch.nn.functional as F
 _TRIES = 10  # torchvision's RandomResizedCrop attempts before its centre-crop fallback
 
 
-def crop_boxes(
-    batch_size: int,
-    height: int,
-    width: int,
-    scale: Sequence[float],
-    ratio: Sequence[float],
-    generator: torch.Generator | None,
+def crop_uniforms(batch_size: int, generator: torch.Generator | None, hflip: bool) -> torch.Tensor:
+    """The uniform draws behind a batch of random resized crops (+ flips), in a fixed order.
+
+    Drawing them apart from the image sizes lets a streamed loader turn row ``i`` into a crop box
+    of image ``i``'s own (full-resolution) size in a worker process, while the draws stay a pure
+    function of the micro-batch generator (so ``--resume`` rebuilds them exactly).
+
+    Args:
+        batch_size: B.
+        generator: CPU generator; consumed as ``rand(B, 10)`` (areas), ``rand(B, 10)`` (aspect
+            ratios), ``rand(B, 2)`` (positions), then ``rand(B)`` (flips) when ``hflip``.
+        hflip: whether flips are drawn.
+
+    Returns:
+        (B, 23) float32 on the CPU: columns 0-9 area draws, 10-19 ratio draws, 20-21 (top, left)
+        position draws, 22 the flip (1.0 = flip; always 0 without ``hflip``).
+    """
+    area = torch.rand(batch_size, _TRIES, generator=generator)
+    aspect = torch.rand(batch_size, _TRIES, generator=generator)
+    pos = torch.rand(batch_size, 2, generator=generator)
+    flip = (
+        (torch.rand(batch_size, generator=generator) < 0.5)
+        if hflip
+        else torch.zeros(batch_size, dtype=torch.bool)
+    )
+    return torch.cat([area, aspect, pos, flip[:, None].float()], 1)
+
+
+def boxes_from_uniforms(
+    uniforms: torch.Tensor, height: int, width: int, scale: Sequence[float], ratio: Sequence[float]
 ) -> torch.Tensor:
-    """RandomResizedCrop boxes for a batch, vectorised over images and tries.
+    """RandomResizedCrop boxes of an ``height x width`` image from :func:`crop_uniforms` draws.
 
     Same semantics as ``torchvision.transforms.RandomResizedCrop.get_params``: up to 10 tries of an
     area fraction uniform in ``scale`` and an aspect ratio log-uniform in ``ratio``; the first try
     that fits is used, with a uniformly random position; if none fits, a centre crop of the whole
     image clamped to the ratio range.
 
+    Args:
+        uniforms: (B, >= 22) draws (see :func:`crop_uniforms`).
+        height, width: the image size in pixels (the box is in these coordinates).
+        scale: crop area fraction range.
+        ratio: crop aspect-ratio (w / h) range.
+
     Returns:
         (B, 4) float ``(top, left, h, w)`` in pixels, on the CPU.
     """
     area = float(height * width)
     lo_r, hi_r = math.log(ratio[0]), math.log(ratio[1])
-    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(batch_size, _TRIES, generator=generator))
-    aspect = torch.exp(lo_r + (hi_r - lo_r) * torch.rand(batch_size, _TRIES, generator=generator))
+    target = area * (scale[0] + (scale[1] - scale[0]) * uniforms[:, :_TRIES])
+    aspect = torch.exp(lo_r + (hi_r - lo_r) * uniforms[:, _TRIES : 2 * _TRIES])
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -47,7 +76,7 @@ def crop_boxes(
     found = fits.any(1)
     w = w.gather(1, first[:, None]).squeeze(1)
     h = h.gather(1, first[:, None]).squeeze(1)
-    pos = torch.rand(batch_size, 2, generator=generator)
+    pos = uniforms[:, 2 * _TRIES : 2 * _TRIES + 2]
     top = torch.floor(pos[:, 0] * (height - h + 1))
     left = torch.floor(pos[:, 1] * (width - w + 1))
     # Fallback: the whole image, cut to the nearest allowed aspect ratio, centred.
@@ -61,6 +90,23 @@ def crop_boxes(
     box = torch.stack([top, left, h, w], 1)
     fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
     return torch.where(found[:, None], box, fallback)
+
+
+def crop_boxes(
+    batch_size: int,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """RandomResizedCrop boxes for a batch of same-size images (see :func:`boxes_from_uniforms`).
+
+    Returns:
+        (B, 4) float ``(top, left, h, w)`` in pixels, on the CPU.
+    """
+    uniforms = crop_uniforms(batch_size, generator, hflip=False)
+    return boxes_from_uniforms(uniforms, height, width, scale, ratio)
 
 
 def crop_theta(boxes: torch.Tensor, height: int, width: int, flip: torch.Tensor) -> torch.Tensor:
@@ -105,6 +151,27 @@ def _sample_parts(part_maps: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return out.squeeze(1).long()  # nearest sampling returns the stored integer ids exactly
 
 
+def crop_part_maps(
+    part_maps: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, out_size: int
+) -> torch.Tensor:
+    """Each image's crop region of its whole-image part map, flipped with it (nearest sampling).
+
+    A part map describes the whole image in normalised coordinates, whatever its own resolution,
+    so a crop box given as fractions of the image's height and width picks out its region.
+
+    Args:
+        part_maps: (B, h, w) integer part ids covering each whole image.
+        boxes: (B, 4) ``(top, left, h, w)`` as fractions of the image's height and width.
+        flip: (B,) bool, the crop was flipped left-right.
+        out_size: side of the output maps (the crop's pixel size).
+
+    Returns:
+        (B, out, out) long part ids on ``part_maps``' device.
+    """
+    theta = crop_theta(boxes.float().cpu(), 1, 1, flip.cpu()).to(part_maps.device)
+    return _sample_parts(part_maps, affine_grid(theta, out_size, out_size))
+
+
 def augment_batch(
     images_u8: torch.Tensor,
     *,
@@ -134,8 +201,9 @@ def augment_batch(
     """
     bsz, _, height, width = images_u8.shape
     device = images_u8.device
-    boxes = crop_boxes(bsz, height, width, scale, ratio, generator)
-    flip = torch.rand(bsz, generator=generator) < 0.5 if hflip else torch.zeros(bsz, dtype=torch.bool)
+    uniforms = crop_uniforms(bsz, generator, hflip)
+    boxes = boxes_from_uniforms(uniforms, height, width, scale, ratio)
+    flip = uniforms[:, -1] > 0.5
     theta = crop_theta(boxes, height, width, flip).to(device)
     grid = affine_grid(theta, out_size, out_size)
     images = images_u8.float().div_(255.0)

@@ -2,6 +2,13 @@
 
 All randomness is keyed by (seed, epoch, micro-batch, rank), so any micro-batch can be rebuilt
 exactly, which is what makes ``--resume`` reproduce an uninterrupted run.
+
+Two paths give the same batches' semantics. Sets held in memory at their training size
+(Fashion-MNIST, toy parts, CIFAR) are augmented a whole batch at a time on the device
+(``augment_batch``: one sampling grid per image). Streamed image folders are cropped from each
+decoded full-resolution file in DataLoader workers, bicubic, as MAE's ``RandomResizedCrop``
+(``semmae.data.streaming``); the crop draws come from the same generator in the same order, and
+part maps (which cover the whole image) follow the crop box.
 """
 
 from __future__ import annotations
@@ -13,7 +20,14 @@ import torch
 
 from semmae.config import DataConfig
 from semmae.data import ImageSet, iterate_batches
-from semmae.data.transforms import augment_batch, labels_to_patch_grid, normalize
+from semmae.data.streaming import iterate_crops
+from semmae.data.transforms import (
+    augment_batch,
+    crop_part_maps,
+    crop_uniforms,
+    labels_to_patch_grid,
+    normalize,
+)
 from semmae.runtime import step_generator
 
 
@@ -86,6 +100,9 @@ class PretrainBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[MicroBatch]:
         """Micro-batches ``start, start+1, ...`` of ``epoch``."""
         indices = self.shard(epoch)[start * self.batch_size :]
+        if self.dataset.streamed:
+            yield from self._streamed_epoch(epoch, start, indices)
+            return
         batches = iterate_batches(self.dataset, indices, self.batch_size, num_workers=self.data.num_workers)
         for offset, (images_u8, _, idx) in enumerate(batches):
             if images_u8.shape[0] < self.batch_size:
@@ -93,6 +110,41 @@ class PretrainBatches:
             i = start + offset
             gen = step_generator(self.seed, 2, epoch, i, self.rank)
             yield self._prepare(i, images_u8, idx, gen)
+
+    def _draws(self, epoch: int, i: int) -> tuple[torch.Generator, torch.Tensor]:
+        """Micro-batch ``i``'s generator, advanced past its (B, 23) crop and flip draws."""
+        gen = step_generator(self.seed, 2, epoch, i, self.rank)
+        return gen, crop_uniforms(self.batch_size, gen, self.data.hflip)
+
+    def _streamed_epoch(self, epoch: int, start: int, indices: torch.Tensor) -> Iterator[MicroBatch]:
+        bsz = self.batch_size
+        plan = (
+            (indices[k * bsz : (k + 1) * bsz], self._draws(epoch, start + k)[1])
+            for k in range(len(indices) // bsz)
+        )
+        crops = iterate_crops(
+            self.dataset,
+            plan,
+            scale=self.data.crop_scale,
+            ratio=self.data.crop_ratio,
+            num_workers=self.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for offset, (images_u8, boxes, idx) in enumerate(crops):
+            i = start + offset
+            gen, draws = self._draws(epoch, i)  # the mask continues from the same generator
+            images = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
+            images = normalize(images, self.data.mean, self.data.std)
+            labels = None
+            if self.part_maps is not None:
+                maps = self.part_maps.lookup(idx).to(self.device)  # type: ignore[attr-defined]
+                maps = crop_part_maps(maps, boxes, draws[:, -1] > 0.5, self.data.image_size)
+                labels = self._patch_labels(maps)
+            yield MicroBatch(index=i, images=images, part_labels=labels, generator=gen)
+
+    def _patch_labels(self, maps: torch.Tensor) -> torch.Tensor:
+        assert self.grid is not None and self.num_parts is not None
+        return labels_to_patch_grid(maps, self.grid, self.num_parts)
 
     def _prepare(
         self, i: int, images_u8: torch.Tensor, idx: torch.Tensor, gen: torch.Generator
@@ -110,8 +162,5 @@ class PretrainBatches:
             part_maps=maps,
         )
         images = normalize(images, self.data.mean, self.data.std)
-        labels = None
-        if maps is not None:
-            assert self.grid is not None and self.num_parts is not None
-            labels = labels_to_patch_grid(maps, self.grid, self.num_parts)
+        labels = self._patch_labels(maps) if maps is not None else None
         return MicroBatch(index=i, images=images, part_labels=labels, generator=gen)
