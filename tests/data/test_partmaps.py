@@ -75,7 +75,10 @@ def test_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(maps.labels, labels)
     m = maps.manifest
     assert m == written
-    assert (m.format_version, m.dataset, m.split, m.num_images) == (1, "toy_parts", "train", N)
+    assert (m.format_version, m.dataset, m.split, m.num_images) == (2, "toy_parts", "train", N)
+    assert (
+        m.view == "whole" and json.loads(manifest_path(tmp_path / "maps.npy").read_text())["view"] == "whole"
+    )
     assert (m.image_size, m.grid, m.num_parts, m.fingerprint) == (28, (H, W), K, "f00dcafe")
     assert (m.learner_hash, m.source) == ("abc", "learner")
     assert dt.datetime.fromisoformat(m.created).tzinfo is not None
@@ -297,3 +300,20 @@ def test_part_maps_from_masks_matches_slow_vote(
 def test_part_maps_from_masks_needs_masks() -> None:
     with pytest.raises(DataError, match="no ground-truth part masks"):
         part_maps_from_masks(FakeImageSet(), (7, 7))
+
+
+def test_version_one_manifests_read_by_what_they_covered(tmp_path: Path) -> None:
+    _write(tmp_path / "maps.npy")
+    mp = manifest_path(tmp_path / "maps.npy")
+    old = {k: v for k, v in json.loads(mp.read_text()).items() if k != "view"}
+    mp.write_text(json.dumps({**old, "format_version": 1}))
+    assert load_part_maps(tmp_path / "maps.npy", dataset=FakeImageSet()).manifest.view == "whole"
+    mp.write_text(json.dumps({**old, "format_version": 1, "dataset": "image_folder"}))
+    folder = FakeImageSet(name="image_folder")
+    assert load_part_maps(tmp_path / "maps.npy").manifest.view == "center"
+    with pytest.raises(DataError, match="center crop.*re-export") as err:
+        load_part_maps(tmp_path / "maps.npy", dataset=folder)
+    assert "\n" not in str(err.value)
+    mp.write_text(json.dumps({**old, "format_version": 2, "view": "letterbox"}))
+    with pytest.raises(DataError, match="'view'"):
+        load_part_maps(tmp_path / "maps.npy")

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from semmae.data.datasets import ImageSet
+from semmae.data.folder import whole_image_view
 from semmae.data.partmaps import PartMaps, load_part_maps
 
 
@@ -15,7 +16,10 @@ class PartLabelledImages(Dataset):
     """An :class:`ImageSet` with a validated part-map file of the same images.
 
     Items are ``(image uint8 (C, S, S), part labels uint8 (h, w), target int64)``; :meth:`batch`
-    returns the same for many indices at once (the fast path for in-memory data).
+    returns the same for many indices at once (the fast path for in-memory data). A part map
+    covers the whole image, so images are read in the whole-image view (an image folder's file
+    resized to S x S, aspect ignored): pixel and label line up. Training crops of the
+    full-resolution files take their map region from the crop box instead (``engine.batches``).
 
     Args:
         dataset: the images.
@@ -27,7 +31,7 @@ class PartLabelledImages(Dataset):
     """
 
     def __init__(self, dataset: ImageSet, part_maps: PartMaps | str | Path) -> None:
-        self.dataset = dataset
+        self.dataset = whole_image_view(dataset)
         self.part_maps = (
             part_maps if isinstance(part_maps, PartMaps) else load_part_maps(part_maps, dataset=dataset)
         )

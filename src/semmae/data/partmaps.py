@@ -6,7 +6,13 @@ A part-map file is a pair:
   in the dataset's image order; memory-mappable, so ImageNet-sized maps are not read into memory;
 * ``NAME.json``: its manifest (``format_version``, ``dataset``, ``split``, ``num_images``,
   ``image_size``, ``grid``, ``num_parts``, ``fingerprint``, ``learner_hash``, ``created``,
-  ``source``).
+  ``source``, ``view``).
+
+A map describes the WHOLE image in normalised coordinates (``view: "whole"``): stage 1 labels
+each image resized to ``image_size`` x ``image_size`` with its aspect ratio ignored (sets stored at
+their training size are that view already). Any crop box of the full-resolution image then picks
+out its own region of the map (``semmae.data.transforms.crop_part_maps``). Version-1 files carry no
+``view``; for image folders they labelled a centre crop (``"center"``) and are refused for training.
 
 The manifest is always written last, so an array without a manifest is an unfinished export.
 Loading checks the pair against itself and against the dataset it is used with, and refuses any
@@ -29,7 +35,8 @@ import torch
 from semmae import runtime
 from semmae.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+VIEWS = ("whole", "center")  # what the maps cover: the whole image, or (v1 folders) a centre crop
 _CHECK_CHUNK = 1 << 22  # labels checked per chunk (bytes), so validating never loads the whole map
 
 
@@ -49,6 +56,8 @@ class PartMapManifest:
         learner_hash: hash of the part-learner checkpoint (None for oracle maps).
         created: ISO-8601 creation time (UTC).
         source: what made the maps: ``learner``, ``oracle``, ...
+        view: what each map covers: ``whole`` (the whole image, aspect ignored) or ``center``
+            (a centre crop: version-1 exports of image folders).
     """
 
     format_version: int
@@ -62,6 +71,7 @@ class PartMapManifest:
     learner_hash: str | None
     created: str
     source: str
+    view: str = "whole"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,7 +82,7 @@ class PartMapManifest:
     def from_dict(cls, d: dict[str, Any], where: str) -> PartMapManifest:
         """Parse a manifest dict; ``where`` names the file in error messages."""
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):
             raise DataError(
                 f"part-map manifest {where} has format_version {version!r} but this semmae reads "
                 f"version {FORMAT_VERSION}; re-export the part maps with this semmae"
@@ -91,7 +101,22 @@ class PartMapManifest:
         grid = d["grid"]
         if len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid):
             raise DataError(f"part-map manifest {where} has an invalid grid {grid!r}; re-export part maps")
-        return cls(format_version=version, **{k: d[k] for k in types if k != "grid"}, grid=(grid[0], grid[1]))
+        view = _manifest_view(d, version, where)
+        fields = {k: d[k] for k in types if k != "grid"}
+        return cls(format_version=FORMAT_VERSION, **fields, grid=(grid[0], grid[1]), view=view)
+
+
+def _manifest_view(d: dict[str, Any], version: int, where: str) -> str:
+    """The ``view`` of a manifest; version 1 had none (image folders were labelled on a centre crop)."""
+    if version == 1:
+        return "center" if d.get("dataset") == "image_folder" else "whole"
+    view = d.get("view")
+    if view not in VIEWS:
+        raise DataError(
+            f"part-map manifest {where} has a missing or invalid field 'view' (got {view!r}); "
+            "re-export the part maps"
+        )
+    return str(view)
 
 
 def npy_path(path: str | os.PathLike[str]) -> Path:
@@ -126,8 +151,10 @@ def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
 
 def _make_manifest(
     num_images: int, grid: tuple[int, int], *, dataset: str, split: str, image_size: int, num_parts: int,
-    fingerprint: str, learner_hash: str | None, source: str,
+    fingerprint: str, learner_hash: str | None, source: str, view: str = "whole",
 ) -> PartMapManifest:  # fmt: skip
+    if view not in VIEWS:
+        raise ValueError(f"part-map view must be one of {VIEWS}, got {view!r}")
     if not 1 <= num_parts <= 256:
         raise DataError(f"part maps are stored as uint8, so num_parts must be in [1, 256], got {num_parts}")
     return PartMapManifest(
@@ -135,6 +162,7 @@ def _make_manifest(
         image_size=int(image_size), grid=(int(grid[0]), int(grid[1])), num_parts=int(num_parts),
         fingerprint=fingerprint, learner_hash=learner_hash,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), source=source,
+        view=view,
     )  # fmt: skip
 
 
@@ -350,6 +378,11 @@ def _check_dataset(p: Path, m: PartMapManifest, dataset: Any) -> None:
     for ok, what, fix in checks:
         if not ok:
             raise DataError(f"part-map file {p.name} was made for {what}; export part maps {fix}")
+    if m.view != "whole":
+        raise DataError(
+            f"part-map file {p.name} labels a {m.view} crop of each image, but training crops the whole "
+            "full-resolution image; re-export the part maps with this semmae"
+        )
 
 
 def load_part_maps(path: str | os.PathLike[str], *, dataset: Any = None) -> PartMaps:

@@ -1,7 +1,11 @@
 """Label whole splits with a trained part learner and write part-map files (DESIGN.md §4).
 
 The file format (``.npy`` uint8 (N, h, w) + JSON manifest) belongs to
-:mod:`semmae.data.partmaps`; this module only produces the labels. Under ``torchrun`` every rank
+:mod:`semmae.data.partmaps`; this module only produces the labels. Each image is labelled on a
+view of the WHOLE image: an image folder's file is resized to S x S ignoring its aspect ratio
+(``semmae.data.folder.whole_image_view``; no letterbox, so no label is spent on padding), and the
+small in-memory sets are stored that way already. The manifest records it as ``view: "whole"``,
+and pretraining picks each crop's region out of the map. Under ``torchrun`` every rank
 labels one contiguous shard of the split into the same memory-mapped file.
 """
 
@@ -119,7 +123,7 @@ def iter_labels(
     progress: bool = False,
     with_tokens: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Label images (centre transform) in batches.
+    """Label images in batches, each as ``ds`` reads it (export passes the whole-image view).
 
     Args:
         learner, backbone: trained modules on ``device``.
@@ -199,6 +203,7 @@ def export_part_maps(
         CheckpointError: no usable part-learner checkpoint.
     """
     from semmae.data import build_dataset
+    from semmae.data.folder import whole_image_view
     from semmae.data.partmaps import PartMapWriter
 
     dev = resolve_device(device)
@@ -207,7 +212,7 @@ def export_part_maps(
         _refuse_existing(out_path, overwrite, exists=broadcast_object(_exists(out_path)))
         learner, backbone, ckpt, ckpt_path = load_part_learner(run_dir, dev)
         cfg = config_lib.from_dict(ckpt["config"])
-        ds = build_dataset(cfg.data, split)
+        ds = whole_image_view(build_dataset(cfg.data, split))
         scale = cfg.parts.export_scale
         grid = (learner.grid[0] * scale, learner.grid[1] * scale)
         writer = PartMapWriter.create(
