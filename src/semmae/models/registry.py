@@ -1,4 +1,4 @@
-"""Registered MAE presets: ViT sizes at patch 16 and the small recipes' models."""
+"""Registered MAE presets: MAE's ViT sizes (huge at patch 14, as MAE), ViT-B/8, and the small models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ _PRESETS: dict[str, tuple[int, int, int, int, int, int, int, int, int]] = {
     "mae_vit_small_patch16": (384, 12, 6, 512, 8, 16, 16, 224, 3),
     "mae_vit_base_patch16": (768, 12, 12, 512, 8, 16, 16, 224, 3),
     "mae_vit_large_patch16": (1024, 24, 16, 512, 8, 16, 16, 224, 3),
-    "mae_vit_huge_patch16": (1280, 32, 16, 512, 8, 16, 16, 224, 3),
+    "mae_vit_huge_patch14": (1280, 32, 16, 512, 8, 16, 14, 224, 3),
+    # SemMAE's headline encoder (ViT-B/8: 28x28 = 784 patches at 224 px).
+    "mae_vit_base_patch8": (768, 12, 12, 512, 8, 16, 8, 224, 3),
     # ~1.9M-param encoder: several hundred img/s on 2 CPU cores at 28x28, patch 4 (L = 49).
     "mae_fmnist_tiny": (192, 6, 3, 128, 2, 4, 4, 28, 1),
     # seconds-long smoke runs and tests.
