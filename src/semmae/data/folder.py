@@ -131,6 +131,13 @@ class FileSource:
     def __len__(self) -> int:
         return len(self.files)
 
+    def decode(self, index: int) -> Image.Image:
+        """The decoded full-resolution PIL image (black S x S for an unreadable file under ``warn``)."""
+        im = self._decode(index)
+        if im is None:
+            return Image.new("L" if self.in_chans == 1 else "RGB", (self.image_size, self.image_size))
+        return im
+
     def _decode(self, index: int) -> Image.Image | None:
         """The decoded full-resolution image, or None for an unreadable file under ``warn``."""
         path = self.base / self.files[index]

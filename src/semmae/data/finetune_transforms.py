@@ -1,0 +1,127 @@
+"""MAE's fine-tuning transform for image folders, from timm's own factory, reproducibly seeded.
+
+MAE fine-tunes with timm's ImageNet training transform: ``RandomResizedCrop(S, scale=(0.08, 1),
+bicubic)``, horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, ``ToTensor``, ``Normalize`` and
+random erasing (p 0.25, per-pixel noise); mixup/cutmix and label smoothing act on whole batches in
+the trainer. :func:`finetune_transform` builds exactly that list with ``timm.data.create_transform``
+from ``eval.ft_*`` (the crop scale is ``eval.ft_crop_scale``, never pretraining's
+``data.crop_scale``), applied to each decoded full-resolution file.
+
+timm's transforms draw from the global ``random``/NumPy/torch generators. :func:`iterate_finetune`
+gives every image its own seed (from the caller's per-batch key) and applies the transform inside
+a block that seeds those generators and restores them, so a batch is a pure function of (seed,
+epoch, batch, rank), whatever the number of workers, and ``--resume`` stays exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import create_transform
+from torch.utils.data import DataLoader, Dataset
+
+from semmae.config import DataConfig, EvalConfig
+from semmae.data.datasets import ImageSet
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def finetune_transform(data: DataConfig, ev: EvalConfig) -> Transform:
+    """MAE's fine-tune training transform (timm ``create_transform``), PIL image -> float (C, S, S).
+
+    Args:
+        data: ``image_size``, ``crop_ratio``, ``hflip``, ``mean``, ``std``.
+        ev: ``ft_crop_scale``, ``ft_auto_augment`` (empty = no RandAugment), ``ft_reprob``.
+
+    Returns:
+        The transform: crop + flip + RandAugment + normalise + random erasing.
+    """
+    return create_transform(
+        input_size=data.image_size,
+        is_training=True,
+        scale=tuple(ev.ft_crop_scale),
+        ratio=tuple(data.crop_ratio),
+        hflip=0.5 if data.hflip else 0.0,
+        color_jitter=None,
+        auto_augment=ev.ft_auto_augment or None,
+        interpolation="bicubic",
+        mean=tuple(data.mean) if len(data.mean) == data.in_chans else tuple(data.mean) * data.in_chans,
+        std=tuple(data.std) if len(data.std) == data.in_chans else tuple(data.std) * data.in_chans,
+        re_prob=ev.ft_reprob,
+        re_mode="pixel",
+        re_count=1,
+    )
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's global generators for a block; restore them after."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+class _Items(Dataset):
+    """``dataset[(index, seed)] -> (transformed float (C, S, S), target, index)``."""
+
+    def __init__(self, ds: ImageSet, transform: Transform) -> None:
+        if ds.source is None or not hasattr(ds.source, "decode"):
+            raise ValueError("the fine-tune transform reads the files of a streamed image folder")
+        self.source, self.targets, self.transform = ds.source, ds.targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, seed = item
+        im = self.source.decode(index)  # type: ignore[attr-defined]
+        with seeded_global_rngs(seed):
+            return self.transform(im), self.targets[index], index
+
+
+class _Plan:
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for indices, seeds in self.batches:
+            yield list(zip(indices.tolist(), seeds.tolist(), strict=True))
+
+
+def iterate_finetune(
+    ds: ImageSet,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    transform: Transform,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Fine-tune batches of a streamed image folder.
+
+    Args:
+        ds: a streamed image-folder split.
+        batches: ``(indices (B,) int64, seeds (B,) int64)`` per batch; each image's transform runs
+            under its own seed (draw them from the batch's generator).
+        transform: e.g. :func:`finetune_transform`.
+        num_workers, pin_memory: DataLoader settings.
+
+    Yields:
+        ``(images float (B, C, S, S), targets int64 (B,), indices int64 (B,))``.
+    """
+    loader = DataLoader(
+        _Items(ds, transform), batch_sampler=_Plan(batches), num_workers=num_workers, pin_memory=pin_memory
+    )
+    for images, targets, indices in loader:
+        yield images, targets.long(), indices.long()
