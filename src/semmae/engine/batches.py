@@ -40,12 +40,14 @@ class MicroBatch:
         images: (B, C, S, S) normalised float images on the device.
         part_labels: (B, L) int64 part id per patch, or None.
         generator: the CPU generator for this micro-batch's mask (already advanced past augmentation).
+        targets: (B,) int64 class indices on the CPU (-1 when unlabelled).
     """
 
     index: int
     images: torch.Tensor
     part_labels: torch.Tensor | None
     generator: torch.Generator
+    targets: torch.Tensor | None = None
 
 
 class PretrainBatches:
@@ -140,7 +142,7 @@ class PretrainBatches:
                 maps = self.part_maps.lookup(idx).to(self.device)  # type: ignore[attr-defined]
                 maps = crop_part_maps(maps, boxes, draws[:, -1] > 0.5, self.data.image_size)
                 labels = self._patch_labels(maps)
-            yield MicroBatch(index=i, images=images, part_labels=labels, generator=gen)
+            yield MicroBatch(i, images, labels, gen, targets=self.dataset.targets[idx])
 
     def _patch_labels(self, maps: torch.Tensor) -> torch.Tensor:
         assert self.grid is not None and self.num_parts is not None
@@ -163,4 +165,4 @@ class PretrainBatches:
         )
         images = normalize(images, self.data.mean, self.data.std)
         labels = self._patch_labels(maps) if maps is not None else None
-        return MicroBatch(index=i, images=images, part_labels=labels, generator=gen)
+        return MicroBatch(i, images, labels, gen, targets=self.dataset.targets[idx])
