@@ -94,6 +94,6 @@ def test_eval_prints_json_last_and_appends_results(tmp_path, capsys, command) ->
         and res["n_test"] == 40
     )
     assert 0.0 <= res["top1"] <= 100.0 and "top5" not in res and res["checkpoint"] == str(ckpt)
-    assert ("k" in res) if command == "knn" else ("lr" in res)
+    assert ("k" in res) if command == "knn" else ("lr" in res and res["protocol"] == "fast")
     rows = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
     assert json.loads(rows[-1]) == res

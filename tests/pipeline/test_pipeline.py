@@ -51,6 +51,7 @@ def test_report_table_matches_the_evaluation_outputs(pipeline_dir: Path) -> None
         "random init (floor)",
     ]
     md = (pipeline_dir / "report.md").read_text()
+    assert "linear top-1 (fast probe)" in md and all(r["linear"]["protocol"] == "fast" for r in rows)
     for r in rows:
         line = next(line for line in md.splitlines() if line.startswith(f"| {r['name']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -252,7 +252,7 @@ def run_linear(
         features: features already extracted for ``spec`` (then nothing is loaded).
 
     Returns:
-        ``{"eval": "linear", "top1", ["top5"], "lr", "val_top1", "grid", "epochs", "optimizer",
+        ``{"eval": "linear", "protocol": "fast", "top1", ["top5"], "lr", "val_top1", "grid", "epochs", "optimizer",
         "checkpoint", "dataset", "feature", "n_train", "n_test", "seconds", ...}``.
     """
     from semmae.eval.features import prepare_features
@@ -286,6 +286,7 @@ def run_linear(
     log.info("linear probe: lr %g, top1 %.2f%% (held-out %.2f%%)", res["lr"], res["top1"], res["val_top1"])
     return {
         "eval": "linear",
+        "protocol": "fast",
         **res,
         "epochs": e.linear_epochs,
         "optimizer": e.linear_optimizer,

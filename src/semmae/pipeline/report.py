@@ -101,8 +101,16 @@ def write_report(root: Path, cfg: Config) -> Path:
     doc.heading("Settings")
     doc.table(["", "value"], _settings(cfg, root))
     doc.heading("Results")
+    protocols = sorted({r["linear"].get("protocol", "fast") for r in results.values()}) or ["fast"]
     doc.table(
-        ["encoder", "kNN top-1", "kNN top-5", "linear top-1", "probe lr", "pretrain min"],
+        [
+            "encoder",
+            "kNN top-1",
+            "kNN top-5",
+            f"linear top-1 ({'/'.join(protocols)} probe)",
+            "probe lr",
+            "pretrain min",
+        ],
         results_rows(results, times),
     )
     doc.para(reading(results))
