@@ -26,3 +26,7 @@ class CheckpointError(SemmaeError):
 
 class RunDirError(SemmaeError):
     """An output directory that cannot be used as asked (non-empty without --resume, ...)."""
+
+
+class NonFiniteLossError(SemmaeError):
+    """Training produced a NaN/Inf loss or parameter; only finite state was ever checkpointed."""

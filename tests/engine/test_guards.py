@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from semmae import config as config_lib
-from semmae.engine.pretrain import NonFiniteLossError, run_pretrain
+from semmae.errors import NonFiniteLossError
 from semmae.models import MaskedAutoencoderViT
 from semmae.models.checkpoint import load_checkpoint
+from semmae.train.pretrain import run_pretrain
 
 ROOT = Path(__file__).parents[2]
 DEBUG = ROOT / "configs" / "debug_tiny.yaml"
@@ -33,7 +34,7 @@ def test_non_finite_loss_stops_with_a_checkpoint(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(MaskedAutoencoderViT, "loss", poisoned)
     cfg = config_lib.load(DEBUG, [*FAST, "train.log_every=1", "train.ckpt_every_steps=2"])
-    with pytest.raises(NonFiniteLossError, match="loss became nan at step 4") as info:
+    with pytest.raises(NonFiniteLossError, match="loss became nan by step 4") as info:
         run_pretrain(cfg, tmp_path / "run")
     assert "\n" not in str(info.value)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")

@@ -10,9 +10,9 @@ import torch
 
 from semmae import config as config_lib
 from semmae.engine.logging import read_metrics
-from semmae.engine.pretrain import run_pretrain
 from semmae.errors import RunDirError
 from semmae.models.checkpoint import load_checkpoint
+from semmae.train.pretrain import run_pretrain
 
 ROOT = Path(__file__).parents[2]
 

@@ -10,8 +10,8 @@ import pytest
 from semmae import config as config_lib
 from semmae.cli.main import main
 from semmae.engine.logging import read_metrics
-from semmae.engine.pretrain import run_pretrain
 from semmae.errors import DataError
+from semmae.train.pretrain import run_pretrain
 
 ROOT = Path(__file__).parents[2]
 TOY = [

@@ -16,15 +16,15 @@ import torch
 
 from semmae import config as config_lib
 from semmae.errors import ConfigError
-from semmae.eval.finetune import (
-    make_loss,
-    make_mixup,
-    make_plan,
-    seeded_global_rng,
-    train_step,
-)
 from semmae.models.encoder import load_encoder
 from semmae.models.vit import build_classifier, layer_decay_groups
+from semmae.train.finetune import (
+    classifier_loss,
+    finetune_plan,
+    make_loss,
+    make_mixup,
+    seeded_global_rng,
+)
 
 
 @pytest.fixture
@@ -75,12 +75,13 @@ def test_training_steps_lower_the_loss(classifier) -> None:
     for g in opt.param_groups:
         g["lr"] = 2e-3 * g["lr_scale"]
     classifier.train()
-    losses = [
-        train_step(
-            classifier, *_two_class_batch(16, s), optimizer=opt, loss_fn=loss_fn, device=torch.device("cpu")
-        ).item()
-        for s in range(20)
-    ]
+    losses = []
+    for s in range(20):
+        loss = classifier_loss(classifier, *_two_class_batch(16, s), loss_fn, torch.device("cpu"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
     assert abs(losses[0] - np.log(2)) < 0.1  # the near-zero head starts at chance
     assert np.mean(losses[-5:]) < 0.5 * losses[0]
 
@@ -112,11 +113,11 @@ def test_mixup_switches_and_seeding() -> None:
 def test_plan_arithmetic() -> None:
     cfg = config_lib.Config()
     cfg.eval.ft_batch_size, cfg.eval.ft_epochs, cfg.eval.ft_warmup_epochs = 16, 3, 0.5
-    plan = make_plan(cfg, 100, world=2)  # 100 // 32 = 3 steps per epoch per rank
+    plan = finetune_plan(cfg, 100, world=2)  # 100 // 32 = 3 steps per epoch per rank
     assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (3, 9, 2)
     assert plan.peak_lr == pytest.approx(5e-4 * 32 / 256)
     with pytest.raises(ConfigError, match="ft_batch_size"):
-        make_plan(cfg, 20, world=2)
+        finetune_plan(cfg, 20, world=2)
 
 
 def _toy_cfg(**eval_overrides) -> config_lib.Config:
@@ -137,8 +138,8 @@ def _toy_cfg(**eval_overrides) -> config_lib.Config:
 
 def test_run_finetune_end_to_end_and_exact_resume(tmp_path) -> None:
     pytest.importorskip("semmae.data.transforms")
-    from semmae.eval.finetune import run_finetune
     from semmae.models.checkpoint import load_checkpoint
+    from semmae.train.finetune import run_finetune
 
     cfg = _toy_cfg()
     full = run_finetune(cfg, "random:mae_debug", tmp_path / "full", progress=False)

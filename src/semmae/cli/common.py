@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+from typing import Any
 
 from semmae import config as config_lib
 
@@ -27,3 +30,26 @@ def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume
 def load_config(args: argparse.Namespace) -> config_lib.Config:
     """The validated config from ``--config`` and the positional overrides."""
     return config_lib.load(args.config, list(args.overrides))
+
+
+def stopped_exit_code(result: dict[str, Any], command: str) -> int | None:
+    """For a run stopped by a signal or a stop request: print how to continue, return the exit code.
+
+    Args:
+        result: what the run returned; ``result["interrupted"]`` is the signal number (-1: a stop
+            request) of a stopped run, absent or None otherwise.
+        command: the command line to continue with, without ``--resume``.
+
+    Returns:
+        128 + signal (1 for a stop request), or None when the run was not stopped.
+    """
+    sig = result.get("interrupted")
+    if sig is None:
+        return None
+    name = signal.Signals(sig).name if sig > 0 else "stop request"
+    print(
+        f"semmae: stopped by {name} at step {result['step']}; checkpoint saved. "
+        f"Continue with: {command} --resume ...",
+        file=sys.stderr,
+    )
+    return 128 + sig if sig > 0 else 1

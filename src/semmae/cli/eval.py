@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args
+from semmae.cli.common import add_config_args, stopped_exit_code
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
@@ -112,20 +110,15 @@ def _run(name: str, args: argparse.Namespace) -> int:
 
         result = run_linear(cfg, args.checkpoint, loaded=loaded)
     else:
-        from semmae.eval.finetune import run_finetune
+        from semmae.train.finetune import run_finetune
 
         result = run_finetune(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
-        if "interrupted" in result:
-            sig = result["interrupted"]
-            what = signal.Signals(sig).name if sig > 0 else "stop request"
-            print(
-                f"semmae: stopped by {what} at step {result['step']}; checkpoint saved. Continue with: "
-                f"semmae eval finetune --checkpoint {args.checkpoint} --out {args.out} --resume ...",
-                file=sys.stderr,
-            )
-            return 128 + sig if sig > 0 else 1
+        command = f"semmae eval finetune --checkpoint {args.checkpoint} --out {args.out}"
+        code = stopped_exit_code(result, command)
+        if code is not None:
+            return code
     path = results_path(args.checkpoint, args.results)
-    if path is not None and is_main():
+    if path is not None and is_main() and not result.get("already_complete"):  # already recorded
         path.parent.mkdir(parents=True, exist_ok=True)
         append_result(path, result)
     if is_main():

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
 
-from semmae.cli.common import add_config_args, load_config
+from semmae.cli.common import add_config_args, load_config, stopped_exit_code
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,20 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from semmae.engine.pretrain import run_pretrain
     from semmae.runtime import is_main
+    from semmae.train.pretrain import run_pretrain
 
     cfg = load_config(args)
     summary = run_pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    if summary.get("interrupted_by") is not None:
-        sig = summary["interrupted_by"]
-        name = signal.Signals(sig).name if sig > 0 else "stop request"
-        print(
-            f"semmae: stopped by {name} at step {summary['step']}; checkpoint saved. "
-            f"Continue with: semmae pretrain --out {args.out} --resume ...",
-            file=sys.stderr,
-        )
-        return 128 + sig if sig > 0 else 1
+    code = stopped_exit_code(summary, f"semmae pretrain --out {args.out}")
+    if code is not None:
+        return code
     if is_main():
         print(json.dumps(summary))
     return 0

@@ -1,4 +1,4 @@
-"""Evaluation of encoders: frozen features, weighted kNN, linear probe, fine-tuning."""
+"""Evaluation of encoders: frozen features, weighted kNN, linear probe (fine-tuning: :mod:`semmae.train.finetune`)."""
 
 from semmae.eval.features import (
     FeatureSet,
@@ -8,7 +8,6 @@ from semmae.eval.features import (
     pool_tokens,
     prepare_features,
 )
-from semmae.eval.finetune import run_finetune
 from semmae.eval.knn import knn_accuracy, knn_classify, run_knn, topk_accuracy
 from semmae.eval.linear import ProbeGrid, linear_probe, run_linear
 
@@ -23,7 +22,6 @@ __all__ = [
     "linear_probe",
     "pool_tokens",
     "prepare_features",
-    "run_finetune",
     "run_knn",
     "run_linear",
     "topk_accuracy",

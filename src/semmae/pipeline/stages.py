@@ -103,7 +103,7 @@ def parts_config(cfg: Config, backbone: Path) -> Config:
 
 def _pretrain(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        from semmae.engine.pretrain import run_pretrain
+        from semmae.train.pretrain import run_pretrain
 
         summary = run_pretrain(cfg, d, resume=resume)
         if not summary.get("complete"):

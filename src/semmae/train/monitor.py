@@ -12,7 +12,13 @@ import torch
 
 from semmae import runtime
 from semmae.config import Config
+from semmae.data import build_dataset
+from semmae.data.transforms import center_batch, denormalize, labels_to_patch_grid, normalize
+from semmae.engine.loop import LoopResult, Plan
+from semmae.eval.features import encode_batches
+from semmae.eval.knn import knn_accuracy
 from semmae.masking import MaskingStrategy
+from semmae.masking import build as build_strategy
 from semmae.models import MaskedAutoencoderViT
 
 log = logging.getLogger(__name__)
@@ -29,8 +35,6 @@ def encode_images(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """CLS features (N, D) float32 of uint8 images under the eval transform (centre, normalise)."""
-    from semmae.data.transforms import center_batch, normalize
-    from semmae.eval.features import encode_batches
 
     def batches():  # noqa: ANN202
         for i in range(0, images_u8.shape[0], batch_size):
@@ -67,16 +71,12 @@ class PretrainMonitor:
     def split(self, name: str) -> Any:
         """The ``train`` or ``test`` dataset of ``cfg.data``, built once per run."""
         if name not in self._splits:
-            from semmae.data import build_dataset
-
             self._splits[name] = build_dataset(self.cfg.data, name)
         return self._splits[name]
 
     def probe_batch(self) -> dict[str, torch.Tensor]:
         """8 fixed training images (normalised, centre) and their part labels, for every grid."""
         if self._probe is None:
-            from semmae.data.transforms import center_batch, labels_to_patch_grid, normalize
-
             ds = self.split("train")
             idx = torch.arange(min(8, len(ds)))
             maps = self.part_maps.lookup(idx) if self.part_maps is not None else None
@@ -91,7 +91,7 @@ class PretrainMonitor:
         if not runtime.is_main() or self.part_maps is None:
             runtime.barrier()
             return
-        from semmae.viz.masks import mask_overlay_grid
+        from semmae.viz.masks import mask_overlay_grid  # viz imports pyplot: only when drawing
 
         probe = self.probe_batch()
         labels = probe["labels"]
@@ -132,9 +132,7 @@ class PretrainMonitor:
     @torch.no_grad()
     def save_reconstructions(self, epoch: int) -> Path:
         """``images/recon_epoch_0003.png`` (4-digit epoch) for the probe images under a fixed random mask."""
-        from semmae.data.transforms import denormalize
-        from semmae.masking import build as build_strategy
-        from semmae.viz.recon import reconstruction_panels, save_reconstruction_grid
+        from semmae.viz.recon import reconstruction_panels, save_reconstruction_grid  # pyplot, as above
 
         probe = self.probe_batch()
         x = probe["images"].to(self.device)
@@ -151,8 +149,6 @@ class PretrainMonitor:
 
     def knn(self) -> dict[str, float]:
         """Weighted kNN (k=20, T=0.07) on CLS features of held-out subsets of train and test."""
-        from semmae.eval.knn import knn_accuracy
-
         t0 = time.perf_counter()
         tc, ec = self.cfg.train, self.cfg.eval
         train, test = self.split("train"), self.split("test")
@@ -177,30 +173,23 @@ class PretrainMonitor:
         )
         return {"knn_top1": self.last_knn}
 
-    def summary(
-        self,
-        step: int,
-        plan: Any,
-        interrupted: int | None,
-        wall_s: float,
-        last_loss: float,
-        digests: list[str],
-    ) -> dict[str, Any]:
+    def summary(self, plan: Plan, result: LoopResult, digests: list[str]) -> dict[str, Any]:
         """The run's summary; written to ``summary.json`` only when training completed.
 
-        ``digests`` holds every rank's parameter digest (identical under correct DDP).
+        ``digests`` holds every rank's parameter digest (identical under correct DDP). A ``--resume``
+        of a finished run keeps the summary it already has and reports ``already_complete``.
         """
-        done = interrupted is None and step >= plan.total_steps
+        prev = self.run_dir / "summary.json"
+        if result.already_complete and prev.is_file():
+            return {**json.loads(prev.read_text()), "already_complete": True}
+        done = result.interrupted is None and result.step >= plan.total_steps
         summary = {
-            "complete": done, "step": step, "total_steps": plan.total_steps, "epochs": plan.epochs,
-            "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr, "final_loss": last_loss,
-            "knn_top1": self.last_knn, "wall_s": round(wall_s, 2), "interrupted_by": interrupted,
+            "complete": done, "step": result.step, "total_steps": plan.total_steps, "epochs": plan.epochs,
+            "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr, "final_loss": result.last_loss,
+            "knn_top1": self.last_knn, "wall_s": round(result.wall_s, 2), "interrupted": result.interrupted,
             "masking": self.cfg.masking.name, "checkpoint": str(self.run_dir / "checkpoints" / "last.pt"),
             "world_size": runtime.world_size(), "rank_param_digests": digests,
         }  # fmt: skip
         if done and runtime.is_main():
-            prev = self.run_dir / "summary.json"
-            if self.last_knn is None and prev.exists():  # an already-finished run resumed again
-                summary["knn_top1"] = json.loads(prev.read_text()).get("knn_top1")
             prev.write_text(json.dumps(summary, indent=2) + "\n")
         return summary

@@ -1,0 +1,359 @@
+"""The one training loop: pretraining, part learning and fine-tuning each plug a :class:`Task` into it.
+
+The loop owns everything that is the same for every trainer: the step arithmetic (:class:`Plan`),
+the lr of each step, gradient accumulation (and DDP's ``no_sync`` on the micro-steps between
+optimiser steps), the log window (mean loss, lr, img/s) and its progress bar, the non-finite
+guard, stop-on-signal, checkpoint cadence, ``stop_at_step`` and resume. A task supplies its
+micro-batches, the forward + loss of one micro-batch, and its epoch-end work.
+
+The non-finite guard never syncs the host per step: each step's loss updates a device-side flag,
+which is read at log steps and before every checkpoint, together with one check that every
+parameter is finite. So ``checkpoints/last.pt`` only ever holds finite state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from semmae import runtime
+from semmae.engine.logging import MetricsLogger
+from semmae.engine.schedule import set_lr, warmup_cosine
+from semmae.engine.signals import StopRequest
+from semmae.engine.state import LAST, load_run_state, params_finite, restore_rng, save_run_state
+from semmae.errors import ConfigError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """Step arithmetic of a run (counts per process).
+
+    Attributes:
+        steps_per_epoch: optimiser steps per epoch.
+        total_steps: optimiser steps of the whole run.
+        warmup_steps: linear lr warm-up length.
+        peak_lr: lr after warm-up; the cosine then falls to ``min_lr``.
+        min_lr: lr at the end.
+        effective_batch: images per optimiser step over all processes.
+        accum: micro-batches per optimiser step.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    min_lr: float
+    effective_batch: int
+    accum: int = 1
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the run touches (the last may be partial when ``max_steps`` cuts it)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def lr(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based): warm-up, then half-cosine."""
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr)
+
+
+def make_plan(
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    max_steps: int | None,
+    warmup_epochs: float,
+    peak_lr: float,
+    min_lr: float,
+    effective_batch: int,
+    accum: int = 1,
+) -> Plan:
+    """The :class:`Plan` of ``epochs`` epochs, cut at ``max_steps`` (which alone decides when epochs is 0).
+
+    Raises:
+        ConfigError: the settings give no step to train.
+    """
+    total = epochs * steps_per_epoch
+    if max_steps is not None:
+        total = min(total, max_steps) if epochs > 0 else max_steps
+    if total < 1:
+        raise ConfigError("nothing to train: set the epochs to >= 1 or max_steps to >= 1")
+    return Plan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+        peak_lr=peak_lr,
+        min_lr=min_lr,
+        effective_batch=effective_batch,
+        accum=accum,
+    )
+
+
+class Task:
+    """What one trainer supplies to :class:`TrainLoop` (override what applies; defaults do nothing).
+
+    Attributes:
+        kind: checkpoint kind (``mae``, ``parts``, ``finetune``); a resume checks it.
+        model: the trained module (unwrapped); ``arch`` its constructor arguments.
+        clip_grad: max gradient norm before each optimiser step, or None.
+        nonfinite_hint: what to change when the loss becomes non-finite (for the error message).
+    """
+
+    kind: str = ""
+    model: nn.Module
+    arch: dict[str, Any]
+    clip_grad: float | None = None
+    nonfinite_hint: str = "lower the learning rate"
+
+    def batches(self, epoch: int, start: int) -> Iterable[Any]:
+        """Micro-batches ``start, start + 1, ...`` of ``epoch`` (a pure function of seed and index)."""
+        raise NotImplementedError
+
+    def step(self, net: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, int]:
+        """Forward + loss of one micro-batch through ``net`` (the model, DDP-wrapped when distributed).
+
+        Returns:
+            The scalar loss (the loop does the backward pass) and the micro-batch's image count.
+        """
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        """Called once before the first step of a fresh run."""
+
+    def log_metrics(self, step: int) -> dict[str, Any]:
+        """Extra metrics of a log step (after optimiser step ``step``)."""
+        return {}
+
+    def on_epoch_end(self, epoch: int, step: int, final: bool) -> dict[str, Any]:
+        """Epoch-end work after the epoch's checkpoint; returns metrics to log."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """The trainer's own checkpoint keys (plain data and tensors only)."""
+        return {}
+
+    def load_extra_state(self, ckpt: dict[str, Any]) -> None:
+        """Check and restore the trainer's own keys on resume (raise CheckpointError on a mismatch)."""
+
+
+@dataclass
+class LoopResult:
+    """How :meth:`TrainLoop.run` ended.
+
+    Attributes:
+        step: optimiser steps done; epoch: whole epochs done.
+        interrupted: the signal number, -1 for ``stop_at_step``, None when not interrupted.
+        already_complete: the run had finished before this call (a ``--resume`` of a done run).
+        last_loss: mean loss of the last log window (NaN when nothing was logged).
+        wall_s: seconds spent in :meth:`TrainLoop.run`.
+    """
+
+    step: int
+    epoch: int
+    interrupted: int | None
+    already_complete: bool
+    last_loss: float
+    wall_s: float
+
+    @property
+    def complete(self) -> bool:
+        return self.interrupted is None
+
+
+class TrainLoop:
+    """Runs a :class:`Task` for ``plan.total_steps`` optimiser steps into ``run_dir``.
+
+    Args:
+        task: the trainer's batches, step and hooks.
+        plan: step arithmetic.
+        optimizer: optimiser of ``task.model``.
+        run_dir: the run directory (checkpoints go to ``run_dir/checkpoints``).
+        logger: where log rows go.
+        config: the resolved config dict stored in checkpoints.
+        train: the ``train`` config section (``log_every``, ``ckpt_every_steps``, ``progress_bar``).
+        device: where the model lives.
+        desc: progress-bar label.
+        show_bar: also needs ``train.progress_bar``; only the main process shows one.
+        keep_every_epochs: also keep ``checkpoints/epoch_0010.pt`` every N epochs (0 = never).
+    """
+
+    def __init__(self, task: Task, plan: Plan, optimizer: torch.optim.Optimizer, run_dir: Path,
+                 logger: MetricsLogger, *, config: dict[str, Any], train: Any, device: torch.device,
+                 desc: str, show_bar: bool = True, keep_every_epochs: int = 0) -> None:  # fmt: skip
+        self.task, self.plan, self.optimizer, self.run_dir = task, plan, optimizer, Path(run_dir)
+        self.logger, self.config, self.device, self.desc = logger, config, device, desc
+        self.log_every, self.ckpt_every = train.log_every, train.ckpt_every_steps
+        self.show_bar = show_bar and train.progress_bar and runtime.is_main()
+        self.keep_every = keep_every_epochs
+        self.step, self.epoch, self.saved_step = 0, 0, None
+        self.last_loss = float("nan")
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self._reset_window(time.perf_counter())
+
+    def resume(self) -> dict[str, Any]:
+        """Restore model, optimiser, the task's state and the RNGs from ``checkpoints/last.pt``.
+
+        Returns:
+            The checkpoint dict.
+        """
+        t = self.task
+        ckpt = load_run_state(self.run_dir, kind=t.kind, arch=t.arch, model=t.model, optimizer=self.optimizer)
+        t.load_extra_state(ckpt)
+        restore_rng(ckpt)
+        self.step = self.saved_step = int(ckpt["step"])
+        self.epoch = self.step // self.plan.steps_per_epoch
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+        return ckpt
+
+    def run(self, stop_at_step: int | None = None) -> LoopResult:
+        """Train to ``plan.total_steps``, or until SIGTERM/SIGINT or ``stop_at_step`` (checkpointed)."""
+        t0, plan = time.perf_counter(), self.plan
+        if self.step >= plan.total_steps:
+            log.info("run already complete at step %d", self.step)
+            return self._result(None, t0, already_complete=True)
+        model = self.task.model
+        net = DistributedDataParallel(model) if runtime.is_distributed() else model
+        bar = tqdm(total=plan.total_steps, initial=self.step, desc=self.desc, unit="step",
+                   disable=not self.show_bar, dynamic_ncols=True)  # fmt: skip
+        halt = None
+        with StopRequest() as stop, bar:
+            if self.step == 0:
+                self.task.on_start()
+            for epoch in range(self.step // plan.steps_per_epoch, plan.epochs):
+                self.epoch = epoch
+                halt = self._run_epoch(epoch, net, stop, stop_at_step, bar)
+                if halt is not None or self.step >= plan.total_steps:
+                    break
+        return self._result(halt, t0)
+
+    def _result(self, halt: int | None, t0: float, already_complete: bool = False) -> LoopResult:
+        epochs = self.step // self.plan.steps_per_epoch
+        wall = time.perf_counter() - t0
+        return LoopResult(self.step, epochs, halt, already_complete, self.last_loss, wall)
+
+    def _run_epoch(self, epoch: int, net: nn.Module, stop: StopRequest, stop_at_step: int | None,
+                   bar: tqdm) -> int | None:  # fmt: skip
+        """The rest of ``epoch``; returns the signal number (-1: ``stop_at_step``) if halted."""
+        plan = self.plan
+        first = (self.step - epoch * plan.steps_per_epoch) * plan.accum
+        last = plan.steps_per_epoch * plan.accum
+        self.task.model.train()
+        for index, batch in enumerate(self.task.batches(epoch, first), start=first):
+            if index >= last:
+                break
+            boundary = (index + 1) % plan.accum == 0
+            self._micro_step(net, batch, index, boundary)
+            if not boundary:
+                continue
+            self._optimizer_step()
+            bar.update(1)
+            if self.step % self.log_every == 0 or self.step == plan.total_steps:
+                self._log_window(bar)
+            halt = stop.signum if stop.requested else (-1 if stop_at_step == self.step else None)
+            if halt is not None or (self.ckpt_every and self.step % self.ckpt_every == 0):
+                self.checkpoint(epoch)
+            if halt is not None:
+                return halt
+            if self.step >= plan.total_steps:
+                break
+        self._end_of_epoch(epoch)
+        return None
+
+    def _micro_step(self, net: nn.Module, batch: Any, index: int, boundary: bool) -> None:
+        accum = self.plan.accum
+        if index % accum == 0:
+            set_lr(self.optimizer, self.plan.lr(self.step))
+        if self.loss_count == 0:
+            self.loss_sum = torch.zeros((), device=self.device)
+        sync = boundary or not runtime.is_distributed()
+        # DDP: the forward of a micro-step that is not the last of its optimiser step skips the
+        # gradient all-reduce; the last one reduces the accumulated gradients once.
+        with net.no_sync() if not sync else contextlib.nullcontext():
+            loss, images = self.task.step(net, batch, self.step)
+        (loss / accum if accum > 1 else loss).backward()
+        loss = loss.detach()
+        self.loss_sum += loss
+        self.loss_count += 1
+        self.nonfinite |= ~torch.isfinite(loss)  # stays on the device: no host sync per step
+        self.window_images += images * runtime.world_size()
+
+    def _optimizer_step(self) -> None:
+        if self.task.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.task.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def _reset_window(self, now: float) -> None:
+        self.loss_sum, self.loss_count, self.window_images, self.window_start = None, 0, 0, now
+
+    def _log_window(self, bar: tqdm) -> None:
+        """Mean loss since the last log (one host sync, log steps only), lr, img/s and the task's metrics."""
+        loss = runtime.all_reduce_mean(self.loss_sum / max(1, self.loss_count)).item()
+        now = time.perf_counter()
+        img_s = self.window_images / max(1e-9, now - self.window_start)
+        metrics: dict[str, Any] = dict(
+            epoch=self.step / self.plan.steps_per_epoch, loss=loss,
+            lr=max(g["lr"] for g in self.optimizer.param_groups), img_per_s=img_s,
+        )  # fmt: skip
+        metrics.update(self.task.log_metrics(self.step))
+        self.logger.log(self.step, **metrics)
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
+        self.last_loss = loss
+        self._reset_window(now)
+        if not math.isfinite(loss):
+            self._stop_nonfinite(f"loss became {loss}")
+
+    def _check_finite(self) -> None:
+        """Before a checkpoint: no non-finite loss since the start and every parameter finite (one sync)."""
+        bad = torch.stack([self.nonfinite, ~params_finite(self.task.model).to(self.device)]).any()
+        if runtime.is_distributed():
+            bad = runtime.all_reduce_mean(bad.float()) > 0
+        if bool(bad):
+            self._stop_nonfinite("the loss or the parameters became non-finite")
+
+    def _stop_nonfinite(self, what: str) -> None:
+        if runtime.is_main():
+            self._save(self.run_dir / "checkpoints" / "nonfinite.pt", self.epoch)  # for debugging only
+        last = self.run_dir / LAST
+        if self.saved_step is not None and last.is_file():
+            kept = f"the last good checkpoint is {last} (step {self.saved_step}); fix, then --resume"
+        else:
+            kept = "no checkpoint was kept; fix, then start again"
+        raise NonFiniteLossError(f"{what} by step {self.step}; {kept} ({self.task.nonfinite_hint})")
+
+    def _save(self, path: Path, epoch: int) -> None:
+        t = self.task
+        save_run_state(
+            path, kind=t.kind, arch=t.arch, model=t.model, optimizer=self.optimizer, step=self.step,
+            epoch=epoch, config=self.config, plan=asdict(self.plan), extra=t.extra_state(),
+        )  # fmt: skip
+
+    def checkpoint(self, epoch: int) -> None:
+        """Check finiteness, then write ``checkpoints/last.pt`` (main process writes, all wait)."""
+        self._check_finite()
+        if runtime.is_main():
+            self._save(self.run_dir / LAST, epoch)
+        self.saved_step = self.step
+        runtime.barrier()
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        done = epoch + 1 if self.step % self.plan.steps_per_epoch == 0 else epoch
+        self.checkpoint(done)
+        if self.keep_every and (epoch + 1) % self.keep_every == 0 and runtime.is_main():
+            self._save(self.run_dir / "checkpoints" / f"epoch_{epoch + 1:04d}.pt", epoch + 1)
+        metrics = self.task.on_epoch_end(epoch, self.step, self.step >= self.plan.total_steps)
+        if metrics:
+            self.logger.log(self.step, epoch=epoch + 1, **metrics)

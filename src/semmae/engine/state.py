@@ -1,0 +1,123 @@
+"""The one checkpoint schema of every trainer: one save, one strict, arch-checked resume.
+
+A run checkpoint is a dict of tensors and plain data (so :func:`~semmae.models.checkpoint.load_checkpoint`
+reads it with ``weights_only=True``):
+
+- ``kind``: which trainer wrote it (``mae``, ``parts``, ``finetune``);
+- ``arch``: the model's constructor arguments (a resume refuses any other);
+- ``model``, ``optimizer``: state dicts; ``scaler``: None (bf16 autocast needs none);
+- ``step`` (optimiser steps done; the lr schedule's position), ``epoch``, ``plan`` (step arithmetic);
+- ``rng``: Python / NumPy / torch generator states;
+- ``config``: the resolved config; ``provenance``: semmae and torch versions;
+- whatever the trainer adds (``encoder`` and ``classes`` for a fine-tune, ``backbone`` and
+  ``norm`` for the part learner, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semmae import __version__
+from semmae.errors import CheckpointError, RunDirError
+from semmae.models.checkpoint import (
+    load_checkpoint,
+    load_state_strict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+LAST = Path("checkpoints") / "last.pt"
+
+
+def save_run_state(
+    path: Path,
+    *,
+    kind: str,
+    arch: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    epoch: int,
+    config: dict[str, Any],
+    plan: dict[str, Any],
+    extra: dict[str, Any],
+) -> Path:
+    """Write a full training state atomically (the schema above; ``extra`` keys are added last)."""
+    state = {
+        "kind": kind,
+        "arch": dict(arch),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": None,
+        "step": step,
+        "epoch": epoch,
+        "plan": plan,
+        "rng": rng_state(),
+        "config": config,
+        "provenance": {"semmae": __version__, "torch": str(torch.__version__)},
+        **extra,
+    }
+    return save_checkpoint(path, state)
+
+
+def load_run_state(
+    run_dir: Path,
+    *,
+    kind: str,
+    arch: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any]:
+    """Read ``run_dir/checkpoints/last.pt`` and load model and optimiser (strictly) from it.
+
+    The generator states are NOT restored here: the caller restores them with :func:`restore_rng`
+    once everything else (which may draw random numbers) is in place.
+
+    Returns:
+        The checkpoint dict (for the trainer's own keys).
+
+    Raises:
+        RunDirError: nothing to resume.
+        CheckpointError: another kind of checkpoint, or another architecture.
+    """
+    path = Path(run_dir) / LAST
+    if not path.is_file():
+        raise RunDirError(
+            f"nothing to resume in {str(run_dir)!r} (no checkpoints/last.pt); run without --resume"
+        )
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != kind:
+        raise CheckpointError(f"{path} is a {ckpt.get('kind')!r} checkpoint, not a {kind!r} one")
+    if ckpt.get("arch") != dict(arch):
+        raise CheckpointError(
+            f"{path} was written for {ckpt.get('arch')} but the config builds {dict(arch)}; "
+            "resume with the run's own config.yaml"
+        )
+    load_state_strict(model, ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt
+
+
+def restore_rng(ckpt: dict[str, Any]) -> None:
+    """Put back the generator states saved in ``ckpt``."""
+    set_rng_state(ckpt["rng"])
+
+
+def params_finite(model: torch.nn.Module) -> torch.Tensor:
+    """0-dim bool tensor on the model's device: every parameter and buffer is finite (no host sync)."""
+    checks = [t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point()]
+    return torch.stack(checks).all() if checks else torch.tensor(True)
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """sha256 (16 hex) of every parameter's bytes: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

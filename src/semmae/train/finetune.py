@@ -1,0 +1,313 @@
+"""End-to-end fine-tuning of an encoder as a classifier (MAE's recipe, DESIGN.md §2.4).
+
+The classifier is :func:`~semmae.models.vit.build_classifier` (timm ViT, global average pool,
+drop path). Optimiser: AdamW (0.9, 0.999) at lr = ``ft_base_lr`` x effective batch / 256 with
+layer-wise lr decay ``ft_layer_decay`` (:func:`~semmae.models.vit.layer_decay_groups`: embeddings
+lowest, head highest; no weight decay on biases, norms, the CLS token or the positions). Per-step
+linear warm-up then cosine to ``ft_min_lr``. Regularisation: random resized crop + flip
+(``semmae.data.transforms.augment_batch``), timm ``Mixup``/CutMix with label smoothing
+(``SoftTargetCrossEntropy``; plain label-smoothed cross-entropy when both alphas are 0) and timm
+random erasing. Not included: RandAugment (MAE uses (9, 0.5)).
+
+Reproducibility: data order, crops, mixing and erasing are a pure function of (seed, epoch,
+batch, rank). timm's Mixup and RandomErasing draw from the global Python/NumPy/torch generators,
+so they run inside a block that seeds those from the batch key and restores them afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from semmae import runtime
+from semmae.config import Config
+from semmae.data import iterate_batches
+from semmae.data.transforms import augment_batch, normalize
+from semmae.engine.logging import MetricsLogger
+from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, make_plan
+from semmae.engine.rundir import prepare_run_dir
+from semmae.errors import ConfigError
+from semmae.eval.features import evaluate_classifier, labelled_split
+from semmae.models.encoder import check_encoder_fits, load_encoder
+from semmae.models.vit import build_classifier, layer_decay_groups
+
+log = logging.getLogger(__name__)
+
+
+def make_mixup(cfg: Config, num_classes: int) -> Any | None:
+    """timm ``Mixup`` from ``eval.ft_mixup/ft_cutmix/ft_label_smoothing``; None when both alphas are 0."""
+    e = cfg.eval
+    if e.ft_mixup <= 0 and e.ft_cutmix <= 0:
+        return None
+    if e.ft_batch_size % 2:
+        raise ConfigError(f"mixup/cutmix need an even eval.ft_batch_size, got {e.ft_batch_size}")
+    return Mixup(
+        mixup_alpha=e.ft_mixup,
+        cutmix_alpha=e.ft_cutmix,
+        label_smoothing=e.ft_label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def make_loss(cfg: Config, mixup: Any | None) -> nn.Module:
+    """Soft-target cross-entropy after mixup, else cross-entropy with label smoothing."""
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=cfg.eval.ft_label_smoothing)
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed Python/NumPy/torch global generators with ``seed`` inside the block, restore after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def classifier_loss(
+    net: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: nn.Module,
+    device: torch.device,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Forward + loss of one batch (the loop does the backward pass and the optimiser step).
+
+    Args:
+        net: the classifier (possibly DDP-wrapped), in train mode.
+        images: (B, C, S, S) normalised, augmented images on ``device``.
+        targets: (B,) class ids, or (B, C) soft targets after mixup.
+        loss_fn: maps (logits (B, C) float32, targets) to a scalar.
+        device, precision: autocast settings.
+
+    Returns:
+        The scalar loss, attached to the graph.
+    """
+    with runtime.autocast(device, precision):
+        logits = net(images)
+    return loss_fn(logits.float(), targets)
+
+
+def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
+    """Steps, warm-up and peak lr (``ft_base_lr`` x effective batch / 256) from ``cfg.eval``.
+
+    Raises:
+        ConfigError: a step needs more images than the data has, or fewer than one epoch.
+    """
+    e = cfg.eval
+    per_epoch = num_train // (e.ft_batch_size * world)
+    if per_epoch < 1:
+        raise ConfigError(
+            f"one fine-tuning step needs {e.ft_batch_size * world} images but the data has "
+            f"{num_train}; lower eval.ft_batch_size or raise data.limit"
+        )
+    if e.ft_epochs < 1:
+        raise ConfigError(f"config key 'eval.ft_epochs' must be at least 1, got {e.ft_epochs}")
+    eff = e.ft_batch_size * world
+    return make_plan(
+        steps_per_epoch=per_epoch, epochs=e.ft_epochs, max_steps=None, warmup_epochs=e.ft_warmup_epochs,
+        peak_lr=e.ft_base_lr * eff / 256.0, min_lr=e.ft_min_lr, effective_batch=eff,
+    )  # fmt: skip
+
+
+class FinetuneBatches:
+    """Augmented, mixed training batches of one rank; a pure function of (seed, epoch, batch, rank)."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        cfg: Config,
+        out_size: int,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        num_classes: int,
+    ) -> None:
+        self.dataset, self.cfg, self.out_size, self.mean, self.std = dataset, cfg, out_size, mean, std
+        self.device, self.rank, self.world = device, runtime.rank(), runtime.world_size()
+        self.mixup = make_mixup(cfg, num_classes)
+        self.erase = None
+        if cfg.eval.ft_reprob > 0:
+            self.erase = RandomErasing(cfg.eval.ft_reprob, mode="pixel", max_count=1, device=str(device))
+
+    def epoch(
+        self, epoch: int, per_epoch: int, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start .. per_epoch - 1`` of ``epoch``: ``(images, targets or soft targets)``."""
+        bs, seed, d = self.cfg.eval.ft_batch_size, self.cfg.train.seed, self.cfg.data
+        perm = torch.randperm(len(self.dataset), generator=runtime.step_generator(seed, 11, epoch))
+        shard = perm[: per_epoch * bs * self.world][self.rank :: self.world][start * bs :]
+        batches = iterate_batches(self.dataset, shard, bs, num_workers=d.num_workers, drop_last=True)
+        for i, (images_u8, targets, _) in enumerate(batches, start=start):
+            gen = runtime.step_generator(seed, 12, epoch, i, self.rank)
+            images, _ = augment_batch(
+                images_u8.to(self.device, non_blocking=True),
+                out_size=self.out_size,
+                scale=tuple(d.crop_scale),
+                ratio=tuple(d.crop_ratio),
+                hflip=d.hflip,
+                generator=gen,
+            )
+            images, targets = normalize(images, self.mean, self.std), targets.to(self.device)
+            with seeded_global_rng(int(torch.randint(2**62, (1,), generator=gen)), self.device):
+                if self.erase is not None:
+                    images = self.erase(images)
+                if self.mixup is not None:
+                    images, targets = self.mixup(images, targets)
+            yield images, targets
+
+
+def _build(cfg: Config, spec: str, device: torch.device) -> dict[str, Any]:
+    """Encoder, data splits and classifier of a fine-tune (refusing data the encoder cannot take)."""
+    encoder, meta = load_encoder(spec, map_location=device)
+    check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
+    train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
+    e = cfg.eval
+    model = build_classifier(
+        encoder, len(train.classes), global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
+    )
+    arch = {
+        **encoder.arch,
+        "num_classes": len(train.classes),
+        "global_pool": e.ft_global_pool,
+        "drop_path_rate": e.ft_drop_path,
+    }
+    return dict(encoder=encoder, meta=meta, train=train, test=test, model=model, arch=arch)
+
+
+def run_finetune(
+    cfg: Config,
+    checkpoint_spec: str,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the encoder of ``checkpoint_spec`` on ``cfg.data`` and score it on the test split.
+
+    Writes a run directory (``config.yaml``, ``metrics.jsonl``, ``tb/``, ``checkpoints/last.pt`` of
+    kind ``finetune``, ``summary.json``). Runs under torchrun with DDP (indices sharded by rank).
+
+    Args:
+        cfg: resolved config (``data``, ``eval.ft_*``, ``train.device/precision/seed/log_every/
+            ckpt_every_steps/progress_bar``).
+        checkpoint_spec: the encoder (see :func:`~semmae.models.encoder.load_encoder`).
+        out_dir: the run directory.
+        resume: continue from ``out_dir/checkpoints/last.pt``.
+        overwrite: replace a non-empty ``out_dir``.
+        progress: show a progress bar (also needs ``train.progress_bar``).
+        stop_at_step: checkpoint and return after this step, as if interrupted (resume drills).
+
+    Returns:
+        ``{"eval": "finetune", "top1", ["top5"], "train_loss", "lr", "epochs", "steps", ...}``; an
+        interrupted run returns ``{"interrupted": signum or -1, "step": ...}`` without scores.
+    """
+    device = runtime.resolve_device(cfg.train.device)
+    with runtime.distributed_session(device):
+        t0 = time.perf_counter()
+        run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
+        runtime.seed_everything(cfg.train.seed + runtime.rank())  # drop path draws from the global RNG
+        parts = _build(cfg, checkpoint_spec, device)
+        e, model = cfg.eval, parts["model"]
+        plan = finetune_plan(cfg, len(parts["train"]), runtime.world_size())
+        groups = layer_decay_groups(
+            model, depth=parts["encoder"].depth, layer_decay=e.ft_layer_decay, weight_decay=e.ft_weight_decay
+        )
+        optimizer = torch.optim.AdamW(groups, lr=plan.peak_lr, betas=(0.9, 0.999))
+        task = FinetuneTask(cfg, checkpoint_spec, parts, plan, device)
+        with MetricsLogger(run_dir) as logger:
+            loop = TrainLoop(
+                task, plan, optimizer, run_dir, logger, config=cfg.to_dict(), train=cfg.train, device=device,
+                desc="finetune", show_bar=progress,
+            )  # fmt: skip
+            if resume:
+                loop.resume()
+            result = loop.run(stop_at_step)
+            if result.interrupted is not None:
+                return {"interrupted": result.interrupted, "step": result.step, "out": str(run_dir)}
+            summary = run_dir / "summary.json"
+            if result.already_complete and summary.is_file():
+                return {**json.loads(summary.read_text()), "already_complete": True}
+            return _score(task, plan, result, logger, t0)
+
+
+class FinetuneTask(Task):
+    """The classifier's step on augmented, mixed batches (``parts`` from :func:`_build`)."""
+
+    kind = "finetune"
+    nonfinite_hint = "lower eval.ft_base_lr or use train.precision=fp32"
+
+    def __init__(
+        self, cfg: Config, spec: str, parts: dict[str, Any], plan: Plan, device: torch.device
+    ) -> None:
+        self.cfg, self.spec, self.parts, self.device = cfg, spec, parts, device
+        self.model, self.arch = parts["model"], parts["arch"]
+        self.norm = {"mean": list(parts["meta"]["mean"]), "std": list(parts["meta"]["std"])}
+        self.data = FinetuneBatches(
+            parts["train"], cfg, parts["encoder"].img_size, **self.norm, device=device,
+            num_classes=parts["arch"]["num_classes"],
+        )  # fmt: skip
+        self.loss_fn = make_loss(cfg, self.data.mixup)
+        self.steps_per_epoch = plan.steps_per_epoch
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.data.epoch(epoch, self.steps_per_epoch, start)
+
+    def step(self, net: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, int]:
+        images, targets = batch
+        loss = classifier_loss(net, images, targets, self.loss_fn, self.device, self.cfg.train.precision)
+        return loss, images.shape[0]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "encoder": self.spec,
+            "normalization": self.norm,
+            "classes": list(self.parts["train"].classes),
+        }
+
+
+def _score(
+    task: FinetuneTask, plan: Plan, result: LoopResult, logger: MetricsLogger, t0: float
+) -> dict[str, Any]:
+    """Top-1 (and top-5) on the test split; the result dict, also written to ``summary.json``."""
+    cfg, p, e = task.cfg, task.parts, task.cfg.eval
+    scores = evaluate_classifier(  # the bare module: ranks see different batch counts here
+        task.model, p["test"], num_classes=p["arch"]["num_classes"], batch_size=e.batch_size,
+        device=task.device, precision=cfg.train.precision, out_size=p["encoder"].img_size,
+        num_workers=cfg.data.num_workers, **task.norm,
+    )  # fmt: skip
+    logger.log(result.step, epoch=e.ft_epochs, **{f"test_{k}": v for k, v in scores.items()})
+    out = {
+        "eval": "finetune", **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
+        "out": str(logger.path.parent), "train_loss": result.last_loss, "lr": plan.peak_lr,
+        "layer_decay": e.ft_layer_decay, "epochs": e.ft_epochs, "steps": result.step,
+        "effective_batch": plan.effective_batch, "n_train": len(p["train"]), "n_test": len(p["test"]),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }  # fmt: skip
+    if runtime.is_main():
+        (logger.path.parent / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out

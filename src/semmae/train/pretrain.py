@@ -1,0 +1,165 @@
+"""MAE / SemMAE pretraining: one code path for CPU, one GPU and DDP, on :class:`~semmae.engine.loop.TrainLoop`.
+
+Masks and crops are a pure function of (seed, epoch, micro-batch, rank): each micro-batch carries
+its own generator, and the masking progress (for λ schedules) comes from the optimiser step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from semmae import runtime
+from semmae.config import Config
+from semmae.data import build_dataset
+from semmae.data.partmaps import load_part_maps
+from semmae.engine.batches import MicroBatch, PretrainBatches
+from semmae.engine.build import build_masking, build_model
+from semmae.engine.logging import MetricsLogger
+from semmae.engine.loop import Plan, Task, TrainLoop, make_plan
+from semmae.engine.optim import build_adamw, scaled_lr
+from semmae.engine.rundir import prepare_run_dir
+from semmae.engine.state import parameter_digest
+from semmae.errors import ConfigError
+from semmae.masking import MaskingStrategy
+from semmae.masking.schedule import lambda_schedule, masking_progress
+from semmae.models import MaskedAutoencoderViT
+from semmae.train.monitor import PretrainMonitor
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
+    """Turn epochs / batch / accumulation / world size into step counts and the peak lr.
+
+    Raises:
+        ConfigError: one optimiser step needs more images than an epoch has, or nothing to train.
+    """
+    tc = cfg.train
+    steps_per_epoch = micro_per_epoch // tc.accum_steps
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"one optimiser step needs {tc.batch_size * tc.accum_steps * world} images but the data has fewer "
+            "per epoch; lower train.batch_size or train.accum_steps, or raise data.limit"
+        )
+    eff = tc.batch_size * tc.accum_steps * world
+    return make_plan(
+        steps_per_epoch=steps_per_epoch, epochs=tc.epochs, max_steps=tc.max_steps,
+        warmup_epochs=tc.warmup_epochs, peak_lr=scaled_lr(tc.base_lr, eff), min_lr=tc.min_lr,
+        effective_batch=eff, accum=tc.accum_steps,
+    )  # fmt: skip
+
+
+def _load_parts(cfg: Config, dataset: Any) -> tuple[Any, int | None]:
+    if cfg.masking.name != "semantic":
+        return None, None
+    if cfg.masking.parts is None:
+        raise ConfigError(
+            "masking.name=semantic needs a part-map file: set masking.parts=FILE.npy "
+            "(from `semmae parts export` or `semmae parts from-masks`)"
+        )
+    maps = load_part_maps(cfg.masking.parts, dataset=dataset)
+    return maps, maps.manifest.num_parts
+
+
+class PretrainTask(Task):
+    """The MAE's step: mask the micro-batch (with this step's progress), forward, loss."""
+
+    kind = "mae"
+    nonfinite_hint = "lower train.base_lr, add train.clip_grad=1.0 or use train.precision=fp32"
+
+    def __init__(self, cfg: Config, model: MaskedAutoencoderViT, masking: MaskingStrategy,
+                 batches: PretrainBatches, plan: Plan, monitor: PretrainMonitor, device: torch.device,
+                 num_parts: int | None) -> None:  # fmt: skip
+        self.cfg, self.model, self.masking, self.data = cfg, model, masking, batches
+        self.plan, self.monitor, self.device, self.num_parts = plan, monitor, device, num_parts
+        self.arch = dict(model.arch)
+        self.clip_grad = cfg.train.clip_grad
+
+    def progress(self, step: int) -> float:
+        """Masking progress in [0, 1] at optimiser step ``step``."""
+        return masking_progress(
+            step, self.plan.total_steps, self.plan.steps_per_epoch, self.cfg.masking.step_per
+        )
+
+    def batches(self, epoch: int, start: int) -> Any:  # type: ignore[override]
+        return self.data.epoch(epoch, start=start)
+
+    def step(self, net: nn.Module, batch: MicroBatch, step: int) -> tuple[torch.Tensor, int]:
+        mask = self.masking(
+            batch.images.shape[0], self.model.num_patches, part_labels=batch.part_labels,
+            num_parts=self.num_parts, progress=self.progress(step), generator=batch.generator,
+            device=self.device,
+        )  # fmt: skip
+        with runtime.autocast(self.device, self.cfg.train.precision):
+            out = net(batch.images, mask)
+        return out.loss, batch.images.shape[0]
+
+    def on_start(self) -> None:
+        self.monitor.on_start()
+
+    def log_metrics(self, step: int) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"progress": self.progress(step - 1)}
+        if self.cfg.masking.name == "semantic":
+            mc = self.cfg.masking
+            metrics["lambda"] = lambda_schedule(mc.schedule, mc.gamma)(metrics["progress"])
+        return metrics
+
+    def on_epoch_end(self, epoch: int, step: int, final: bool) -> dict[str, Any]:
+        return self.monitor.on_epoch_end(epoch, final)
+
+
+def run_pretrain(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_at_step: int | None = None,
+) -> dict[str, Any]:
+    """Pretrain an MAE with the masking of ``cfg.masking`` and write a run directory.
+
+    Args:
+        cfg: resolved config (data, model, masking, train sections are used).
+        out_dir: run directory (see DESIGN.md §4).
+        resume: continue from ``out_dir/checkpoints/last.pt``.
+        overwrite: replace a non-empty ``out_dir``.
+        stop_at_step: behave as if interrupted after this optimiser step (checkpoint, return);
+            used by preemption drills and the resume tests.
+
+    Returns:
+        A summary dict (also written to ``summary.json`` when training completes); ``interrupted``
+        holds the signal number (-1: ``stop_at_step``) of a stopped run.
+    """
+    device = runtime.resolve_device(cfg.train.device)
+    if cfg.train.precision == "bf16" and device.type == "cpu" and not runtime.cpu_has_native_bf16():
+        log.warning("this CPU has no native bf16 instructions: bf16 autocast will be much slower than fp32")
+    with runtime.distributed_session(device):
+        run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
+        runtime.seed_everything(cfg.train.seed)
+        train_set = build_dataset(cfg.data, "train")
+        part_maps, num_parts = _load_parts(cfg, train_set)
+        model = build_model(cfg).to(device)
+        masking = build_masking(cfg, model.grid)
+        batches = PretrainBatches(
+            train_set, cfg.data, cfg.train.batch_size, cfg.train.seed, runtime.rank(), runtime.world_size(),
+            device, part_maps=part_maps, grid=model.grid, num_parts=num_parts,
+        )  # fmt: skip
+        plan = pretrain_plan(cfg, batches.micro_batches_per_epoch(), runtime.world_size())
+        optimizer = build_adamw(model, plan.peak_lr, cfg.train.weight_decay, tuple(cfg.train.betas))
+        monitor = PretrainMonitor(cfg, run_dir, model, masking, device, part_maps, num_parts)
+        task = PretrainTask(cfg, model, masking, batches, plan, monitor, device, num_parts)
+        with MetricsLogger(run_dir) as logger:
+            loop = TrainLoop(
+                task, plan, optimizer, run_dir, logger, config=cfg.to_dict(), train=cfg.train, device=device,
+                desc="pretrain", keep_every_epochs=cfg.train.keep_every_epochs,
+            )  # fmt: skip
+            if resume:
+                loop.resume()
+            result = loop.run(stop_at_step)
+        digests = runtime.all_gather_object(parameter_digest(model))
+        return monitor.summary(plan, result, digests)
