@@ -14,7 +14,7 @@ from PIL import Image
 from semmae.config import DataConfig
 from semmae.data import build_dataset
 from semmae.data.folder import FileSource, whole_image_view
-from semmae.data.transforms import crop_uniforms
+from semmae.data.transforms import box_from_draws, boxes_from_uniforms, crop_uniforms
 from semmae.engine.batches import PretrainBatches
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -72,6 +72,18 @@ def test_train_crop_equals_torchvision_resized_crop_from_full_resolution(tmp_pat
         float(b[2] * b[3]) for b in (ds.source.read_crop(0, r, (0.2, 1.0), (0.75, 1.3333))[1] for r in draws)
     ]
     assert min(sizes) >= 0.19 and max(sizes) <= 1.0  # boxes are in the full image's coordinates
+
+
+def test_worker_boxes_agree_with_the_batched_boxes() -> None:
+    draws = crop_uniforms(2000, torch.Generator().manual_seed(9), hflip=True)
+    for height, width, scale in ((375, 500, (0.2, 1.0)), (28, 28, (0.08, 1.0)), (500, 375, (1.0, 1.0))):
+        batched = boxes_from_uniforms(draws, height, width, scale, (0.75, 1.3333))
+        single = torch.tensor(
+            [box_from_draws(row, height, width, scale, (0.75, 1.3333)) for row in draws.tolist()]
+        )
+        same = (batched == single).all(1).float().mean()
+        assert float(same) >= 0.995, (height, width, float(same))  # float32 vs float64 rounding only
+        assert bool((single[:, 2:] > 0).all() and (single[:, 0] + single[:, 2] <= height).all())
 
 
 def test_eval_view_matches_resize_256_center_crop_224(tmp_path: Path) -> None:

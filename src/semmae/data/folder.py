@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,13 +164,13 @@ class FileSource:
         return to_uint8_tensor(eval_view(im, self.image_size, self.crop_pct))
 
     def read_crop(
-        self, index: int, uniforms: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float]
+        self, index: int, uniforms: Sequence[float], scale: tuple[float, float], ratio: tuple[float, float]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A random resized crop (+ flip) of image ``index`` at full resolution.
 
         Args:
             index: image index.
-            uniforms: (23,) pre-drawn crop and flip draws (``transforms.crop_uniforms``).
+            uniforms: the 23 pre-drawn crop and flip draws (a row of ``transforms.crop_uniforms``).
             scale, ratio: RandomResizedCrop ranges.
 
         Returns:

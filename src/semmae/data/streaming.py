@@ -29,7 +29,7 @@ class _CropItems(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, item: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, list[float]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         index, draws = item
         crop, box = self.source.read_crop(index, draws, self.scale, self.ratio)  # type: ignore[attr-defined]
         return crop, box, index
@@ -41,9 +41,11 @@ class _Plan:
     def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.batches = batches
 
-    def __iter__(self) -> Iterator[list[tuple[int, torch.Tensor]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, list[float]]]]:
+        # Plain floats, not tensor rows: a tensor sent to a worker is moved to its own shared-memory
+        # segment, which costs more than decoding the image.
         for indices, draws in self.batches:
-            yield [(int(i), draws[k]) for k, i in enumerate(indices.tolist())]
+            yield list(zip(indices.tolist(), draws.tolist(), strict=True))
 
 
 def iterate_crops(

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from semmae.data.transforms import boxes_from_uniforms
+from semmae.data.transforms import box_from_draws
 from semmae.errors import DataError
 
+_ORIENTATION = 0x0112  # EXIF orientation tag
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -52,14 +53,19 @@ def decode_image(path: Path, in_chans: int) -> Image.Image:
             that have no faithful 8-bit form.
     """
     with Image.open(path) as raw:
-        im = ImageOps.exif_transpose(raw)
+        # exif_transpose copies even an upright image; only rotated files need it.
+        im = ImageOps.exif_transpose(raw) if raw.getexif().get(_ORIENTATION, 1) != 1 else raw
         im = _to_eight_bits(im, path)
-        return im.convert("L" if in_chans == 1 else "RGB")
+        mode = "L" if in_chans == 1 else "RGB"
+        if im.mode == mode:
+            im.load()
+            return im
+        return im.convert(mode)
 
 
 def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
     """A PIL ``L``/``RGB`` image as a uint8 (C, H, W) tensor."""
-    t = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+    t = torch.from_numpy(np.array(im, dtype=np.uint8))
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
@@ -90,7 +96,7 @@ def whole_view(im: Image.Image, size: int) -> Image.Image:
 
 def train_crop(
     im: Image.Image,
-    uniforms: torch.Tensor,
+    uniforms: Sequence[float],
     size: int,
     scale: Sequence[float],
     ratio: Sequence[float],
@@ -99,7 +105,7 @@ def train_crop(
 
     Args:
         im: the decoded image (W x H).
-        uniforms: (23,) draws of one image (:func:`semmae.data.transforms.crop_uniforms`).
+        uniforms: the 23 draws of one image (a row of :func:`semmae.data.transforms.crop_uniforms`).
         size: output side S.
         scale, ratio: RandomResizedCrop area and aspect ranges.
 
@@ -108,10 +114,11 @@ def train_crop(
         ``(top, left, h, w)`` as fractions of the image's height and width (float32 (4,)).
     """
     width, height = im.size
-    top, left, h, w = boxes_from_uniforms(uniforms[None], height, width, scale, ratio)[0].tolist()
+    draws = [float(v) for v in uniforms]
+    top, left, h, w = box_from_draws(draws, height, width, scale, ratio)
     crop = im.crop((int(left), int(top), int(left + w), int(top + h)))
     crop = crop.resize((size, size), Image.Resampling.BICUBIC)
-    if float(uniforms[-1]) > 0.5:
+    if draws[-1] > 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     box = torch.tensor([top / height, left / width, h / height, w / width], dtype=torch.float32)
     return crop, box
