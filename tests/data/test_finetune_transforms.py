@@ -73,3 +73,11 @@ def test_batches_are_a_pure_function_of_the_seeds(tmp_path: Path) -> None:
     assert torch.equal(torch.cat([t for _, t, _ in a]), ds.targets[:8])
     c = list(iterate_finetune(ds, [(torch.arange(4), torch.tensor([21, 22, 23, 24]))], transform))
     assert not torch.equal(c[0][0], a[0][0])
+
+
+def test_posterize_at_full_magnitude_gives_black_instead_of_failing() -> None:
+    aug = next(t for t in finetune_transform(_data(), EvalConfig()).transforms if isinstance(t, RandAugment))
+    op = next(o for o in aug.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10.0, 0.0  # keeps 4 - 4 = 0 bits
+    out = op(Image.fromarray(np.full((8, 8, 3), 200, np.uint8)))
+    assert np.asarray(out).max() == 0

@@ -18,10 +18,12 @@ import yaml
 
 from semmae import config as config_lib
 from semmae.cli.common import add_config_args, stopped_exit_code
+from semmae.errors import ConfigError
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
-    "linear": "linear probe (BatchNorm + linear, lr grid eval.linear_lrs) on frozen features",
+    "linear": "linear probe on the frozen encoder: eval.linear_protocol=fast (lr grid eval.linear_lrs on "
+    "cached features) or mae (MAE's LARS probe on fresh crops, trained into --out)",
     "finetune": "fine-tune the encoder as a classifier into --out (MAE recipe: layer decay, mixup)",
 }
 
@@ -42,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "or random:<preset>",
         )
         q.add_argument("--results", help="append the result here instead of RUN_DIR/results.jsonl")
-        add_config_args(q, out=name == "finetune", resume=name == "finetune")
+        add_config_args(q, out=name == "finetune", resume=name != "knn")
+        if name == "linear":
+            q.add_argument("--out", help="run directory of the probe (eval.linear_protocol=mae only)")
         q.set_defaults(func=lambda args, name=name: _run(name, args))
 
 
@@ -105,10 +109,22 @@ def _run(name: str, args: argparse.Namespace) -> int:
         from semmae.eval.knn import run_knn
 
         result = run_knn(cfg, args.checkpoint, loaded=loaded)
-    elif name == "linear":
+    elif name == "linear" and cfg.eval.linear_protocol == "fast":
         from semmae.eval.linear import run_linear
 
         result = run_linear(cfg, args.checkpoint, loaded=loaded)
+    elif name == "linear":
+        from semmae.train.linear_probe import run_linear_probe
+
+        if not args.out:
+            raise ConfigError("eval.linear_protocol=mae trains a probe: pass --out DIR for its run directory")
+        result = run_linear_probe(
+            cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite
+        )
+        command = f"semmae eval linear --checkpoint {args.checkpoint} --out {args.out}"
+        code = stopped_exit_code(result, command)
+        if code is not None:
+            return code
     else:
         from semmae.train.finetune import run_finetune
 

@@ -287,6 +287,10 @@ def iterate_batches(
             yield ds.images[b], ds.targets[b], b
         return
     sampler = BatchSampler(idx.tolist(), batch_size=batch_size, drop_last=drop_last)
-    loader = DataLoader(_StreamItems(ds), batch_sampler=sampler, num_workers=num_workers)
+    # Its own generator: a DataLoader otherwise takes its seed from the global RNG, shifting the
+    # draws of anything else using it (drop path) between a run and its resumed copy.
+    loader = DataLoader(
+        _StreamItems(ds), batch_sampler=sampler, num_workers=num_workers, generator=torch.Generator()
+    )
     for images, targets, b in loader:
         yield images, targets.long(), b.long()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,6 +30,25 @@ from semmae.config import DataConfig, EvalConfig
 from semmae.data.datasets import ImageSet
 
 Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: object) -> Image.Image:
+    """timm's posterize op, with 0 bits kept giving a black image as Pillow < 12 did.
+
+    timm's ``PosterizeIncreasing`` keeps ``4 - int(4 m / 10)`` bits, i.e. 0 at magnitude 10, which
+    ``mstd0.5`` reaches about once in 40 draws; Pillow 12+ refuses 0 bits with a ValueError, which
+    would stop a fine-tune within its first minutes.
+    """
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return timm_auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def _patch_posterize(transform: object) -> None:
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if getattr(op, "aug_fn", None) is timm_auto_augment.posterize:
+                op.aug_fn = _posterize
 
 
 def finetune_transform(data: DataConfig, ev: EvalConfig) -> Transform:
@@ -41,7 +61,7 @@ def finetune_transform(data: DataConfig, ev: EvalConfig) -> Transform:
     Returns:
         The transform: crop + flip + RandAugment + normalise + random erasing.
     """
-    return create_transform(
+    transform = create_transform(
         input_size=data.image_size,
         is_training=True,
         scale=tuple(ev.ft_crop_scale),
@@ -56,6 +76,8 @@ def finetune_transform(data: DataConfig, ev: EvalConfig) -> Transform:
         re_mode="pixel",
         re_count=1,
     )
+    _patch_posterize(transform)
+    return transform
 
 
 @contextlib.contextmanager
@@ -121,7 +143,11 @@ def iterate_finetune(
         ``(images float (B, C, S, S), targets int64 (B,), indices int64 (B,))``.
     """
     loader = DataLoader(
-        _Items(ds, transform), batch_sampler=_Plan(batches), num_workers=num_workers, pin_memory=pin_memory
-    )
+        _Items(ds, transform),
+        batch_sampler=_Plan(batches),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator(),  # a DataLoader otherwise draws its seed from the global RNG,
+    )  # which drop path also draws from: a resumed run would then diverge
     for images, targets, indices in loader:
         yield images, targets.long(), indices.long()

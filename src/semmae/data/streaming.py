@@ -76,6 +76,7 @@ def iterate_crops(
         batch_sampler=_Plan(batches),
         num_workers=num_workers,
         pin_memory=pin_memory,
+        generator=torch.Generator(),  # its worker seeds must not draw from the global RNG (resume)
     )
     for crops, boxes, indices in loader:
         yield crops, boxes, indices.long()

@@ -4,10 +4,13 @@ The classifier is :func:`~semmae.models.vit.build_classifier` (timm ViT, global 
 drop path). Optimiser: AdamW (0.9, 0.999) at lr = ``ft_base_lr`` x effective batch / 256 with
 layer-wise lr decay ``ft_layer_decay`` (:func:`~semmae.models.vit.layer_decay_groups`: embeddings
 lowest, head highest; no weight decay on biases, norms, the CLS token or the positions). Per-step
-linear warm-up then cosine to ``ft_min_lr``. Regularisation: random resized crop + flip
-(``semmae.data.transforms.augment_batch``), timm ``Mixup``/CutMix with label smoothing
-(``SoftTargetCrossEntropy``; plain label-smoothed cross-entropy when both alphas are 0) and timm
-random erasing. Not included: RandAugment (MAE uses (9, 0.5)).
+linear warm-up then cosine to ``ft_min_lr``. Regularisation: timm ``Mixup``/CutMix with label
+smoothing (``SoftTargetCrossEntropy``; plain label-smoothed cross-entropy when both alphas are 0)
+on every batch, and per image: for streamed image folders MAE's own transform list from timm's
+factory on each full-resolution file (``semmae.data.finetune_transforms``: RandomResizedCrop
+``eval.ft_crop_scale`` bicubic, flip, RandAugment ``eval.ft_auto_augment``, random erasing); for the
+small in-memory sets a batched random resized crop (``eval.ft_crop_scale``) + flip
+(``semmae.data.transforms.augment_batch``) and timm random erasing.
 
 Reproducibility: data order, crops, mixing and erasing are a pure function of (seed, epoch,
 batch, rank). timm's Mixup and RandomErasing draw from the global Python/NumPy/torch generators,
@@ -17,6 +20,7 @@ so they run inside a block that seeds those from the batch key and restores them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -35,6 +39,7 @@ from torch import nn
 from semmae import runtime
 from semmae.config import Config
 from semmae.data import iterate_batches
+from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, make_plan
@@ -159,13 +164,16 @@ class FinetuneBatches:
         bs, seed, d = self.cfg.eval.ft_batch_size, self.cfg.train.seed, self.cfg.data
         perm = torch.randperm(len(self.dataset), generator=runtime.step_generator(seed, 11, epoch))
         shard = perm[: per_epoch * bs * self.world][self.rank :: self.world][start * bs :]
+        if self.dataset.streamed:
+            yield from self._streamed_epoch(epoch, shard, start)
+            return
         batches = iterate_batches(self.dataset, shard, bs, num_workers=d.num_workers, drop_last=True)
         for i, (images_u8, targets, _) in enumerate(batches, start=start):
             gen = runtime.step_generator(seed, 12, epoch, i, self.rank)
             images, _ = augment_batch(
                 images_u8.to(self.device, non_blocking=True),
                 out_size=self.out_size,
-                scale=tuple(d.crop_scale),
+                scale=tuple(self.cfg.eval.ft_crop_scale),
                 ratio=tuple(d.crop_ratio),
                 hflip=d.hflip,
                 generator=gen,
@@ -175,6 +183,33 @@ class FinetuneBatches:
                 if self.erase is not None:
                     images = self.erase(images)
                 if self.mixup is not None:
+                    images, targets = self.mixup(images, targets)
+            yield images, targets
+
+    def _image_seeds(self, epoch: int, i: int) -> tuple[torch.Generator, torch.Tensor]:
+        """Batch ``i``'s generator, advanced past one transform seed per image (B,)."""
+        gen = runtime.step_generator(self.cfg.train.seed, 12, epoch, i, self.rank)
+        return gen, torch.randint(2**62, (self.cfg.eval.ft_batch_size,), generator=gen)
+
+    def _streamed_epoch(
+        self, epoch: int, shard: torch.Tensor, start: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Image folders: MAE's timm transform per full-resolution file, then mixup per batch."""
+        bs = self.cfg.eval.ft_batch_size
+        data = dataclasses.replace(self.cfg.data, image_size=self.out_size, mean=self.mean, std=self.std)
+        plan = (
+            (shard[k * bs : (k + 1) * bs], self._image_seeds(epoch, start + k)[1])
+            for k in range(len(shard) // bs)
+        )
+        batches = iterate_finetune(
+            self.dataset, plan, finetune_transform(data, self.cfg.eval),
+            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        for i, (images, targets, _) in enumerate(batches, start=start):
+            gen, _ = self._image_seeds(epoch, i)
+            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
+            if self.mixup is not None:
+                with seeded_global_rng(int(torch.randint(2**62, (1,), generator=gen)), self.device):
                     images, targets = self.mixup(images, targets)
             yield images, targets
 
