@@ -267,7 +267,10 @@ class EvalConfig:
         linear_protocol: ``fast`` (the lr grid on cached centre-crop features above) or ``mae``
             (MAE's probe: RandomResizedCrop + flip every epoch, BatchNorm(affine=False) + linear
             head on the frozen CLS token, LARS, lr = ``linear_blr`` x batch / 256, trained on the
-            whole train split, scored on test).
+            whole train split, scored on test). With ``mae``, ``linear_batch_size`` is the
+            effective batch over all processes, reached by accumulating micro-batches of
+            ``batch_size``; ``linear_epochs``, ``linear_warmup_epochs`` and ``linear_weight_decay``
+            apply to both protocols.
         linear_blr: base lr of the ``mae`` probe (MAE: 0.1 at batch 16384).
         linear_crop_scale: random-resized-crop area range of the ``mae`` probe (MAE: [0.08, 1]).
     """
