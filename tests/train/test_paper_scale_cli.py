@@ -14,7 +14,7 @@ JPEGs is written with the benchmark's own writer. Every command goes through the
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -46,9 +46,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("SEMMAE_PAPER_FOLDER")
     if given:
         return Path(given)
-    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "benchmarks" / "bench_data.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # importable by name: its writer pool pickles it
+    try:
+        bench = importlib.import_module("bench_data")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     root = tmp_path_factory.mktemp("jpegs")
     bench.write_folder(root, 60, ((500, 375), (375, 500)), workers=2)
     return root
