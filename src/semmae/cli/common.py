@@ -27,3 +27,22 @@ def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume
 def load_config(args: argparse.Namespace) -> config_lib.Config:
     """The validated config from ``--config`` and the positional overrides."""
     return config_lib.load(args.config, list(args.overrides))
+
+
+def check_out(
+    args: argparse.Namespace, cfg: config_lib.Config | None = None, *inputs: tuple[str, str | None]
+) -> None:
+    """Before anything runs: refuse ``--out --overwrite`` when ``--out`` holds an input of the command.
+
+    The inputs are ``--config``, the files ``cfg`` names (``data.root``, ``masking.parts``,
+    ``parts.backbone``) and ``inputs``, ``(what, path)`` pairs such as ``("the --checkpoint", path)``.
+
+    Raises:
+        RunDirError: ``--out`` is, or contains, one of the inputs.
+    """
+    if not getattr(args, "overwrite", False):
+        return
+    from semmae.engine.rundir import check_out_holds_no_inputs, config_inputs
+
+    named = [("the --config file", getattr(args, "config", None)), *inputs]
+    check_out_holds_no_inputs(args.out, [*named, *config_inputs(cfg).items()])

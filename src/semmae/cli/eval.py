@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args
+from semmae.cli.common import add_config_args, check_out
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
@@ -114,6 +114,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
     else:
         from semmae.eval.finetune import run_finetune
 
+        check_out(args, cfg, ("the --checkpoint", args.checkpoint))
         result = run_finetune(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
         if "interrupted" in result:
             sig = result["interrupted"]

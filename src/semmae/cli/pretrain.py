@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 
-from semmae.cli.common import add_config_args, load_config
+from semmae.cli.common import add_config_args, check_out, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     from semmae.runtime import is_main
 
     cfg = load_config(args)
+    check_out(args, cfg)
     summary = run_pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if summary.get("interrupted_by") is not None:
         sig = summary["interrupted_by"]
