@@ -104,17 +104,22 @@ def _is_toolkit_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and any((path / name).exists() for name in _LEGACY_EVIDENCE)
 
 
+def _is_temp(path: Path) -> bool:
+    return fnmatch.fnmatch(path.name, TEMP_PATTERN) and path.is_file() and not path.is_symlink()
+
+
 def _only_a_failed_start(path: Path) -> bool:
     """True when ``path`` holds nothing worth keeping: the toolkit's own ``config.yaml`` (marked),
-    the marker, the lock, empty sub-directories and stale temp files (a start that died early)."""
+    the marker, the lock, sub-directories that are empty or hold only stale temp files, and stale
+    temp files (a start that died before its first checkpoint)."""
     marked = (path / MARKER).is_file()
     for entry in path.iterdir():
         name = entry.name
-        if name in (MARKER, LOCK_NAME) or fnmatch.fnmatch(name, TEMP_PATTERN):
+        if name in (MARKER, LOCK_NAME) or _is_temp(entry):
             continue
         if name == "config.yaml" and marked:
             continue
-        if entry.is_dir() and not entry.is_symlink() and not any(entry.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and all(_is_temp(e) for e in entry.iterdir()):
             continue
         return False
     return True

@@ -152,8 +152,10 @@ def infer_arch(
             f"checkpoint {where} is not a square-patch ViT with a class token and position embeddings "
             f"for it (pos_embed has {num_pos} positions)"
         )
-    heads = hint.get("num_heads") or _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
-    ratio = hint.get("mlp_ratio") or hidden / dim
+    heads = hint.get("num_heads")
+    if heads is None:
+        heads = _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
+    ratio = hidden / dim if hint.get("mlp_ratio") is None else hint["mlp_ratio"]
     if isinstance(heads, bool) or not isinstance(heads, (int, float)) or heads != int(heads) or heads < 1:
         raise CheckpointError(f"checkpoint {where} gives num_heads={heads!r}; it must be a positive integer")
     if dim % int(heads):
