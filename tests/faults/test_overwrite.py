@@ -156,3 +156,12 @@ def test_a_symlink_is_never_followed(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="link"):
         prepare_run_dir(run, None, resume=False, overwrite=True)
     assert (elsewhere / "keep.txt").read_text() == "x"
+
+
+def test_resume_into_a_foreign_directory_writes_nothing(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    with pytest.raises(RunDirError, match="holds no semmae run to resume"):
+        prepare_run_dir(mine, config_lib.load(None, TOY), resume=True, overwrite=False)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]

@@ -52,7 +52,7 @@ STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "r
 PART_MAP_NAMES = frozenset({"parts_train.npy", "parts_test.npy", "oracle_train.npy"})
 TEMP_PATTERN = ".*.tmp"  # atomic writes: ``.NAME.<random>.tmp`` next to NAME
 # Evidence that a directory without a marker is a run written before markers existed.
-_LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json")
+_LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json", *sorted(STAGE_DIRS))
 
 
 def _is_part_map_manifest(path: Path) -> bool:
@@ -231,6 +231,11 @@ def _prepare_locked(
         raise RunDirError(
             f"output directory {str(path)!r} is not empty; pass --resume to continue it or "
             "--overwrite to replace it"
+        )
+    elif resume and not fresh and not _is_toolkit_dir(path):
+        raise RunDirError(
+            f"output directory {str(path)!r} holds no semmae run to resume (no {MARKER} marker, no checkpoint); "
+            "choose another --out"
         )
     elif resume and fresh:
         log.info("nothing to resume in %s (no checkpoint yet): starting from scratch", path)
