@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from semmae import config as config_lib
-from semmae.cli.main import build_parser, main, parse_args
+from semmae.cli.main import build_parser, main, os_error_message, parse_args
+from semmae.engine import rundir
 from semmae.engine.lock import release_run_lock
 from semmae.engine.rundir import MARKER, prepare_run_dir
 from semmae.models.encoder import ViTEncoder
@@ -151,3 +154,27 @@ def test_stale_temp_files_go_when_a_run_is_resumed(tmp_path: Path) -> None:
     (run / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"")
     prepare_run_dir(run, None, resume=True, overwrite=False)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize(
+    ("code", "needle"),
+    [(errno.EDQUOT, "quota exceeded"), (errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied"),
+     (errno.EROFS, "read-only file system")],
+)  # fmt: skip
+def test_a_write_refused_at_start_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys, monkeypatch, code: int, needle: str
+) -> None:
+    def refuse(path: Path, text: str) -> None:
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(rundir, "_write_atomic", refuse)
+    err = _one_line(capsys, ["pretrain", "--out", str(tmp_path / "run"), *TOY], needle)
+    assert str(tmp_path / "run") in err
+    assert not (tmp_path / "run").exists()  # created by this start, so removed with it
+
+
+def test_other_os_errors_keep_their_traceback() -> None:
+    assert os_error_message(OSError(errno.ENOENT, "No such file", "x"), None, True) is None
+    line = os_error_message(OSError(errno.ENOSPC, "No space", None), "runs/a", True)
+    assert "'runs/a'" in line and "--resume" in line
+    assert "--resume" not in os_error_message(OSError(errno.ENOSPC, "No space", None), "f.onnx", False)

@@ -68,31 +68,42 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
-def os_error_message(exc: OSError, out: str | None) -> str | None:
-    """One line for a full or read-only file system, or None for other OS errors (bugs keep their trace)."""
-    where = exc.filename or out or "the output"
+def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | None:
+    """One line for a full or read-only file system, or None for other OS errors (bugs keep their trace).
+
+    Args:
+        exc: the error.
+        out: the command's ``--out``, named when the error carries no file name.
+        resumable: the command takes ``--resume`` (then the message says to use it).
+    """
+    where = repr(str(exc.filename or out or "the output"))
+    then = (
+        " then run again with --resume to continue from the last checkpoint"
+        if resumable
+        else " then run again"
+    )
     if exc.errno in _NO_SPACE:
         what = "quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
-        return (
-            f"cannot write {str(where)!r}: {what}; free some space (or choose another --out), then run "
-            "again with --resume to continue from the last checkpoint"
-        )
+        return f"cannot write {where}: {what}; free some space (or choose another --out),{then}"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {where}: read-only file system; choose an --out on a writable file system"
     if exc.errno in _NOT_WRITABLE:
-        what = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
-        return f"cannot write {str(where)!r}: {what}; choose an --out you can write to"
+        return f"permission denied on {where}; choose an --out you can write to (inputs must be readable)"
     return None
 
 
-def _one_line(exc: BaseException, out: str | None) -> str | None:
+def _one_line(exc: BaseException, args: argparse.Namespace) -> str | None:
     """The one-line message of an error the user can fix, or None for a bug (keeps its traceback)."""
+    out, resumable = getattr(args, "out", None), hasattr(args, "resume")
     if isinstance(exc, SemmaeError):
         return str(exc)
     if isinstance(exc, OSError):
-        return os_error_message(exc, out)
+        return os_error_message(exc, out, resumable)
     if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):
         return (
             f"writing a checkpoint under {str(out or '.')!r} failed (the disk is full or the file system "
-            "refused the write); free some space, then run again with --resume"
+            "refused the write); free some space,"
+            + (" then run again with --resume" if resumable else " then retry")
         )
     return None
 
@@ -111,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("semmae: interrupted", file=sys.stderr)
         return 130
     except (SemmaeError, OSError, RuntimeError) as exc:
-        message = _one_line(exc, getattr(args, "out", None))
+        message = _one_line(exc, args)
         if message is None:
             raise
         print(f"semmae: error: {message}", file=sys.stderr)
