@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 # torch.save reports a failed write as a RuntimeError from its zip writer, with no errno.
-_TORCH_WRITE_FAILED = ("PytorchStreamWriter", "inline_container", "unexpected pos", "file write failed")
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
