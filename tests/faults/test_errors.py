@@ -6,6 +6,9 @@ import errno
 import json
 import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from semmae.cli.main import build_parser, main, os_error_message, parse_args
 from semmae.engine import rundir
 from semmae.engine.lock import release_run_lock
 from semmae.engine.rundir import MARKER, prepare_run_dir
+from semmae.errors import RunDirError
 from semmae.models.encoder import ViTEncoder
 from semmae.models.export import timm_vit_kwargs
 
@@ -178,3 +182,59 @@ def test_other_os_errors_keep_their_traceback() -> None:
     line = os_error_message(OSError(errno.ENOSPC, "No space", None), "runs/a", True)
     assert "'runs/a'" in line and "--resume" in line
     assert "--resume" not in os_error_message(OSError(errno.ENOSPC, "No space", None), "f.onnx", False)
+
+
+def test_a_start_killed_before_its_first_checkpoint_runs_again(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    prepare_run_dir(run, config_lib.load(None, TOY), resume=False, overwrite=False)
+    release_run_lock(run)  # as if its process had been killed
+    (run / "metrics.jsonl").write_text('{"step": 99, "loss": 1.0}\n')
+    (run / "tb").mkdir()
+    (run / "tb" / "events.out.tfevents.1.host").write_bytes(b"\0")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / ".last.pt.k1ll.tmp").write_bytes(b"")
+    argv = [
+        "pretrain",
+        "--out",
+        str(run),
+        *TOY,
+        "train.batch_size=16",
+        "train.max_steps=2",
+        "train.log_every=1",
+    ]
+    assert main([*argv, "train.knn_every_epochs=-1", "train.image_every_epochs=0"]) == 0
+    capsys.readouterr()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 99 not in steps and 2 in steps
+    assert not list(run.rglob("*.tmp")) and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_run_with_a_checkpoint_is_never_cleared_without_asking(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    prepare_run_dir(run, None, resume=False, overwrite=False)
+    release_run_lock(run)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"ckpt")
+    with pytest.raises(RunDirError, match="not empty"):
+        prepare_run_dir(run, None, resume=False, overwrite=False)
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.slow
+def test_sigkill_before_the_first_checkpoint_then_a_plain_rerun(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "semmae", "pretrain", "--out", str(run), *TOY, "train.batch_size=16",
+            "train.knn_every_epochs=-1", "train.image_every_epochs=0", "train.log_every=1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*base, "data.toy_size=4096", "train.ckpt_every_steps=0"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (run / "metrics.jsonl").is_file():
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert (run / "metrics.jsonl").is_file() and not (run / "checkpoints" / "last.pt").exists()
+    done = subprocess.run([*base, "train.max_steps=2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2

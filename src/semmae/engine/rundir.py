@@ -50,6 +50,7 @@ FILE_DIRS: dict[str, tuple[str, ...]] = {
 STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "runs"})
 # Part-map files the pipeline and study write (an interrupted export may lack its manifest).
 PART_MAP_NAMES = frozenset({"parts_train.npy", "parts_test.npy", "oracle_train.npy"})
+EARLY_LOGS = ("metrics.jsonl", "tb", "images")  # written before a run's first checkpoint
 TEMP_PATTERN = ".*.tmp"  # atomic writes: ``.NAME.<random>.tmp`` next to NAME
 # Evidence that a directory without a marker is a run written before markers existed.
 _LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json", *sorted(STAGE_DIRS))
@@ -108,21 +109,46 @@ def _is_temp(path: Path) -> bool:
     return fnmatch.fnmatch(path.name, TEMP_PATTERN) and path.is_file() and not path.is_symlink()
 
 
+def _early_log(entry: Path) -> bool:
+    """A log a run writes before its first checkpoint: ``metrics.jsonl``, ``tb/``, ``images/``."""
+    if entry.is_symlink() or entry.name not in EARLY_LOGS:
+        return False
+    if entry.is_file():
+        return entry.name == "metrics.jsonl"
+    patterns = (*FILE_DIRS[entry.name], TEMP_PATTERN)
+    return all(e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in patterns) for e in entry.iterdir())
+
+
 def _only_a_failed_start(path: Path) -> bool:
-    """True when ``path`` holds nothing worth keeping: the toolkit's own ``config.yaml`` (marked),
-    the marker, the lock, sub-directories that are empty or hold only stale temp files, and stale
-    temp files (a start that died before its first checkpoint)."""
+    """True when ``path`` holds nothing worth keeping: a start that died before its first checkpoint.
+
+    That is the marker, the lock, the toolkit's own ``config.yaml`` and early logs (both only with
+    the marker), sub-directories that are empty or hold only stale temp files, and stale temp files.
+    """
     marked = (path / MARKER).is_file()
     for entry in path.iterdir():
-        name = entry.name
-        if name in (MARKER, LOCK_NAME) or _is_temp(entry):
+        if entry.name in (MARKER, LOCK_NAME) or _is_temp(entry):
             continue
-        if name == "config.yaml" and marked:
+        if marked and (entry.name == "config.yaml" or _early_log(entry)):
             continue
         if entry.is_dir() and not entry.is_symlink() and all(_is_temp(e) for e in entry.iterdir()):
             continue
         return False
     return True
+
+
+def _drop_early_logs(path: Path) -> None:
+    """Remove the logs of a start that never reached a checkpoint, so a new start begins clean."""
+    logs = [e for e in path.iterdir() if _early_log(e)]
+    if logs:
+        log.info(
+            "%s never reached a checkpoint; removing its logs (%s)", path, ", ".join(e.name for e in logs)
+        )
+    for entry in logs:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def has_checkpoint(path: str | Path) -> bool:
@@ -239,6 +265,8 @@ def _prepare_locked(
         )
     elif resume and fresh:
         log.info("nothing to resume in %s (no checkpoint yet): starting from scratch", path)
+    if fresh and not overwrite:
+        _drop_early_logs(path)
     remove_stale_temps(path)
     if not (path / MARKER).is_file():
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
