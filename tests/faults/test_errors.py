@@ -19,7 +19,7 @@ from semmae import config as config_lib
 from semmae.cli.main import build_parser, main, os_error_message, parse_args
 from semmae.engine import rundir
 from semmae.engine.lock import release_run_lock
-from semmae.engine.rundir import MARKER, prepare_run_dir
+from semmae.engine.rundir import MARKER, has_checkpoint, prepare_run_dir
 from semmae.errors import RunDirError
 from semmae.models.encoder import ViTEncoder
 from semmae.models.export import timm_vit_kwargs
@@ -157,7 +157,7 @@ def test_stale_temp_files_go_when_a_run_is_resumed(tmp_path: Path) -> None:
     (run / "checkpoints" / "last.pt").write_bytes(b"ckpt")
     (run / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"")
     prepare_run_dir(run, None, resume=True, overwrite=False)
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"] and has_checkpoint(run)
 
 
 @pytest.mark.parametrize(

@@ -152,14 +152,9 @@ def _drop_early_logs(path: Path) -> None:
 
 
 def has_checkpoint(path: str | Path) -> bool:
-    """Whether the run directory ``path`` holds something to resume from (its ``checkpoints/last.pt``,
-    or for a pipeline or study any stage checkpoint or completed stage)."""
-    p = Path(path)
-    return (p / "checkpoints" / "last.pt").is_file() or any(
-        (p / stage / marker).is_file()
-        for stage in STAGE_DIRS
-        for marker in ("checkpoints/last.pt", "DONE.json")
-    )
+    """Whether the run directory ``path`` holds ``checkpoints/last.pt``, i.e. a run ``--resume`` can
+    continue (trainers given ``resume=True`` start from scratch, as :func:`prepare_run_dir` logs, when not)."""
+    return (Path(path) / "checkpoints" / "last.pt").is_file()
 
 
 def config_inputs(cfg: config_lib.Config | None) -> dict[str, str | None]:
