@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, stopped_exit_code
+from semmae.cli.common import add_config_args, check_out, stopped_exit_code
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
@@ -112,6 +112,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
     else:
         from semmae.train.finetune import run_finetune
 
+        check_out(args, cfg, ("the --checkpoint", args.checkpoint))
         result = run_finetune(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
         command = f"semmae eval finetune --checkpoint {args.checkpoint} --out {args.out}"
         code = stopped_exit_code(result, command)
