@@ -401,7 +401,11 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text; give a YAML recipe") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {str(p)!r} could not be read ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0]
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None

@@ -111,6 +111,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r} must be at least 1, got {value}")
     if cfg.train.epochs < 0 or (cfg.train.max_steps is not None and cfg.train.max_steps < 1):
         raise ConfigError("config keys 'train.epochs' must be >= 0 and 'train.max_steps' >= 1")
+    if not all(s > 0 for s in cfg.data.std):
+        raise ConfigError(f"config key 'data.std' must hold positive values (it divides), got {cfg.data.std}")
+    for key in ("train.ckpt_every_steps", "train.warmup_epochs"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(getattr(cfg, section), name)}")
     if cfg.data.limit is not None and cfg.data.limit < 1:
         raise ConfigError(f"config key 'data.limit' must be at least 1, got {cfg.data.limit}")
     lo, hi = cfg.data.crop_scale if len(cfg.data.crop_scale) == 2 else (-1.0, -1.0)

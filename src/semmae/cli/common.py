@@ -53,3 +53,22 @@ def stopped_exit_code(result: dict[str, Any], command: str) -> int | None:
         file=sys.stderr,
     )
     return 128 + sig if sig > 0 else 1
+
+
+def check_out(
+    args: argparse.Namespace, cfg: config_lib.Config | None = None, *inputs: tuple[str, str | None]
+) -> None:
+    """Before anything runs: refuse ``--out --overwrite`` when ``--out`` holds an input of the command.
+
+    The inputs are ``--config``, the files ``cfg`` names (``data.root``, ``masking.parts``,
+    ``parts.backbone``) and ``inputs``, ``(what, path)`` pairs such as ``("the --checkpoint", path)``.
+
+    Raises:
+        RunDirError: ``--out`` is, or contains, one of the inputs.
+    """
+    if not getattr(args, "overwrite", False):
+        return
+    from semmae.engine.rundir import check_out_holds_no_inputs, config_inputs
+
+    named = [("the --config file", getattr(args, "config", None)), *inputs]
+    check_out_holds_no_inputs(args.out, [*named, *config_inputs(cfg).items()])

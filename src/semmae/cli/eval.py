@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, stopped_exit_code
+from semmae.cli.common import add_config_args, check_out, stopped_exit_code
 from semmae.errors import ConfigError
 
 _COMMANDS = {
@@ -118,6 +118,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
 
         if not args.out:
             raise ConfigError("eval.linear_protocol=mae trains a probe: pass --out DIR for its run directory")
+        check_out(args, cfg, ("the --checkpoint", args.checkpoint))
         result = run_linear_probe(
             cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite
         )
@@ -128,6 +129,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
     else:
         from semmae.train.finetune import run_finetune
 
+        check_out(args, cfg, ("the --checkpoint", args.checkpoint))
         result = run_finetune(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
         command = f"semmae eval finetune --checkpoint {args.checkpoint} --out {args.out}"
         code = stopped_exit_code(result, command)

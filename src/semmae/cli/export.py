@@ -22,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from semmae.cli.common import check_out
     from semmae.models.export import run_export
 
+    check_out(args, None, ("the --checkpoint", args.checkpoint))
     result = run_export(
         args.checkpoint, args.format, args.out, overwrite=args.overwrite, verify=not args.no_verify
     )

@@ -8,6 +8,7 @@ as one line on stderr and exit code 2, with no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -45,26 +46,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _OneLineParserError(Exception):
-    pass
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+# torch.save reports a failed write as a RuntimeError from its zip writer, with no errno.
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, accepting ``section.field=value`` overrides anywhere, also after options.
+
+    argparse fills a ``nargs="*"`` positional from one run of arguments only, so overrides split
+    by an option (``a=1 --out R b=2``) would leave ``b=2`` unrecognised; they are appended here.
+    """
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown or (overrides and not isinstance(getattr(args, "overrides", None), list)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | None:
+    """One line for a full or read-only file system, or None for other OS errors (bugs keep their trace).
+
+    Args:
+        exc: the error.
+        out: the command's ``--out``, named when the error carries no file name.
+        resumable: the command takes ``--resume`` (then the message says to use it).
+    """
+    where = repr(str(exc.filename or out or "the output"))
+    then = (
+        " then run again with --resume to continue from the last checkpoint"
+        if resumable
+        else " then run again"
+    )
+    if exc.errno in _NO_SPACE:
+        what = "quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+        return f"cannot write {where}: {what}; free some space (or choose another --out),{then}"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {where}: read-only file system; choose an --out on a writable file system"
+    if exc.errno in _NOT_WRITABLE:
+        return f"permission denied on {where}; choose an --out you can write to (inputs must be readable)"
+    return None
+
+
+def _one_line(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message of an error the user can fix, or None for a bug (keeps its traceback)."""
+    out, resumable = getattr(args, "out", None), hasattr(args, "resume")
+    if isinstance(exc, SemmaeError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return os_error_message(exc, out, resumable)
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):
+        return (
+            f"writing a checkpoint under {str(out or '.')!r} failed (the disk is full or the file system "
+            "refused the write); free some space,"
+            + (" then run again with --resume" if resumable else " then retry")
+        )
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (also used as ``sys.exit`` code by the script)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         code = args.func(args)
-    except SemmaeError as exc:
-        print(f"semmae: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("semmae: interrupted", file=sys.stderr)
         return 130
+    except (SemmaeError, OSError, RuntimeError) as exc:
+        message = _one_line(exc, args)
+        if message is None:
+            raise
+        print(f"semmae: error: {message}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from semmae.cli.common import add_config_args, load_config
+from semmae.cli.common import add_config_args, check_out, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from semmae.parts.train import run_parts_train
 
-    summary = run_parts_train(load_config(args), args.out, resume=args.resume, overwrite=args.overwrite)
+    cfg = load_config(args)
+    check_out(args, cfg)
+    summary = run_parts_train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary))
     return 0
 
@@ -76,6 +78,7 @@ def _export(args: argparse.Namespace) -> int:
     from semmae.parts.export import export_part_maps
     from semmae.runtime import is_main
 
+    check_out(args, None, ("the --run", args.run))
     manifest = export_part_maps(
         args.run,
         args.split,
@@ -97,7 +100,9 @@ def _show(args: argparse.Namespace) -> int:
 
     if Path(args.out).exists() and not args.overwrite:
         raise RunDirError(f"{args.out!r} exists; pass --overwrite to replace it")
-    path = render_part_map_file(args.maps, load_config(args).data, args.n, args.out)
+    cfg = load_config(args)
+    check_out(args, cfg, ("the --maps file", args.maps))
+    path = render_part_map_file(args.maps, cfg.data, args.n, args.out)
     print(f"wrote {path}")
     return 0
 
@@ -105,7 +110,9 @@ def _show(args: argparse.Namespace) -> int:
 def _from_masks(args: argparse.Namespace) -> int:
     from semmae.parts.export import maps_from_masks
 
-    manifest = maps_from_masks(load_config(args), args.split, args.grid, args.out, overwrite=args.overwrite)
+    cfg = load_config(args)
+    check_out(args, cfg)
+    manifest = maps_from_masks(cfg, args.split, args.grid, args.out, overwrite=args.overwrite)
     print(
         f"wrote {args.out}: {manifest.num_images} oracle maps, grid {manifest.grid}, K={manifest.num_parts}"
     )

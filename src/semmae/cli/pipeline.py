@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from semmae.cli.common import add_config_args, load_config
+from semmae.cli.common import add_config_args, check_out, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pipeline(args: argparse.Namespace) -> int:
     from semmae.pipeline.stages import run_pipeline
 
-    records = run_pipeline(load_config(args), args.out, resume=args.resume, overwrite=args.overwrite)
+    cfg = load_config(args)
+    check_out(args, cfg)
+    records = run_pipeline(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     report = records.get("report", {}).get("path")
     if report:
         print(f"report: {report} (and {report[:-3]}.html)")
@@ -45,6 +47,7 @@ def _study(args: argparse.Namespace) -> int:
     from semmae.pipeline.study import budget_overrides, run_study
 
     cfg = config_lib.load(args.config, budget_overrides(args.budget) + list(args.overrides))
+    check_out(args, cfg)
     table = run_study(cfg, args.out, budget=args.budget, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(table))
     return 0

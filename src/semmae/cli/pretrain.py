@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from semmae.cli.common import add_config_args, load_config, stopped_exit_code
+from semmae.cli.common import add_config_args, check_out, load_config, stopped_exit_code
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     from semmae.train.pretrain import run_pretrain
 
     cfg = load_config(args)
+    check_out(args, cfg)
     summary = run_pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     code = stopped_exit_code(summary, f"semmae pretrain --out {args.out}")
     if code is not None:

@@ -1,49 +1,337 @@
-"""Run directories (DESIGN.md §4): refuse to clobber, save the resolved config."""
+"""Run directories (DESIGN.md §4): a marker, a lock, no clobbering, the resolved config.
+
+Every run directory the toolkit creates holds a small ``.semmae-run`` marker and, while a process
+uses it, the lock file of :mod:`semmae.engine.lock`. ``--overwrite`` deletes only what the toolkit
+writes into run directories (:data:`RUN_FILES`, :data:`FILE_DIRS`, part-map files, stage
+sub-directories) and refuses, before deleting anything, a directory holding anything else or one
+that holds an input of the same command.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import fnmatch
+import json
+import logging
+import os
 import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import yaml
+
+from semmae import __version__
 from semmae import config as config_lib
+from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from semmae.errors import RunDirError
 from semmae.runtime import barrier, is_main
 
+log = logging.getLogger(__name__)
 
-def prepare_run_dir(out: str | Path, cfg: config_lib.Config | None, *, resume: bool, overwrite: bool) -> Path:
-    """Create or reuse ``out`` as a run directory.
+# What a command reads, as (what, path) pairs: ("--checkpoint", "runs/mae/checkpoints/last.pt").
+Inputs = Sequence[tuple[str, "str | os.PathLike[str] | None"]]
 
-    A non-empty directory is refused unless ``resume`` (continue the run in it) or ``overwrite``
-    (delete it first). The resolved config is written to ``config.yaml`` (kept on resume).
+MARKER = ".semmae-run"
+# Files the toolkit writes at any level of a run tree (run, pipeline, study and stage directories).
+RUN_FILES = frozenset({
+    MARKER, LOCK_NAME, "config.yaml", "metrics.jsonl", "summary.json", "results.jsonl", "DONE.json",
+    "PARTIAL.json", "partseg.json", "eval.json", "report.md", "report.html", "study.json", "study.md",
+})  # fmt: skip
+# Sub-directories holding only files of one kind.
+FILE_DIRS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("*.pt",),
+    "tb": ("events.out.tfevents.*",),
+    "images": ("*.png",),
+    "figures": ("*.png",),
+}
+# Sub-directories of pipelines and studies (stages, the study's shared prefix and its runs).
+STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "runs"})
+# Part-map files the pipeline and study write (an interrupted export may lack its manifest).
+PART_MAP_NAMES = frozenset({"parts_train.npy", "parts_test.npy", "oracle_train.npy"})
+EARLY_LOGS = ("metrics.jsonl", "tb", "images")  # written before a run's first checkpoint
+TEMP_PATTERN = ".*.tmp"  # atomic writes: ``.NAME.<random>.tmp`` next to NAME
+# Evidence that a directory without a marker is a run written before markers existed.
+_LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json", *sorted(STAGE_DIRS))
+
+
+def _is_part_map_manifest(path: Path) -> bool:
+    try:
+        return "format_version" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _known_file(path: Path) -> bool:
+    name = path.name
+    if name in RUN_FILES or fnmatch.fnmatch(name, TEMP_PATTERN):
+        return True
+    if name.endswith(".npy"):
+        return name in PART_MAP_NAMES or _is_part_map_manifest(path.with_suffix(".json"))
+    return name.endswith(".json") and _is_part_map_manifest(path)
+
+
+def first_foreign_entry(path: Path) -> Path | None:
+    """The first entry under the directory ``path`` that the toolkit does not write, or None.
+
+    Symbolic links are always foreign: deleting through one could reach anywhere.
+    """
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_dir():
+            patterns = FILE_DIRS.get(entry.name)
+            if patterns is not None:
+                for sub in sorted(entry.iterdir()):
+                    ok = sub.is_file() and not sub.is_symlink()
+                    if not (ok and any(fnmatch.fnmatch(sub.name, p) for p in (*patterns, TEMP_PATTERN))):
+                        return sub
+                continue
+            if entry.name in STAGE_DIRS or path.name == "runs" or (entry / MARKER).is_file():
+                found = first_foreign_entry(entry)
+                if found is not None:
+                    return found
+                continue
+            return entry
+        if not (entry.is_file() and _known_file(entry)):
+            return entry
+    return None
+
+
+def _is_toolkit_dir(path: Path) -> bool:
+    if (path / MARKER).is_file():
+        return True
+    return (path / "config.yaml").is_file() and any((path / name).exists() for name in _LEGACY_EVIDENCE)
+
+
+def _is_temp(path: Path) -> bool:
+    return fnmatch.fnmatch(path.name, TEMP_PATTERN) and path.is_file() and not path.is_symlink()
+
+
+def _early_log(entry: Path) -> bool:
+    """A log a run writes before its first checkpoint: ``metrics.jsonl``, ``tb/``, ``images/``."""
+    if entry.is_symlink() or entry.name not in EARLY_LOGS:
+        return False
+    if entry.is_file():
+        return entry.name == "metrics.jsonl"
+    patterns = (*FILE_DIRS[entry.name], TEMP_PATTERN)
+    return all(e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in patterns) for e in entry.iterdir())
+
+
+def _only_a_failed_start(path: Path) -> bool:
+    """True when ``path`` holds nothing worth keeping: a start that died before its first checkpoint.
+
+    That is the marker, the lock, the toolkit's own ``config.yaml`` and early logs (both only with
+    the marker), sub-directories that are empty or hold only stale temp files, and stale temp files.
+    """
+    marked = (path / MARKER).is_file()
+    for entry in path.iterdir():
+        if entry.name in (MARKER, LOCK_NAME) or _is_temp(entry):
+            continue
+        if marked and (entry.name == "config.yaml" or _early_log(entry)):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and all(_is_temp(e) for e in entry.iterdir()):
+            continue
+        return False
+    return True
+
+
+def _drop_early_logs(path: Path) -> None:
+    """Remove the logs of a start that never reached a checkpoint, so a new start begins clean."""
+    logs = [e for e in path.iterdir() if _early_log(e)]
+    if logs:
+        log.info(
+            "%s never reached a checkpoint; removing its logs (%s)", path, ", ".join(e.name for e in logs)
+        )
+    for entry in logs:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """Whether the run directory ``path`` holds ``checkpoints/last.pt``, i.e. a run ``--resume`` can
+    continue (trainers given ``resume=True`` start from scratch, as :func:`prepare_run_dir` logs, when not)."""
+    return (Path(path) / "checkpoints" / "last.pt").is_file()
+
+
+def config_inputs(cfg: config_lib.Config | None) -> dict[str, str | None]:
+    """Files and folders ``cfg`` makes a command read, by config key."""
+    if cfg is None:
+        return {}
+    return {
+        "data.root": cfg.data.root,
+        "masking.parts": cfg.masking.parts,
+        "parts.backbone": cfg.parts.backbone,
+    }
+
+
+def _input_path(spec: str | os.PathLike[str]) -> Path | None:
+    text = os.fspath(spec)
+    if not text or text.startswith("random:"):
+        return None
+    if text.startswith("timm:"):
+        text = text.partition("@")[2]
+    return Path(text).expanduser().resolve()
+
+
+def check_out_holds_no_inputs(out: str | Path, inputs: Inputs) -> None:
+    """Refuse an output path that is, or contains, something the same command reads.
+
+    Args:
+        out: the output directory or file.
+        inputs: ``(what, path)`` pairs: what the command reads, named by its option or config key.
+
+    Raises:
+        RunDirError: ``out`` equals or contains one of ``inputs``.
+    """
+    target = Path(out).expanduser().resolve()
+    for what, spec in inputs:
+        path = _input_path(spec) if spec else None
+        if path is not None and (path == target or target in path.parents):
+            raise RunDirError(
+                f"--out {str(out)!r} holds {what} {os.fspath(spec)!r}, which this command reads; "
+                "--overwrite would delete it: choose another --out"
+            )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file and ``os.replace``: never a torn or 0-byte file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temp files left by atomic writes of a killed process (``.last.pt.*.tmp``, ...)."""
+    for folder in (path, path / "checkpoints"):
+        if folder.is_dir():
+            for tmp in folder.glob(TEMP_PATTERN):
+                if tmp.is_file() and not tmp.is_symlink():
+                    log.info("removing %s, left by an interrupted write", tmp)
+                    tmp.unlink()
+
+
+def _clear(path: Path, inputs: Inputs) -> None:
+    """Delete the toolkit's entries in ``path`` for ``--overwrite``, refusing first if anything is not."""
+    check_out_holds_no_inputs(path, inputs)
+    entries = [e for e in path.iterdir() if e.name != LOCK_NAME]
+    if not entries:
+        return
+    foreign = first_foreign_entry(path) if _is_toolkit_dir(path) else next(iter(sorted(entries)))
+    if foreign is not None:
+        raise RunDirError(
+            f"refusing to --overwrite {str(path)!r}: it holds {str(foreign)!r}, which semmae did not write; "
+            "move it away or choose another --out"
+        )
+    for lock in path.rglob(LOCK_NAME):  # a stage directory another process is using
+        if lock.parent != path:
+            acquire_run_lock(lock.parent)
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _prepare_locked(
+    path: Path, cfg: config_lib.Config | None, resume: bool, overwrite: bool, inputs: Inputs
+) -> None:
+    """The checks and writes of :func:`prepare_run_dir`, with ``path`` existing and locked."""
+    fresh = _only_a_failed_start(path)
+    if overwrite:
+        _clear(path, inputs)
+    elif not fresh and not resume:
+        raise RunDirError(
+            f"output directory {str(path)!r} is not empty; pass --resume to continue it or "
+            "--overwrite to replace it"
+        )
+    elif resume and not fresh and not _is_toolkit_dir(path):
+        raise RunDirError(
+            f"output directory {str(path)!r} holds no semmae run to resume (no {MARKER} marker, no checkpoint); "
+            "choose another --out"
+        )
+    elif resume and fresh:
+        log.info("nothing to resume in %s (no checkpoint yet): starting from scratch", path)
+    if fresh and not overwrite:
+        _drop_early_logs(path)
+    remove_stale_temps(path)
+    if not (path / MARKER).is_file():
+        stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        _write_atomic(path / MARKER, json.dumps({"semmae": __version__, "created": stamp}) + "\n")
+    if cfg is not None and not (resume and not fresh and (path / "config.yaml").exists()):
+        _write_atomic(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _undo_start(path: Path, exc: BaseException, *, took: bool, lock_existed: bool, created: bool) -> None:
+    """After a refused or failed start: leave ``path`` as it was (no lock file, no new directory)."""
+    if took:
+        release_run_lock(path, remove=not lock_existed)
+    elif not lock_existed and not isinstance(exc, RunDirError):  # a lock file we could not write
+        with contextlib.suppress(OSError):
+            (path / LOCK_NAME).unlink()
+    if created:
+        with contextlib.suppress(OSError):
+            for name in (MARKER, "config.yaml"):
+                (path / name).unlink(missing_ok=True)
+            path.rmdir()
+
+
+def prepare_run_dir(
+    out: str | Path,
+    cfg: config_lib.Config | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    inputs: Mapping[str, str | os.PathLike[str] | None] | Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """Create or reuse ``out`` as a run directory, locked by this process until it exits.
+
+    An empty directory, or one left by a start that failed before its first checkpoint (see
+    :func:`_only_a_failed_start`), is used as is; any other is refused unless ``resume`` (continue
+    the run in it) or ``overwrite`` (delete the toolkit's files in it; refused when it holds any
+    other file or any of ``inputs``). The resolved config is written atomically to ``config.yaml``
+    (kept on resume). Only the main rank touches the file system.
 
     Args:
         out: the run directory.
-        cfg: resolved config to save, or None.
+        cfg: resolved config to save, or None; the files it names are inputs too.
         resume: continue a run already in ``out``.
-        overwrite: wipe ``out`` first.
+        overwrite: replace the run in ``out``.
+        inputs: further files or folders the caller reads (by name, or a plain list).
 
     Returns:
         The directory as a Path.
 
     Raises:
-        RunDirError: non-empty without resume/overwrite, or both flags given, or not a directory.
+        RunDirError: not empty without resume/overwrite, both flags, not a directory, in use by
+            another process, or ``overwrite`` refused.
+        OSError: the file system refuses a write (read-only, full).
     """
     path = Path(out)
     if resume and overwrite:
         raise RunDirError("use either --resume or --overwrite, not both")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"output path {str(path)!r} exists and is not a directory")
-    non_empty = path.is_dir() and any(path.iterdir())
-    if non_empty and not (resume or overwrite):
-        raise RunDirError(
-            f"output directory {str(path)!r} is not empty; pass --resume to continue it or "
-            "--overwrite to replace it"
-        )
     if is_main():
-        if non_empty and overwrite:
-            shutil.rmtree(path)
+        named = list(inputs.items()) if isinstance(inputs, Mapping) else [("an input", p) for p in inputs]
+        named += [(k, v) for k, v in config_inputs(cfg).items() if v]
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
-        if cfg is not None and not (resume and (path / "config.yaml").exists()):
-            config_lib.dump(cfg, path / "config.yaml")
+        lock_existed = (path / LOCK_NAME).exists()
+        took = False
+        try:
+            took = acquire_run_lock(path)
+            _prepare_locked(path, cfg, resume, overwrite, named)
+        except BaseException as exc:
+            _undo_start(path, exc, took=took, lock_existed=lock_existed, created=created)
+            raise
     barrier()
     return path

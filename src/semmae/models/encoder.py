@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -151,16 +152,38 @@ def infer_arch(
             f"checkpoint {where} is not a square-patch ViT with a class token and position embeddings "
             f"for it (pos_embed has {num_pos} positions)"
         )
-    heads = hint.get("num_heads") or _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
-    ratio = float(hint.get("mlp_ratio") or hidden / dim)
+    heads = hint.get("num_heads")
+    if heads is None:
+        heads = _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
+    ratio = hidden / dim if hint.get("mlp_ratio") is None else hint["mlp_ratio"]
+    if isinstance(heads, bool) or not isinstance(heads, (int, float)) or heads != int(heads) or heads < 1:
+        raise CheckpointError(f"checkpoint {where} gives num_heads={heads!r}; it must be a positive integer")
+    if dim % int(heads):
+        raise CheckpointError(
+            f"checkpoint {where} gives num_heads={heads!r}, which does not divide its width {dim}; "
+            "correct the head count it records (e.g. timm_kwargs)"
+        )
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, (int, float))
+        or not math.isfinite(ratio)
+        or ratio <= 0
+    ):
+        raise CheckpointError(f"checkpoint {where} gives mlp_ratio={ratio!r}; it must be a positive number")
     return dict(img_size=side * patch, patch_size=patch, in_chans=chans, embed_dim=dim, depth=depth,
-                num_heads=int(heads), mlp_ratio=ratio)  # fmt: skip
+                num_heads=int(heads), mlp_ratio=float(ratio))  # fmt: skip
 
 
 def _build(state: dict[str, torch.Tensor], where: str, hint: dict[str, Any] | None) -> ViTEncoder:
     arch = infer_arch(state, where, hint)
     enc = ViTEncoder(**arch)
-    missing, unexpected = enc.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = enc.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that disagree with the recorded arch (e.g. its mlp_ratio)
+        last = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"checkpoint {where} does not fit the architecture it records: {last}"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {where} holds a ViT variant this encoder does not support (missing {missing[:4]}, "
@@ -195,6 +218,51 @@ def _timm_heads(name: str) -> dict[str, Any]:
     return {"num_heads": attn.num_heads, "mlp_ratio": mlp.fc1.out_features / mlp.fc1.in_features}
 
 
+def _json_metadata(meta: dict[str, str], key: str, where: str, kind: type) -> Any:
+    """A safetensors metadata entry parsed as JSON of type ``kind`` (None allowed).
+
+    Raises:
+        CheckpointError: not JSON, or JSON of another type.
+    """
+    try:
+        value = json.loads(meta[key])
+    except (json.JSONDecodeError, TypeError):
+        raise CheckpointError(
+            f"checkpoint {where} has {key!r} metadata that is not JSON; re-export it with `semmae export`"
+        ) from None
+    if value is not None and not isinstance(value, kind):
+        raise CheckpointError(
+            f"checkpoint {where} has {key!r} metadata of the wrong kind ({type(value).__name__}, "
+            f"expected {kind.__name__}); re-export it with `semmae export`"
+        )
+    return value
+
+
+def check_normalization(mean: Any, std: Any, in_chans: int, where: str) -> tuple[list[float], list[float]]:
+    """The recorded input normalisation as float lists, if it fits a ``in_chans``-channel encoder.
+
+    Raises:
+        CheckpointError: not lists of finite numbers, not 1 or ``in_chans`` values each, or std <= 0.
+    """
+
+    def numbers(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+        )
+
+    if (
+        not (numbers(mean) and numbers(std))
+        or len(mean) not in (1, in_chans)
+        or len(std) != len(mean)
+        or not all(s > 0 for s in std)
+    ):
+        raise CheckpointError(
+            f"checkpoint {where} records normalisation mean={mean!r} std={std!r}, which does not fit its "
+            f"{in_chans}-channel encoder (1 or {in_chans} numbers each, std > 0); correct or drop them"
+        )
+    return [float(x) for x in mean], [float(x) for x in std]
+
+
 def _read_file(
     path: Path, where: str, map_location: str | torch.device
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -209,8 +277,9 @@ def _read_file(
                 meta = f.metadata() or {}
         except Exception as exc:  # noqa: BLE001 - a corrupt file is the user's to fix
             raise CheckpointError(f"checkpoint {where} could not be read ({type(exc).__name__})") from None
-        kwargs = json.loads(meta["timm_kwargs"]) if "timm_kwargs" in meta else None
-        norm = {k: json.loads(meta[k]) for k in ("mean", "std", "data") if k in meta}
+        kwargs = _json_metadata(meta, "timm_kwargs", where, dict) if "timm_kwargs" in meta else None
+        norm = {k: _json_metadata(meta, k, where, list if k != "data" else dict) for k in ("mean", "std", "data")
+                if k in meta}  # fmt: skip
         return state, {"kind": "timm", "arch": kwargs, "config": None, "norm": norm}
     obj = load_checkpoint(path, map_location=map_location)
     if "kind" in obj and isinstance(obj.get("model"), dict):
@@ -234,9 +303,17 @@ def load_encoder(spec: str, *, map_location: str | torch.device = "cpu") -> tupl
         (lists of floats) and ``data`` (the checkpoint's data config dict, or None).
 
     Raises:
-        CheckpointError: missing or unreadable file, or one that holds no ViT encoder.
+        CheckpointError: missing or unreadable file, one that holds no ViT encoder, or part
+            checkpoints that name each other as backbone.
         ConfigError: unknown ``random:`` preset.
     """
+    return _load_encoder(spec, map_location, ())
+
+
+def _load_encoder(
+    spec: str, map_location: str | torch.device, chain: tuple[Path, ...]
+) -> tuple[ViTEncoder, dict[str, Any]]:
+    """:func:`load_encoder`, with ``chain``: the part checkpoints that led here via their backbone."""
     if spec.startswith("random:"):
         enc, meta = _random_encoder(spec[len("random:") :])
         return enc.to(map_location), meta
@@ -251,22 +328,28 @@ def load_encoder(spec: str, *, map_location: str | torch.device = "cpu") -> tupl
     where = repr(str(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {where} not found")
+    if path.resolve() in chain:
+        loop = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise CheckpointError(
+            f"part checkpoints name each other as parts.backbone ({loop}); point parts.backbone at an "
+            "encoder checkpoint (e.g. an MAE run's checkpoints/last.pt)"
+        )
     state, desc = _read_file(path, where, map_location)
     backbone = (
         ((desc["config"] or {}).get("parts") or {}).get("backbone") if desc["kind"] == "parts" else None
     )
-    if backbone and not any(k.endswith("patch_embed.proj.weight") for k in state) and backbone != spec:
+    if backbone and not any(k.endswith("patch_embed.proj.weight") for k in state):
         # A part learner that stored only its own head: its frozen encoder is the backbone it names.
         log.info("checkpoint %s holds no encoder weights; loading its backbone %s", where, backbone)
-        enc, meta = load_encoder(backbone, map_location=map_location)
+        enc, meta = _load_encoder(backbone, map_location, (*chain, path.resolve()))
         return enc, {**meta, "via": spec}
     enc_state = _encoder_state(state, where)
     enc = _build(enc_state, where, {**hint, **(desc["arch"] or {})}).to(map_location)
     data = (desc["config"] or {}).get("data") if isinstance(desc["config"], dict) else None
     mean, std = default_normalization(enc.in_chans)
     norm = desc.get("norm") or {}
-    if norm.get("mean") and norm.get("std"):
-        mean, std = list(norm["mean"]), list(norm["std"])
+    if norm.get("mean") is not None or norm.get("std") is not None:
+        mean, std = check_normalization(norm.get("mean"), norm.get("std"), enc.in_chans, where)
     elif data and data.get("mean") and data.get("std"):
-        mean, std = list(data["mean"]), list(data["std"])
+        mean, std = check_normalization(data["mean"], data["std"], enc.in_chans, where)
     return enc, dict(source=spec, kind=desc["kind"], mean=mean, std=std, data=data or norm.get("data"))

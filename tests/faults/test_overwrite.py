@@ -1,0 +1,167 @@
+"""``--overwrite`` deletes only what semmae wrote, and never an input of the same command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from semmae import config as config_lib
+from semmae.cli.main import main
+from semmae.engine.lock import release_run_lock
+from semmae.engine.rundir import MARKER, first_foreign_entry, prepare_run_dir
+from semmae.errors import RunDirError
+from semmae.models import build_mae
+
+TOY = [
+    "data.name=toy_parts", "data.image_size=28", "data.in_chans=1", "data.toy_size=32", "data.mean=[0.27]",
+    "data.std=[0.18]", "model.name=mae_debug", "train.device=cpu", "train.progress_bar=false",
+    "train.knn_every_epochs=-1", "train.batch_size=16", "train.image_every_epochs=0",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for directories)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("semmae: error: ") and needle in err[0], err
+    return err[0]
+
+
+def _toolkit_run(root: Path) -> Path:
+    """A run directory with what a finished pretraining leaves (marker, config, checkpoint, logs)."""
+    cfg = config_lib.load(None, TOY)
+    prepare_run_dir(root, cfg, resume=False, overwrite=False)
+    release_run_lock(root)
+    mae = build_mae("mae_debug")
+    (root / "checkpoints").mkdir()
+    torch.save({"kind": "mae", "model": mae.state_dict(), "arch": mae.arch, "config": cfg.to_dict()},
+               root / "checkpoints" / "last.pt")  # fmt: skip
+    (root / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (root / "summary.json").write_text("{}\n")
+    (root / "tb").mkdir()
+    (root / "tb" / "events.out.tfevents.1.host").write_bytes(b"\x00")
+    (root / "images").mkdir()
+    (root / "images" / "recon_epoch_0001.png").write_bytes(b"png")
+    return root
+
+
+def test_a_foreign_directory_is_refused_and_kept_byte_identical(tmp_path: Path, capsys) -> None:
+    mine = tmp_path / "thesis"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.tex").write_text("\\documentclass{article}")
+    (mine / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    before = _snapshot(mine)
+    _refused(capsys, ["pretrain", "--out", str(mine), "--overwrite", *TOY], "semmae did not write")
+    assert _snapshot(mine) == before
+
+
+def test_a_foreign_file_inside_a_run_is_refused(tmp_path: Path, capsys) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    (run / "checkpoints" / "notes.txt").write_text("keep me")
+    before = _snapshot(run)
+    err = _refused(capsys, ["pretrain", "--out", str(run), "--overwrite", *TOY], "semmae did not write")
+    assert "notes.txt" in err and _snapshot(run) == before
+
+
+def test_out_holding_the_config_file_is_refused(tmp_path: Path, capsys) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    before = _snapshot(run)
+    argv = ["pretrain", "--config", str(run / "config.yaml"), "--out", str(run), "--overwrite", *TOY]
+    _refused(capsys, argv, "holds the --config file")
+    assert _snapshot(run) == before
+
+
+def test_out_holding_the_checkpoint_being_read_is_refused(tmp_path: Path, capsys) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    before = _snapshot(run)
+    ckpt = str(run / "checkpoints" / "last.pt")
+    argv = ["eval", "finetune", "--checkpoint", ckpt, "--out", str(run), "--overwrite", *TOY]
+    _refused(capsys, argv, "holds the --checkpoint")
+    assert _snapshot(run) == before
+    out = str(run / "checkpoints" / "last.pt")
+    _refused(
+        capsys,
+        ["export", "--checkpoint", ckpt, "--format", "timm", "--out", out, "--overwrite"],
+        "--checkpoint",
+    )
+    assert _snapshot(run) == before
+
+
+def test_out_holding_the_backbone_is_refused(tmp_path: Path, capsys) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    before = _snapshot(run)
+    backbone = f"parts.backbone={run / 'checkpoints' / 'last.pt'}"
+    _refused(
+        capsys, ["parts", "train", "--out", str(run), "--overwrite", *TOY, backbone], "holds parts.backbone"
+    )
+    assert _snapshot(run) == before
+
+
+def test_library_callers_name_their_inputs(tmp_path: Path) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    before = _snapshot(run)
+    cfg = config_lib.load(None, TOY)
+    cfg.masking.parts = str(run / "maps.npy")  # inputs named by the config are checked too
+    with pytest.raises(RunDirError, match="holds masking.parts"):
+        prepare_run_dir(run, cfg, resume=False, overwrite=True)
+    with pytest.raises(RunDirError, match="holds the encoder"):
+        prepare_run_dir(run, None, resume=False, overwrite=True, inputs={"the encoder": run / "checkpoints"})
+    assert _snapshot(run) == before
+
+
+def test_a_toolkit_run_is_replaced(tmp_path: Path, capsys) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    stage = run / "export"  # a pipeline stage: part maps with their manifest
+    stage.mkdir()
+    (stage / "parts_train.npy").write_bytes(b"\x93NUMPY")
+    (stage / "parts_train.json").write_text(json.dumps({"format_version": 1}))
+    (stage / "DONE.json").write_text("{}")
+    assert first_foreign_entry(run) is None
+    assert main(["pretrain", "--out", str(run), "--overwrite", *TOY, "train.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert not stage.exists() and (run / MARKER).is_file()
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
+
+
+def test_a_directory_without_marker_or_run_files_is_not_a_run(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("train:\n  epochs: 3\n")  # the user's own, not a run's
+    with pytest.raises(RunDirError, match="semmae did not write"):
+        prepare_run_dir(mine, None, resume=False, overwrite=True)
+    assert (mine / "config.yaml").read_text() == "train:\n  epochs: 3\n"
+
+
+def test_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("x")
+    (run / "images" / "link").symlink_to(elsewhere)
+    with pytest.raises(RunDirError, match="link"):
+        prepare_run_dir(run, None, resume=False, overwrite=True)
+    assert (elsewhere / "keep.txt").read_text() == "x"
+
+
+def test_resume_into_a_foreign_directory_writes_nothing(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    with pytest.raises(RunDirError, match="holds no semmae run to resume"):
+        prepare_run_dir(mine, config_lib.load(None, TOY), resume=True, overwrite=False)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
