@@ -1,10 +1,6 @@
-"""Full-state, atomic checkpoints (DESIGN.md §7.11).
-
-A checkpoint is a dict saved with ``torch.save``: ``model`` (state dict), ``optimizer``,
-``scaler`` (or None), ``step``, ``epoch``, ``rng`` (torch/numpy/python states), ``config`` (the
-resolved config dict), ``arch`` (model constructor arguments), ``kind`` (``mae``, ``parts``,
-``finetune``, ...) and anything else the writer adds. Writes go to a temporary file in the same
-directory and are moved into place with ``os.replace``, so a crash never leaves a torn file.
+"""Atomic checkpoint files that load without running code (DESIGN.md §7.11); the schema of a
+training checkpoint is :mod:`semmae.engine.state`'s. Writes go to a temporary file in the same
+directory, moved into place with ``os.replace``, so a crash never leaves a torn file.
 """
 
 from __future__ import annotations

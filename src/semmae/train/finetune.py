@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import random
 import time
 from collections.abc import Iterator
@@ -44,8 +43,6 @@ from semmae.eval.features import evaluate_classifier, labelled_split
 from semmae.models.encoder import check_encoder_fits, load_encoder
 from semmae.models.vit import build_classifier, layer_decay_groups
 
-log = logging.getLogger(__name__)
-
 
 def make_mixup(cfg: Config, num_classes: int) -> Any | None:
     """timm ``Mixup`` from ``eval.ft_mixup/ft_cutmix/ft_label_smoothing``; None when both alphas are 0."""
@@ -54,12 +51,8 @@ def make_mixup(cfg: Config, num_classes: int) -> Any | None:
         return None
     if e.ft_batch_size % 2:
         raise ConfigError(f"mixup/cutmix need an even eval.ft_batch_size, got {e.ft_batch_size}")
-    return Mixup(
-        mixup_alpha=e.ft_mixup,
-        cutmix_alpha=e.ft_cutmix,
-        label_smoothing=e.ft_label_smoothing,
-        num_classes=num_classes,
-    )
+    return Mixup(mixup_alpha=e.ft_mixup, cutmix_alpha=e.ft_cutmix, label_smoothing=e.ft_label_smoothing,
+                 num_classes=num_classes)  # fmt: skip
 
 
 def make_loss(cfg: Config, mixup: Any | None) -> nn.Module:
@@ -83,31 +76,6 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-def classifier_loss(
-    net: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    loss_fn: nn.Module,
-    device: torch.device,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """Forward + loss of one batch (the loop does the backward pass and the optimiser step).
-
-    Args:
-        net: the classifier (possibly DDP-wrapped), in train mode.
-        images: (B, C, S, S) normalised, augmented images on ``device``.
-        targets: (B,) class ids, or (B, C) soft targets after mixup.
-        loss_fn: maps (logits (B, C) float32, targets) to a scalar.
-        device, precision: autocast settings.
-
-    Returns:
-        The scalar loss, attached to the graph.
-    """
-    with runtime.autocast(device, precision):
-        logits = net(images)
-    return loss_fn(logits.float(), targets)
 
 
 def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
@@ -185,15 +153,10 @@ def _build(cfg: Config, spec: str, device: torch.device) -> dict[str, Any]:
     check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
     train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
     e = cfg.eval
-    model = build_classifier(
-        encoder, len(train.classes), global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
-    )
-    arch = {
-        **encoder.arch,
-        "num_classes": len(train.classes),
-        "global_pool": e.ft_global_pool,
-        "drop_path_rate": e.ft_drop_path,
-    }
+    model = build_classifier(encoder, len(train.classes), global_pool=e.ft_global_pool,
+                             drop_path_rate=e.ft_drop_path)  # fmt: skip
+    arch = {**encoder.arch, "num_classes": len(train.classes), "global_pool": e.ft_global_pool,
+            "drop_path_rate": e.ft_drop_path}  # fmt: skip
     return dict(encoder=encoder, meta=meta, train=train, test=test, model=model, arch=arch)
 
 
@@ -278,9 +241,10 @@ class FinetuneTask(Task):
         return self.data.epoch(epoch, self.steps_per_epoch, start)
 
     def step(self, net: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, int]:
-        images, targets = batch
-        loss = classifier_loss(net, images, targets, self.loss_fn, self.device, self.cfg.train.precision)
-        return loss, images.shape[0]
+        images, targets = batch  # (B, C, S, S) augmented; (B,) ids or (B, classes) soft targets
+        with runtime.autocast(self.device, self.cfg.train.precision):
+            logits = net(images)
+        return self.loss_fn(logits.float(), targets), images.shape[0]
 
     def extra_state(self) -> dict[str, Any]:
         return {

@@ -64,27 +64,18 @@ def norm_stats(cfg: config_lib.Config, meta: dict[str, Any]) -> tuple[list[float
     if meta.get("kind") != "random" and meta.get("mean") and meta.get("std"):
         b_mean, b_std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
         if (b_mean, b_std) != (mean, std):
-            log.warning(
-                "using the backbone's normalisation mean=%s std=%s (data section says %s / %s)",
-                b_mean,
-                b_std,
-                mean,
-                std,
-            )
+            log.warning("using the backbone's normalisation mean=%s std=%s (data section says %s / %s)",
+                        b_mean, b_std, mean, std)  # fmt: skip
         mean, std = b_mean, b_std
     return mean, std
 
 
 class PartsTask(Task):
-    """The part learner's step on frozen-backbone features (cached at the centre crop, or augmented).
-
-    Attributes:
-        cfg, device, run_dir, ds (the training images), backbone, meta (the backbone loader's
-        description), model (the :class:`PartLearner`), mean/std (input normalisation), cache
-        (backbone features of every training image, or None), plan.
-    """
+    """The part learner's (``model``) step on features of the frozen ``backbone`` for the training
+    images ``ds``: cached at the centre crop (``cache``), or of augmented crops."""
 
     kind = "parts"
+    model: PartLearner
     nonfinite_hint = "lower parts.lr or set parts.clip_grad=1.0"
 
     def __init__(self, cfg: config_lib.Config, device: torch.device, run_dir: Path, ds: Any,
@@ -96,10 +87,7 @@ class PartsTask(Task):
         self.cache: FeatureCache | None = self.build_cache() if cfg.parts.cache_features else None
         self.last_terms: dict[str, torch.Tensor] = {}
         self.last_maps: torch.Tensor | None = None
-
-    @property
-    def learner(self) -> PartLearner:
-        return self.model  # type: ignore[return-value]
+        self.last_row: dict[str, Any] = {}  # the last log step's metrics
 
     def normalised_center(self, images_u8: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) uint8 -> centre-cropped, normalised float images on the device."""
@@ -164,8 +152,8 @@ class PartsTask(Task):
         row: dict[str, Any] = {k: float(v) for k, v in self.last_terms.items()}
         maps = self.last_maps
         row.update(
-            tau=float(self.learner.tau),
-            empty_parts=count_empty_parts(maps_to_labels(maps), self.learner.num_parts, self.cfg.parts.min_part_share),
+            tau=float(self.model.tau),
+            empty_parts=count_empty_parts(maps_to_labels(maps), self.model.num_parts, self.cfg.parts.min_part_share),
             area_hist=[round(float(v), 4) for v in maps.float().mean(dim=(0, 2, 3))],
         )  # fmt: skip
         self.last_row = row
@@ -233,16 +221,16 @@ def write_image_grid(run: PartsTask, path: Path) -> Path:
 
     idx = torch.arange(min(run.cfg.parts.num_vis, len(run.ds)))
     x = run.normalised_center(run.ds.load(idx))
-    run.learner.eval()
+    run.model.eval()
     with autocast(run.device, run.cfg.train.precision):
-        out = run.learner(*run.backbone(x))
-    run.learner.train()
+        out = run.model(*run.backbone(x))
+    run.model.train()
     maps = out.maps_raw if run.cfg.parts.label_source == "raw" else out.maps
     recon = denormalize(out.recon.float(), run.mean, run.std).clamp(0, 1)
     return part_grid(
         denormalize(x, run.mean, run.std),
         maps_to_labels(maps).long(),
-        run.learner.num_parts,
+        run.model.num_parts,
         path,
         recon=recon,
     )
@@ -263,9 +251,9 @@ def evaluate_parts(
     p = run.cfg.parts
     n = len(ds) if p.eval_limit is None else min(p.eval_limit, len(ds))
     idx_all, labels, tokens = [], [], []
-    run.learner.eval()
+    run.model.eval()
     for idx, lab, tok in iter_labels(
-        run.learner, run.backbone, ds, torch.arange(n), batch_size=256, device=run.device,
+        run.model, run.backbone, ds, torch.arange(n), batch_size=256, device=run.device,
         mean=run.mean, std=run.std, label_source=p.label_source, precision=run.cfg.train.precision,
         with_tokens=p.eval_kmeans,
     ):  # fmt: skip
@@ -273,17 +261,17 @@ def evaluate_parts(
         labels.append(lab.long())
         tokens.append(tok)
     gt = ds.part_masks[torch.cat(idx_all)].long()
-    k, k_gt = run.learner.num_parts, int(ds.num_gt_parts)
+    k, k_gt = run.model.num_parts, int(ds.num_gt_parts)
     result: dict[str, Any] = {
         "split": "test", "num_images": n, "num_parts": k, "num_gt_parts": k_gt,
-        "grid": list(run.learner.grid),
+        "grid": list(run.model.grid),
         "learner": part_metrics(torch.cat(labels), gt, k, k_gt, min_share=p.min_part_share),
         "kmeans": None,
     }  # fmt: skip
     if p.eval_kmeans:
         km = kmeans_part_baseline(
-            torch.cat(tokens), k, seed=run.cfg.train.seed, grid=run.learner.grid,
-            center=run.learner.center_tokens,
+            torch.cat(tokens), k, seed=run.cfg.train.seed, grid=run.model.grid,
+            center=run.model.center_tokens,
         )  # fmt: skip
         result["kmeans"] = part_metrics(km, gt, k, k_gt, min_share=p.min_part_share)
     (run.run_dir / "partseg.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -320,7 +308,6 @@ def run_parts_train(
         ConfigError, DataError, CheckpointError, RunDirError: user-fixable problems, one line each.
     """
     run, optimizer = _setup(cfg, out_dir, resume, overwrite)
-    run.last_row = {}
     with MetricsLogger(run.run_dir) as logger:
         loop = TrainLoop(
             run, run.plan, optimizer, run.run_dir, logger, config=cfg.to_dict(), train=cfg.train,
@@ -330,7 +317,7 @@ def run_parts_train(
             loop.resume()
         log.info(
             "part learner: K=%d on a %dx%d grid, %d steps (%d per epoch), %s features",
-            run.learner.num_parts, *run.learner.grid, run.plan.total_steps, run.plan.steps_per_epoch,
+            run.model.num_parts, *run.model.grid, run.plan.total_steps, run.plan.steps_per_epoch,
             "cached" if run.cache is not None else "augmented",
         )  # fmt: skip
         result = loop.run(stop_at_step)
