@@ -118,3 +118,20 @@ def test_plan_with_nothing_to_train_is_refused() -> None:
                   effective_batch=1)  # fmt: skip
     assert make_plan(steps_per_epoch=4, epochs=3, max_steps=5, warmup_epochs=0.5, peak_lr=1, min_lr=0,
                      effective_batch=1).total_steps == 5  # fmt: skip
+
+
+def test_run_infrastructure_imports_nothing_above_it() -> None:
+    """engine/ (run infrastructure) sits below eval/, train/, pipeline/ and cli/; parts/ below train/."""
+    import ast
+
+    src = Path(__file__).parents[2] / "src" / "semmae"
+    above = {"engine": ("eval", "train", "pipeline", "cli"), "parts": ("train", "pipeline", "cli")}
+    for package, forbidden in above.items():
+        for path in (src / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                for name in names:
+                    assert not name.startswith(tuple(f"semmae.{f}" for f in forbidden)), (
+                        f"{path.name}: {name}"
+                    )
