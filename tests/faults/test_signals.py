@@ -113,3 +113,6 @@ def test_resume_of_a_finished_run_keeps_its_summary(
     assert again["already_complete"] and "NaN" not in before
     if name == "finetune":
         assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1  # recorded once
+    (out / "summary.json").unlink()  # killed after the last checkpoint, before the summary
+    assert main([*argv, "--resume"]) == 0
+    assert "NaN" not in (out / "summary.json").read_text()  # strict JSON: no loss was logged

@@ -159,6 +159,11 @@ class LoopResult:
     wall_s: float
 
 
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None for NaN (no loss logged yet) so that summaries stay valid JSON."""
+    return value if math.isfinite(value) else None
+
+
 class TrainLoop:
     """Runs a :class:`Task` for ``plan.total_steps`` optimiser steps into ``run_dir``.
 

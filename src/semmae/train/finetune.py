@@ -36,7 +36,7 @@ from semmae.config import Config
 from semmae.data import iterate_batches
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, make_plan
+from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none, make_plan
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.eval.features import evaluate_classifier, labelled_split
@@ -267,7 +267,7 @@ def _score(
     logger.log(result.step, epoch=e.ft_epochs, **{f"test_{k}": v for k, v in scores.items()})
     out = {
         "eval": "finetune", **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
-        "out": str(logger.path.parent), "train_loss": result.last_loss, "lr": plan.peak_lr,
+        "out": str(logger.path.parent), "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
         "layer_decay": e.ft_layer_decay, "epochs": e.ft_epochs, "steps": result.step,
         "effective_batch": plan.effective_batch, "n_train": len(p["train"]), "n_test": len(p["test"]),
         "seconds": round(time.perf_counter() - t0, 2),

@@ -14,7 +14,7 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.data import build_dataset
 from semmae.data.transforms import center_batch, denormalize, labels_to_patch_grid, normalize
-from semmae.engine.loop import LoopResult, Plan
+from semmae.engine.loop import LoopResult, Plan, finite_or_none
 from semmae.eval.features import encode_batches, eval_batches
 from semmae.eval.knn import knn_accuracy
 from semmae.masking import MaskingStrategy
@@ -159,7 +159,7 @@ class PretrainMonitor:
         done = result.interrupted is None and result.step >= plan.total_steps
         summary = {
             "complete": done, "step": result.step, "total_steps": plan.total_steps, "epochs": plan.epochs,
-            "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr, "final_loss": result.last_loss,
+            "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr, "final_loss": finite_or_none(result.last_loss),
             "knn_top1": self.last_knn, "wall_s": round(result.wall_s, 2), "interrupted": result.interrupted,
             "masking": self.cfg.masking.name, "checkpoint": str(self.run_dir / "checkpoints" / "last.pt"),
             "world_size": runtime.world_size(), "rank_param_digests": digests,

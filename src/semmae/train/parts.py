@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from semmae import config as config_lib
 from semmae.data import build_dataset, iterate_batches
 from semmae.data.transforms import augment_batch, center_batch, denormalize, normalize
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import Plan, Task, TrainLoop, make_plan
+from semmae.engine.loop import Plan, Task, TrainLoop, finite_or_none, make_plan
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import CheckpointError, ConfigError
 from semmae.eval.partseg import kmeans_part_baseline, part_metrics
@@ -326,10 +325,10 @@ def run_parts_train(
             return {"interrupted": result.interrupted, "step": result.step, "run_dir": str(run.run_dir),
                     "checkpoint": checkpoint, "complete": False}  # fmt: skip
         partseg = evaluate_parts(run, logger, result.step)
-    last, loss = run.last_row, result.last_loss
+    last = run.last_row
     return {
         "run_dir": str(run.run_dir), "checkpoint": checkpoint, "complete": True,
         "already_complete": result.already_complete, "steps": result.step, "epochs": result.epoch,
-        "loss": loss if math.isfinite(loss) else None, "rec": last.get("rec"), "div": last.get("div"),
+        "loss": finite_or_none(result.last_loss), "rec": last.get("rec"), "div": last.get("div"),
         "empty_parts": last.get("empty_parts"), "partseg": partseg,
     }  # fmt: skip
