@@ -32,16 +32,8 @@ class PretrainMonitor:
     Only rank 0 does work; other ranks wait at a barrier.
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        run_dir: Path,
-        model: MaskedAutoencoderViT,
-        masking: MaskingStrategy,
-        device: torch.device,
-        part_maps: Any | None,
-        num_parts: int | None,
-    ) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, model: MaskedAutoencoderViT, masking: MaskingStrategy,
+                 device: torch.device, part_maps: Any | None, num_parts: int | None) -> None:  # fmt: skip
         self.cfg, self.run_dir, self.model, self.masking = cfg, Path(run_dir), model, masking
         self.device, self.part_maps, self.num_parts = device, part_maps, num_parts
         self.last_knn: float | None = None
