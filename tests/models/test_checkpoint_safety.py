@@ -49,3 +49,10 @@ def test_rng_states_round_trip_through_a_safe_load(tmp_path: Path) -> None:
     set_rng_state(load_checkpoint(tmp_path / "s.pt")["rng"])
     got = (random.random(), np.random.randn(), torch.rand(3))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_a_save_removes_the_temp_file_a_killed_writer_left(tmp_path: Path) -> None:
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"")  # SIGKILL between mkstemp and os.replace
+    (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"")  # another file's: not ours to remove
+    save_checkpoint(tmp_path / "last.pt", {"step": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "last.pt"]

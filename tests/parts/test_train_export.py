@@ -47,7 +47,7 @@ def _cfg(*extra: str) -> config_lib.Config:
 def test_train_writes_a_complete_run(tmp_path) -> None:
     from semmae.engine.logging import read_metrics
     from semmae.models.checkpoint import load_checkpoint
-    from semmae.parts.train import run_parts_train
+    from semmae.train.parts import run_parts_train
 
     out = run_parts_train(_cfg(), tmp_path / "run")
     run = tmp_path / "run"
@@ -76,11 +76,11 @@ def test_train_writes_a_complete_run(tmp_path) -> None:
 @needs_data
 def test_resume_repeats_an_uninterrupted_run(tmp_path, monkeypatch) -> None:
     from semmae.models.checkpoint import load_checkpoint
-    from semmae.parts import train as train_mod
+    from semmae.train import parts as train_mod
 
     cfg = _cfg("parts.eval_kmeans=false", "parts.cache_features=false")  # augmented path
     train_mod.run_parts_train(cfg, tmp_path / "full")
-    real_step = train_mod._train_step
+    real_step = train_mod.PartsTask.step
     calls = {"n": 0}
 
     def crashing_step(*args, **kwargs):
@@ -89,10 +89,10 @@ def test_resume_repeats_an_uninterrupted_run(tmp_path, monkeypatch) -> None:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_train_step", crashing_step)
+    monkeypatch.setattr(train_mod.PartsTask, "step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         train_mod.run_parts_train(cfg, tmp_path / "cut")
-    monkeypatch.setattr(train_mod, "_train_step", real_step)
+    monkeypatch.setattr(train_mod.PartsTask, "step", real_step)
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["step"] == 2
     train_mod.run_parts_train(cfg, tmp_path / "cut", resume=True)
     full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
@@ -107,7 +107,7 @@ def test_export_round_trip(tmp_path) -> None:
     from semmae.data.partmaps import load_part_maps
     from semmae.data.transforms import center_batch, normalize
     from semmae.parts.export import export_part_maps, file_hash, load_part_learner
-    from semmae.parts.train import run_parts_train
+    from semmae.train.parts import run_parts_train
 
     cfg = _cfg("parts.epochs=1", "parts.eval_kmeans=false")
     run_parts_train(cfg, tmp_path / "run")

@@ -33,16 +33,8 @@ def load_config(args: argparse.Namespace) -> config_lib.Config:
 
 
 def stopped_exit_code(result: dict[str, Any], command: str) -> int | None:
-    """For a run stopped by a signal or a stop request: print how to continue, return the exit code.
-
-    Args:
-        result: what the run returned; ``result["interrupted"]`` is the signal number (-1: a stop
-            request) of a stopped run, absent or None otherwise.
-        command: the command line to continue with, without ``--resume``.
-
-    Returns:
-        128 + signal (1 for a stop request), or None when the run was not stopped.
-    """
+    """For a run stopped by a signal (``result["interrupted"]``: its number, -1 for a stop request):
+    print how to continue ``command`` and return 128 + signal (1); None when the run was not stopped."""
     sig = result.get("interrupted")
     if sig is None:
         return None

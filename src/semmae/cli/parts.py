@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from semmae.cli.common import add_config_args, check_out, load_config
+from semmae.cli.common import add_config_args, check_out, load_config, stopped_exit_code
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,11 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from semmae.parts.train import run_parts_train
+    from semmae.train.parts import run_parts_train
 
     cfg = load_config(args)
     check_out(args, cfg)
     summary = run_parts_train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    code = stopped_exit_code(summary, f"semmae parts train --out {args.out}")
+    if code is not None:
+        return code
     print(json.dumps(summary))
     return 0
 

@@ -31,8 +31,9 @@ from semmae import runtime
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.schedule import set_lr, warmup_cosine
 from semmae.engine.signals import StopRequest
-from semmae.engine.state import LAST, load_run_state, params_finite, restore_rng, save_run_state
+from semmae.engine.state import LAST, load_run_state, params_finite, save_run_state
 from semmae.errors import ConfigError, NonFiniteLossError
+from semmae.models.checkpoint import set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,8 @@ def make_plan(
         total = min(total, max_steps) if epochs > 0 else max_steps
     if total < 1:
         raise ConfigError("nothing to train: set the epochs to >= 1 or max_steps to >= 1")
-    return Plan(
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total,
-        warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
-        peak_lr=peak_lr,
-        min_lr=min_lr,
-        effective_batch=effective_batch,
-        accum=accum,
-    )
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    return Plan(steps_per_epoch, total, warmup, peak_lr, min_lr, effective_batch, accum)
 
 
 class Task:
@@ -128,9 +122,6 @@ class Task:
             The scalar loss (the loop does the backward pass) and the micro-batch's image count.
         """
         raise NotImplementedError
-
-    def on_start(self) -> None:
-        """Called once before the first step of a fresh run."""
 
     def log_metrics(self, step: int) -> dict[str, Any]:
         """Extra metrics of a log step (after optimiser step ``step``)."""
@@ -167,9 +158,10 @@ class LoopResult:
     last_loss: float
     wall_s: float
 
-    @property
-    def complete(self) -> bool:
-        return self.interrupted is None
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None for NaN (no loss logged yet) so that summaries stay valid JSON."""
+    return value if math.isfinite(value) else None
 
 
 class TrainLoop:
@@ -203,15 +195,11 @@ class TrainLoop:
         self._reset_window(time.perf_counter())
 
     def resume(self) -> dict[str, Any]:
-        """Restore model, optimiser, the task's state and the RNGs from ``checkpoints/last.pt``.
-
-        Returns:
-            The checkpoint dict.
-        """
+        """Restore model, optimiser, the task's state and the RNGs from ``checkpoints/last.pt`` (returned)."""
         t = self.task
         ckpt = load_run_state(self.run_dir, kind=t.kind, arch=t.arch, model=t.model, optimizer=self.optimizer)
         t.load_extra_state(ckpt)
-        restore_rng(ckpt)
+        set_rng_state(ckpt["rng"])  # last: restoring the task's state may draw random numbers
         self.step = self.saved_step = int(ckpt["step"])
         self.epoch = self.step // self.plan.steps_per_epoch
         log.info("resumed %s at step %d", self.run_dir, self.step)
@@ -229,8 +217,6 @@ class TrainLoop:
                    disable=not self.show_bar, dynamic_ncols=True)  # fmt: skip
         halt = None
         with StopRequest() as stop, bar:
-            if self.step == 0:
-                self.task.on_start()
             for epoch in range(self.step // plan.steps_per_epoch, plan.epochs):
                 self.epoch = epoch
                 halt = self._run_epoch(epoch, net, stop, stop_at_step, bar)
@@ -239,8 +225,7 @@ class TrainLoop:
         return self._result(halt, t0)
 
     def _result(self, halt: int | None, t0: float, already_complete: bool = False) -> LoopResult:
-        epochs = self.step // self.plan.steps_per_epoch
-        wall = time.perf_counter() - t0
+        epochs, wall = self.step // self.plan.steps_per_epoch, time.perf_counter() - t0
         return LoopResult(self.step, epochs, halt, already_complete, self.last_loss, wall)
 
     def _run_epoch(self, epoch: int, net: nn.Module, stop: StopRequest, stop_at_step: int | None,

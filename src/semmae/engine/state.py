@@ -1,16 +1,11 @@
 """The one checkpoint schema of every trainer: one save, one strict, arch-checked resume.
 
-A run checkpoint is a dict of tensors and plain data (so :func:`~semmae.models.checkpoint.load_checkpoint`
-reads it with ``weights_only=True``):
-
-- ``kind``: which trainer wrote it (``mae``, ``parts``, ``finetune``);
-- ``arch``: the model's constructor arguments (a resume refuses any other);
-- ``model``, ``optimizer``: state dicts; ``scaler``: None (bf16 autocast needs none);
-- ``step`` (optimiser steps done; the lr schedule's position), ``epoch``, ``plan`` (step arithmetic);
-- ``rng``: Python / NumPy / torch generator states;
-- ``config``: the resolved config; ``provenance``: semmae and torch versions;
-- whatever the trainer adds (``encoder`` and ``classes`` for a fine-tune, ``backbone`` and
-  ``norm`` for the part learner, ...).
+A run checkpoint is a dict of tensors and plain data (read with ``weights_only=True``): ``kind``
+(``mae``, ``parts``, ``finetune``), ``arch`` (constructor arguments; a resume refuses any other),
+``model`` and ``optimizer`` state dicts, ``scaler`` (None: bf16 autocast needs none), ``step``
+(the lr schedule's position), ``epoch``, ``plan``, ``rng`` (Python / NumPy / torch generators),
+``config``, ``provenance`` (semmae and torch versions), and the trainer's own keys (``encoder``
+and ``classes`` of a fine-tune, ``backbone`` and ``norm`` of the part learner).
 """
 
 from __future__ import annotations
@@ -23,30 +18,14 @@ import torch
 
 from semmae import __version__
 from semmae.errors import CheckpointError, RunDirError
-from semmae.models.checkpoint import (
-    load_checkpoint,
-    load_state_strict,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from semmae.models.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint
 
 LAST = Path("checkpoints") / "last.pt"
 
 
-def save_run_state(
-    path: Path,
-    *,
-    kind: str,
-    arch: dict[str, Any],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    epoch: int,
-    config: dict[str, Any],
-    plan: dict[str, Any],
-    extra: dict[str, Any],
-) -> Path:
+def save_run_state(path: Path, *, kind: str, arch: dict[str, Any], model: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer, step: int, epoch: int, config: dict[str, Any],
+                   plan: dict[str, Any], extra: dict[str, Any]) -> Path:  # fmt: skip
     """Write a full training state atomically (the schema above; ``extra`` keys are added last)."""
     state = {
         "kind": kind,
@@ -65,18 +44,11 @@ def save_run_state(
     return save_checkpoint(path, state)
 
 
-def load_run_state(
-    run_dir: Path,
-    *,
-    kind: str,
-    arch: dict[str, Any],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-) -> dict[str, Any]:
+def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer) -> dict[str, Any]:  # fmt: skip
     """Read ``run_dir/checkpoints/last.pt`` and load model and optimiser (strictly) from it.
 
-    The generator states are NOT restored here: the caller restores them with :func:`restore_rng`
-    once everything else (which may draw random numbers) is in place.
+    The generator states (``ckpt["rng"]``) are left for the caller to restore last.
 
     Returns:
         The checkpoint dict (for the trainer's own keys).
@@ -101,11 +73,6 @@ def load_run_state(
     load_state_strict(model, ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     return ckpt
-
-
-def restore_rng(ckpt: dict[str, Any]) -> None:
-    """Put back the generator states saved in ``ckpt``."""
-    set_rng_state(ckpt["rng"])
 
 
 def params_finite(model: torch.nn.Module) -> torch.Tensor:

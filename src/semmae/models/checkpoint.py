@@ -1,10 +1,6 @@
-"""Full-state, atomic checkpoints (DESIGN.md §7.11).
-
-A checkpoint is a dict saved with ``torch.save``: ``model`` (state dict), ``optimizer``,
-``scaler`` (or None), ``step``, ``epoch``, ``rng`` (torch/numpy/python states), ``config`` (the
-resolved config dict), ``arch`` (model constructor arguments), ``kind`` (``mae``, ``parts``,
-``finetune``, ...) and anything else the writer adds. Writes go to a temporary file in the same
-directory and are moved into place with ``os.replace``, so a crash never leaves a torn file.
+"""Atomic checkpoint files that load without running code (DESIGN.md §7.11); the schema of a
+training checkpoint is :mod:`semmae.engine.state`'s. Writes go to a temporary file in the same
+directory, moved into place with ``os.replace``, so a crash never leaves a torn file.
 """
 
 from __future__ import annotations
@@ -52,9 +48,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + ``os.replace``)."""
+    """Write ``state`` to ``path`` atomically (temp file + ``os.replace``); removes temp files of
+    ``path`` that a killed writer left behind (one writer per run directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

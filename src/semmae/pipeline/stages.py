@@ -117,9 +117,14 @@ def _pretrain(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
 
 def _parts_train(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        from semmae.parts.train import run_parts_train
+        from semmae.train.parts import run_parts_train
 
-        return run_parts_train(cfg, d, resume=resume, overwrite=False)
+        summary = run_parts_train(cfg, d, resume=resume, overwrite=False)
+        if not summary.get("complete"):
+            from semmae.errors import SemmaeError
+
+            raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
+        return summary
 
     return fn
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import random
 import time
 from collections.abc import Iterator
@@ -42,14 +41,12 @@ from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, make_plan
+from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none, make_plan
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.eval.features import evaluate_classifier, labelled_split
 from semmae.models.encoder import check_encoder_fits, load_encoder
 from semmae.models.vit import build_classifier, layer_decay_groups
-
-log = logging.getLogger(__name__)
 
 
 def make_mixup(cfg: Config, num_classes: int) -> Any | None:
@@ -59,12 +56,8 @@ def make_mixup(cfg: Config, num_classes: int) -> Any | None:
         return None
     if e.ft_batch_size % 2:
         raise ConfigError(f"mixup/cutmix need an even eval.ft_batch_size, got {e.ft_batch_size}")
-    return Mixup(
-        mixup_alpha=e.ft_mixup,
-        cutmix_alpha=e.ft_cutmix,
-        label_smoothing=e.ft_label_smoothing,
-        num_classes=num_classes,
-    )
+    return Mixup(mixup_alpha=e.ft_mixup, cutmix_alpha=e.ft_cutmix, label_smoothing=e.ft_label_smoothing,
+                 num_classes=num_classes)  # fmt: skip
 
 
 def make_loss(cfg: Config, mixup: Any | None) -> nn.Module:
@@ -88,31 +81,6 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-def classifier_loss(
-    net: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    loss_fn: nn.Module,
-    device: torch.device,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """Forward + loss of one batch (the loop does the backward pass and the optimiser step).
-
-    Args:
-        net: the classifier (possibly DDP-wrapped), in train mode.
-        images: (B, C, S, S) normalised, augmented images on ``device``.
-        targets: (B,) class ids, or (B, C) soft targets after mixup.
-        loss_fn: maps (logits (B, C) float32, targets) to a scalar.
-        device, precision: autocast settings.
-
-    Returns:
-        The scalar loss, attached to the graph.
-    """
-    with runtime.autocast(device, precision):
-        logits = net(images)
-    return loss_fn(logits.float(), targets)
 
 
 def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
@@ -220,15 +188,10 @@ def _build(cfg: Config, spec: str, device: torch.device) -> dict[str, Any]:
     check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
     train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
     e = cfg.eval
-    model = build_classifier(
-        encoder, len(train.classes), global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
-    )
-    arch = {
-        **encoder.arch,
-        "num_classes": len(train.classes),
-        "global_pool": e.ft_global_pool,
-        "drop_path_rate": e.ft_drop_path,
-    }
+    model = build_classifier(encoder, len(train.classes), global_pool=e.ft_global_pool,
+                             drop_path_rate=e.ft_drop_path)  # fmt: skip
+    arch = {**encoder.arch, "num_classes": len(train.classes), "global_pool": e.ft_global_pool,
+            "drop_path_rate": e.ft_drop_path}  # fmt: skip
     return dict(encoder=encoder, meta=meta, train=train, test=test, model=model, arch=arch)
 
 
@@ -313,9 +276,10 @@ class FinetuneTask(Task):
         return self.data.epoch(epoch, self.steps_per_epoch, start)
 
     def step(self, net: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, int]:
-        images, targets = batch
-        loss = classifier_loss(net, images, targets, self.loss_fn, self.device, self.cfg.train.precision)
-        return loss, images.shape[0]
+        images, targets = batch  # (B, C, S, S) augmented; (B,) ids or (B, classes) soft targets
+        with runtime.autocast(self.device, self.cfg.train.precision):
+            logits = net(images)
+        return self.loss_fn(logits.float(), targets), images.shape[0]
 
     def extra_state(self) -> dict[str, Any]:
         return {
@@ -338,7 +302,7 @@ def _score(
     logger.log(result.step, epoch=e.ft_epochs, **{f"test_{k}": v for k, v in scores.items()})
     out = {
         "eval": "finetune", **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
-        "out": str(logger.path.parent), "train_loss": result.last_loss, "lr": plan.peak_lr,
+        "out": str(logger.path.parent), "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
         "layer_decay": e.ft_layer_decay, "epochs": e.ft_epochs, "steps": result.step,
         "effective_batch": plan.effective_batch, "n_train": len(p["train"]), "n_test": len(p["test"]),
         "seconds": round(time.perf_counter() - t0, 2),

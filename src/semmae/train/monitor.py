@@ -14,8 +14,8 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.data import build_dataset
 from semmae.data.transforms import center_batch, denormalize, labels_to_patch_grid, normalize
-from semmae.engine.loop import LoopResult, Plan
-from semmae.eval.features import encode_batches
+from semmae.engine.loop import LoopResult, Plan, finite_or_none
+from semmae.eval.features import encode_batches, eval_batches
 from semmae.eval.knn import knn_accuracy
 from semmae.masking import MaskingStrategy
 from semmae.masking import build as build_strategy
@@ -26,42 +26,14 @@ log = logging.getLogger(__name__)
 PROGRESS_POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-@torch.no_grad()
-def encode_images(
-    model: MaskedAutoencoderViT,
-    images_u8: torch.Tensor,
-    cfg: Config,
-    device: torch.device,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """CLS features (N, D) float32 of uint8 images under the eval transform (centre, normalise)."""
-
-    def batches():  # noqa: ANN202
-        for i in range(0, images_u8.shape[0], batch_size):
-            x, _ = center_batch(images_u8[i : i + batch_size].to(device), out_size=cfg.data.image_size)
-            yield normalize(x, cfg.data.mean, cfg.data.std), torch.zeros(x.shape[0], dtype=torch.long)
-
-    feats, _ = encode_batches(model, batches(), images_u8.shape[0], device=device, precision=cfg.train.precision,
-                              progress=False, desc="kNN monitor")  # fmt: skip
-    return feats
-
-
 class PretrainMonitor:
     """Writes ``images/`` grids and kNN accuracy at epoch ends, and ``summary.json`` at the end.
 
     Only rank 0 does work; other ranks wait at a barrier.
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        run_dir: Path,
-        model: MaskedAutoencoderViT,
-        masking: MaskingStrategy,
-        device: torch.device,
-        part_maps: Any | None,
-        num_parts: int | None,
-    ) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, model: MaskedAutoencoderViT, masking: MaskingStrategy,
+                 device: torch.device, part_maps: Any | None, num_parts: int | None) -> None:  # fmt: skip
         self.cfg, self.run_dir, self.model, self.masking = cfg, Path(run_dir), model, masking
         self.device, self.part_maps, self.num_parts = device, part_maps, num_parts
         self.last_knn: float | None = None
@@ -95,17 +67,9 @@ class PretrainMonitor:
 
         probe = self.probe_batch()
         labels = probe["labels"]
-        masks = [
-            self.masking(
-                labels.shape[0],
-                self.model.num_patches,
-                part_labels=labels,
-                num_parts=self.num_parts,
-                progress=p,
-                generator=torch.Generator().manual_seed(0),
-            ).mask  # fmt: skip
-            for p in PROGRESS_POINTS
-        ]
+        masks = [self.masking(labels.shape[0], self.model.num_patches, part_labels=labels, num_parts=self.num_parts,
+                              progress=p, generator=torch.Generator().manual_seed(0)).mask
+                 for p in PROGRESS_POINTS]  # fmt: skip
         titles = ["parts"] + [f"progress {p:g}" for p in PROGRESS_POINTS]
         mask_overlay_grid(
             probe["images01"], labels, masks, self.model.grid, self.num_parts,
@@ -147,6 +111,14 @@ class PretrainMonitor:
         path = self.run_dir / "images" / f"recon_epoch_{epoch:04d}.png"
         return save_reconstruction_grid(panels01.reshape(b, k, c, h, w).cpu(), path, upscale=upscale)
 
+    def encode(self, dataset: Any, indices: torch.Tensor) -> torch.Tensor:
+        """CLS features (N, D) float32, on the device, of ``dataset[indices]`` under the eval transform."""
+        d = self.cfg.data
+        batches = eval_batches(dataset, indices, 256, d.image_size, d.mean, d.std)
+        feats, _ = encode_batches(self.model, batches, len(indices), device=self.device,
+                                  precision=self.cfg.train.precision, progress=False, desc="kNN monitor")  # fmt: skip
+        return feats.to(self.device)
+
     def knn(self) -> dict[str, float]:
         """Weighted kNN (k=20, T=0.07) on CLS features of held-out subsets of train and test."""
         t0 = time.perf_counter()
@@ -157,20 +129,14 @@ class PretrainMonitor:
             return {}
         tr_idx = torch.arange(min(tc.knn_train, len(train)))
         te_idx = torch.arange(min(tc.knn_test, len(test)))
-        ftr = encode_images(self.model, train.load(tr_idx), self.cfg, self.device).to(self.device)
-        fte = encode_images(self.model, test.load(te_idx), self.cfg, self.device).to(self.device)
+        ftr, fte = (self.encode(ds, idx) for ds, idx in ((train, tr_idx), (test, te_idx)))
         res = knn_accuracy(
             ftr, train.targets[tr_idx].to(self.device), fte, test.targets[te_idx].to(self.device),
             k=ec.knn_k, temperature=ec.knn_t, num_classes=len(train.classes),
         )  # fmt: skip
         self.last_knn = float(res["top1"])
-        log.info(
-            "kNN top1 %.2f%% (%d train / %d test, %.1fs)",
-            self.last_knn,
-            len(tr_idx),
-            len(te_idx),
-            time.perf_counter() - t0,
-        )
+        log.info("kNN top1 %.2f%% (%d train / %d test, %.1fs)", self.last_knn, len(tr_idx), len(te_idx),
+                 time.perf_counter() - t0)  # fmt: skip
         return {"knn_top1": self.last_knn}
 
     def summary(self, plan: Plan, result: LoopResult, digests: list[str]) -> dict[str, Any]:
@@ -185,7 +151,7 @@ class PretrainMonitor:
         done = result.interrupted is None and result.step >= plan.total_steps
         summary = {
             "complete": done, "step": result.step, "total_steps": plan.total_steps, "epochs": plan.epochs,
-            "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr, "final_loss": result.last_loss,
+            "effective_batch": plan.effective_batch, "peak_lr": plan.peak_lr, "final_loss": finite_or_none(result.last_loss),
             "knn_top1": self.last_knn, "wall_s": round(result.wall_s, 2), "interrupted": result.interrupted,
             "masking": self.cfg.masking.name, "checkpoint": str(self.run_dir / "checkpoints" / "last.pt"),
             "world_size": runtime.world_size(), "rank_param_digests": digests,

@@ -99,9 +99,6 @@ class PretrainTask(Task):
             out = net(batch.images, mask)
         return out.loss, batch.images.shape[0]
 
-    def on_start(self) -> None:
-        self.monitor.on_start()
-
     def log_metrics(self, step: int) -> dict[str, Any]:
         metrics: dict[str, Any] = {"progress": self.progress(step - 1)}
         if self.cfg.masking.name == "semantic":
@@ -160,6 +157,8 @@ def run_pretrain(
             )  # fmt: skip
             if resume:
                 loop.resume()
+            if loop.step == 0:
+                monitor.on_start()
             result = loop.run(stop_at_step)
         digests = runtime.all_gather_object(parameter_digest(model))
         return monitor.summary(plan, result, digests)

@@ -19,7 +19,6 @@ from semmae.errors import ConfigError
 from semmae.models.encoder import load_encoder
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.train.finetune import (
-    classifier_loss,
     finetune_plan,
     make_loss,
     make_mixup,
@@ -77,7 +76,8 @@ def test_training_steps_lower_the_loss(classifier) -> None:
     classifier.train()
     losses = []
     for s in range(20):
-        loss = classifier_loss(classifier, *_two_class_batch(16, s), loss_fn, torch.device("cpu"))
+        x, y = _two_class_batch(16, s)
+        loss = loss_fn(classifier(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
