@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from semmae import runtime
 from semmae.engine.logging import MetricsLogger
+from semmae.engine.rundir import has_checkpoint
 from semmae.engine.schedule import set_lr, warmup_cosine
 from semmae.engine.signals import StopRequest
 from semmae.engine.state import LAST, load_run_state, params_finite, save_run_state
@@ -194,8 +195,15 @@ class TrainLoop:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._reset_window(time.perf_counter())
 
-    def resume(self) -> dict[str, Any]:
-        """Restore model, optimiser, the task's state and the RNGs from ``checkpoints/last.pt`` (returned)."""
+    def resume(self) -> dict[str, Any] | None:
+        """Restore model, optimiser, the task's state and the RNGs from ``checkpoints/last.pt`` (returned).
+
+        A run directory whose start failed before its first checkpoint has nothing to restore: the
+        run starts from scratch (:func:`~semmae.engine.rundir.prepare_run_dir` has said so) and
+        None is returned.
+        """
+        if not has_checkpoint(self.run_dir):
+            return None
         t = self.task
         ckpt = load_run_state(self.run_dir, kind=t.kind, arch=t.arch, model=t.model, optimizer=self.optimizer)
         t.load_extra_state(ckpt)

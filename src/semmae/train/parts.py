@@ -20,6 +20,7 @@ from torch import nn
 
 from semmae import config as config_lib
 from semmae.data import build_dataset, iterate_batches
+from semmae.data.folder import whole_image_view
 from semmae.data.transforms import augment_batch, center_batch, denormalize, normalize
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import Plan, Task, TrainLoop, finite_or_none, make_plan
@@ -199,7 +200,8 @@ def _setup(
     backbone, meta = load_backbone(cfg.parts.backbone, cfg.parts.global_token)
     # Checked against the config first so a mismatch fails before any data is read.
     check_backbone_fits(backbone, cfg.data.image_size, cfg.data.in_chans, cfg.parts.num_parts)
-    ds = build_dataset(cfg.data, "train")
+    # The same whole-image view that `parts export` labels (image folders; in-memory sets as they are).
+    ds = whole_image_view(build_dataset(cfg.data, "train"))
     check_backbone_fits(backbone, ds.image_size, ds.in_chans, cfg.parts.num_parts)
     run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
     backbone = backbone.to(device)
