@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from semmae.parts.train import run_parts_train
+from semmae.train.parts import run_parts_train
 
 from semmae import config as config_lib
 from semmae.data import build_dataset

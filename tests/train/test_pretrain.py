@@ -74,8 +74,8 @@ def test_refuses_a_non_empty_directory_without_resume(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="--resume"):
         run_pretrain(_cfg("train.max_steps=1"), out)
     assert (out / "precious.txt").read_text() == "keep me"
-    with pytest.raises(RunDirError, match="nothing to resume"):
-        run_pretrain(_cfg("train.max_steps=1"), tmp_path / "empty", resume=True)
+    # --resume with nothing to resume (an empty or failed start) starts from scratch (issue #10)
+    assert run_pretrain(_cfg("train.max_steps=1"), tmp_path / "empty", resume=True)["step"] == 1
 
 
 def test_accumulation_and_bf16_run(tmp_path: Path) -> None:
