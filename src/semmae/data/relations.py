@@ -24,6 +24,13 @@ rules that out by construction:
   which is its class; an encoder that only copies texture from visible patches of the same part
   (what random masking mostly rewards) need not.
 
+What a *bag* of appearances tells (measured ceiling, not a design goal): ``alike`` shows all three
+parts in one colour family and one stripe direction, while the three other classes show a 2–1
+split in both factors. So features that only count appearances, without binding each one to its
+shape, can pick out ``alike`` and nothing else: 25% + 75%/3 = 50% top-1. Telling the other three
+classes apart needs which shape wears which appearance. A random-init ViT with a linear probe
+lands near that 50%; an encoder clearly above it has learned the binding.
+
 What it tests: whether hiding whole parts (inter-part masking, ``semantic``/``inter``/``oracle``
 in ``semmae study``) gives features that linearly separate a relational class better than hiding
 random patches, with ground-truth part masks for oracle masks and part-discovery scores. The

@@ -234,13 +234,19 @@ def write_study(
     result = {
         "budget": budget, "dataset": cfg.data.name, "limit": cfg.data.limit, "epochs": cfg.train.epochs,
         "images": cfg.data.toy_size if cfg.data.name in PART_MASK_SETS else cfg.data.limit,
-        "model": cfg.model.name, "seeds": cfg.pipeline.seeds, "provenance": prov or provenance(),
+        "model": cfg.model.name, "model_overrides": _model_overrides(cfg), "seeds": cfg.pipeline.seeds,
+        "methods": list(dict.fromkeys(r["method"] for r in rows)), "provenance": prov or provenance(),
         "cpu_minutes": round((overhead_cpu_s + sum(c for c in cpu if c)) / 60, 2),
         "table": table, "comparison": compare(rows), "runs": rows,
     }  # fmt: skip
     (root / "study.json").write_text(json.dumps(result, indent=2) + "\n")
     write_study_report(root, result)
     return table
+
+
+def _model_overrides(cfg: Config) -> dict[str, Any]:
+    """The model fields the config sets on top of its preset (e.g. a narrower, shallower ViT)."""
+    return {k: v for k, v in cfg.to_dict()["model"].items() if k != "name" and v is not None}
 
 
 def _evaluate_run(

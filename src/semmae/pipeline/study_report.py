@@ -106,8 +106,10 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
 def _document(root: Path, result: dict[str, Any]) -> Document:
     doc = Document(root)
     n_seeds = len(result["seeds"])
+    arch = ", ".join(f"{k} {v}" for k, v in result.get("model_overrides", {}).items())
     doc.para(
-        f"Data `{result['dataset']}` ({result['images']} images per split), model `{result['model']}`, "
+        f"Data `{result['dataset']}` ({result['images']} images per split), model `{result['model']}`"
+        f"{f' ({arch})' if arch else ''}, "
         f"{result['epochs']} epochs, seeds {result['seeds']}, {result['budget']} budget; "
         f"{result['cpu_minutes']:.1f} CPU-minutes in all (pretraining, part learning, evaluation). "
         f"Code: {result['provenance'].get('git') or 'unknown commit'}."
