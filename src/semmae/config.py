@@ -26,7 +26,7 @@ class DataConfig:
     """Which images to train on and how to augment them.
 
     Attributes:
-        name: ``fashion_mnist``, ``toy_parts``, ``image_folder``, ``cifar10``, ``cifar100``, ``stl10``.
+        name: ``fashion_mnist``, ``toy_parts``, ``toy_relations``, ``image_folder``, ``cifar10``, ``cifar100``, ``stl10``.
         root: dataset location; for Fashion-MNIST None means: env ``SEMMAE_FASHION_MNIST``, then the
             Debian package path, then a torchvision download.
         limit: use only the first N images of each split (None = all).
@@ -38,7 +38,7 @@ class DataConfig:
         mean: per-channel normalisation mean (length 1 or in_chans).
         std: per-channel normalisation std.
         on_corrupt: what to do with an unreadable image file: ``warn`` (skip it) or ``error``.
-        toy_size: number of images per split of the synthetic toy-parts dataset.
+        toy_size: number of images per split of the synthetic toy-parts and toy-relations datasets.
         num_workers: DataLoader workers for streamed datasets.
         crop_pct: evaluation view of image folders: short side resized to ``image_size / crop_pct``
             (bicubic), then the centre ``image_size`` square. None = 0.875 (timm/MAE's 256 -> 224).

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from semmae.config import Config
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("fashion_mnist", "toy_parts", "image_folder", "cifar10", "cifar100", "stl10"),
+    "data.name": (
+        "fashion_mnist",
+        "toy_parts",
+        "toy_relations",
+        "image_folder",
+        "cifar10",
+        "cifar100",
+        "stl10",
+    ),
     "data.on_corrupt": ("warn", "error"),
     "masking.name": ("random", "block", "semantic"),
     "masking.schedule": ("power", "intra", "inter", "linear", "reversed", "cosine"),

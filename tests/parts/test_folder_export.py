@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from semmae.train.parts import run_parts_train
 
 from semmae import config as config_lib
 from semmae.data import build_dataset
@@ -17,6 +16,7 @@ from semmae.data.folder import whole_image_view
 from semmae.data.partmaps import load_part_maps
 from semmae.data.transforms import center_batch, normalize
 from semmae.parts.export import export_part_maps, load_part_learner
+from semmae.train.parts import run_parts_train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

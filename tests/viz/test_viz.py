@@ -48,3 +48,14 @@ def test_overlays_and_mask_grid(tmp_path: Path) -> None:
     )
     img = torch.from_numpy(np.array(Image.open(path).convert("L"))).float()
     assert img.numel() > 0 and img.std() > 0
+
+
+def test_interval_bars_write_a_png_and_skip_nothing_to_draw(tmp_path: Path) -> None:
+    from semmae.viz.plots import plot_interval_bars
+
+    values = {"floor": (47.5, 38.7, 56.4), "random": (50.5, 49.6, 51.3), "one seed": (49.0, None, None)}
+    path = plot_interval_bars(values, tmp_path / "bars.png", title="t", ylabel="%")
+    assert path is not None and Image.open(path).size[0] > 300
+    diff = plot_interval_bars({"a": (-2.0, -5.0, 1.0)}, tmp_path / "d.png", zero_line=True)
+    assert diff is not None and diff.is_file()
+    assert plot_interval_bars({}, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_args(s)
     s.add_argument(
-        "--budget", choices=("quick", "full"), default="quick", help="quick: a smoke run; full: the README's"
+        "--budget",
+        choices=("quick", "full", "gpu"),
+        default="quick",
+        help="quick: a smoke run; full: the config as written (the README's); gpu: the same study scaled "
+        "for one H100/H200-class GPU (~10 min)",
     )
     s.set_defaults(func=_study)
 
@@ -46,7 +50,9 @@ def _study(args: argparse.Namespace) -> int:
     from semmae import config as config_lib
     from semmae.pipeline.study import budget_overrides, run_study
 
-    cfg = config_lib.load(args.config, budget_overrides(args.budget) + list(args.overrides))
+    # The gpu budget scales the config's own sizes, so it needs the config first.
+    base = config_lib.load(args.config, list(args.overrides)) if args.budget == "gpu" else None
+    cfg = config_lib.load(args.config, budget_overrides(args.budget, base) + list(args.overrides))
     check_out(args, cfg)
     table = run_study(cfg, args.out, budget=args.budget, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(table))

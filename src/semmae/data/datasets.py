@@ -214,11 +214,12 @@ def build_dataset(cfg: DataConfig, split: str) -> ImageSet:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     # Imported here: the loaders import ImageSet from this module.
-    from semmae.data import fashion_mnist, folder, synthetic, torchvision_sets
+    from semmae.data import fashion_mnist, folder, relations, synthetic, torchvision_sets
 
     loaders = {
         "fashion_mnist": fashion_mnist.load_fashion_mnist,
         "toy_parts": synthetic.load_toy_parts,
+        "toy_relations": relations.load_toy_relations,
         "image_folder": folder.load_image_folder,
         "cifar10": torchvision_sets.load_torchvision_set,
         "cifar100": torchvision_sets.load_torchvision_set,

@@ -21,6 +21,7 @@ seeded generator and rendered in vectorised chunks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -35,21 +36,21 @@ _PIXELS_PER_CHUNK = 1 << 17  # image pixels per render pass: small scratch tenso
 
 # Per class: body and head (cx, cy, ax, ay, shape), 4 limbs (x0, y0, x1, y1) and limb half-thickness,
 # in object coordinates (y down). Shapes: 0 ellipse, 1 diamond, 2 box.
-_ELLIPSE, _DIAMOND, _BOX = 0.0, 1.0, 2.0
+ELLIPSE, DIAMOND, BOX = 0.0, 1.0, 2.0
 _BODY = torch.tensor(
     [
-        [0.00, 0.10, 0.24, 0.36, _ELLIPSE],
-        [0.00, 0.05, 0.32, 0.30, _BOX],
-        [0.00, 0.15, 0.28, 0.28, _ELLIPSE],
-        [0.05, 0.05, 0.52, 0.22, _ELLIPSE],
+        [0.00, 0.10, 0.24, 0.36, ELLIPSE],
+        [0.00, 0.05, 0.32, 0.30, BOX],
+        [0.00, 0.15, 0.28, 0.28, ELLIPSE],
+        [0.05, 0.05, 0.52, 0.22, ELLIPSE],
     ]
 )
 _HEAD = torch.tensor(
     [
-        [0.00, -0.46, 0.21, 0.21, _ELLIPSE],
-        [0.00, -0.45, 0.19, 0.19, _BOX],
-        [0.00, -0.36, 0.24, 0.24, _DIAMOND],
-        [-0.60, -0.26, 0.19, 0.19, _ELLIPSE],
+        [0.00, -0.46, 0.21, 0.21, ELLIPSE],
+        [0.00, -0.45, 0.19, 0.19, BOX],
+        [0.00, -0.36, 0.24, 0.24, DIAMOND],
+        [-0.60, -0.26, 0.19, 0.19, ELLIPSE],
     ]
 )
 _LIMBS = torch.tensor(
@@ -85,7 +86,7 @@ _INTENSITY = torch.tensor([[0.15, 0.40], [0.45, 0.75], [0.65, 0.95], [0.30, 0.60
 _FREQ = (1.0, 3.0, 4.0, 5.0)  # cycles per unit, per part
 
 
-def _uniform(gen: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Tensor:
+def uniform(gen: torch.Generator, lo: float, hi: float, *shape: int) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(*shape, generator=gen)
 
 
@@ -93,35 +94,35 @@ def _draw_params(n: int, in_chans: int, gen: torch.Generator) -> dict[str, torch
     """Every random quantity of ``n`` images, drawn in a fixed order (the shapes do not depend on S)."""
     cls = torch.randint(0, len(CLASSES), (n,), generator=gen)
     ones = torch.ones(n, 2)
-    body_jitter = torch.cat([ones, _uniform(gen, 0.85, 1.15, n, 2), ones[:, :1]], 1)
-    head_jitter = torch.cat([ones, _uniform(gen, 0.85, 1.15, n, 1).expand(n, 2), ones[:, :1]], 1)
+    body_jitter = torch.cat([ones, uniform(gen, 0.85, 1.15, n, 2), ones[:, :1]], 1)
+    head_jitter = torch.cat([ones, uniform(gen, 0.85, 1.15, n, 1).expand(n, 2), ones[:, :1]], 1)
     p = {
         "cls": cls,
-        "center": _uniform(gen, -0.15, 0.15, n, 2),
-        "scale": _uniform(gen, 0.85, 1.1, n),
-        "angle": _uniform(gen, -0.3, 0.3, n),
+        "center": uniform(gen, -0.15, 0.15, n, 2),
+        "scale": uniform(gen, 0.85, 1.1, n),
+        "angle": uniform(gen, -0.3, 0.3, n),
         "mirror": torch.rand(n, generator=gen) < 0.5,
         "body": _BODY[cls] * body_jitter,
         "head": _HEAD[cls] * head_jitter,
-        "limbs": _LIMBS[cls] + _uniform(gen, -0.05, 0.05, n, 4, 4),
-        "thick": _THICKNESS[cls] * _uniform(gen, 0.8, 1.2, n),
-        "orient": _uniform(gen, 0.0, math.pi, n, NUM_PARTS, 3),
-        "phase": _uniform(gen, 0.0, 2 * math.pi, n, NUM_PARTS, 3),
-        "amp": _uniform(gen, 0.06, 0.12, n, NUM_PARTS),
+        "limbs": _LIMBS[cls] + uniform(gen, -0.05, 0.05, n, 4, 4),
+        "thick": _THICKNESS[cls] * uniform(gen, 0.8, 1.2, n),
+        "orient": uniform(gen, 0.0, math.pi, n, NUM_PARTS, 3),
+        "phase": uniform(gen, 0.0, 2 * math.pi, n, NUM_PARTS, 3),
+        "amp": uniform(gen, 0.06, 0.12, n, NUM_PARTS),
     }
     level = _INTENSITY[:, 0] + (_INTENSITY[:, 1] - _INTENSITY[:, 0]) * torch.rand(n, NUM_PARTS, generator=gen)
-    tint = _uniform(gen, 0.5, 1.0, n, NUM_PARTS, 3)
+    tint = uniform(gen, 0.5, 1.0, n, NUM_PARTS, 3)
     tint = tint / tint.mean(-1, keepdim=True)  # keeps each part's brightness at its level
     p["colour"] = level[..., None] * (tint if in_chans == 3 else torch.ones(n, NUM_PARTS, 1))
     return p
 
 
-def _inside(u: torch.Tensor, v: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+def inside_shape(u: torch.Tensor, v: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     """Inside an ellipse / diamond / box; shape (n, 5) = cx, cy, ax, ay, kind; u, v (n, S, S) -> bool."""
     cx, cy, ax, ay, kind = (shape[:, i, None, None] for i in range(5))
     du, dv = ((u - cx) / ax).abs_(), ((v - cy) / ay).abs_()
-    box_or_diamond = torch.where(kind == _DIAMOND, du + dv, torch.maximum(du, dv))
-    norm = torch.where(kind == _ELLIPSE, du * du + dv * dv, box_or_diamond)
+    box_or_diamond = torch.where(kind == DIAMOND, du + dv, torch.maximum(du, dv))
+    norm = torch.where(kind == ELLIPSE, du * du + dv * dv, box_or_diamond)
     return norm <= 1.0
 
 
@@ -135,7 +136,7 @@ def _on_limbs(u: torch.Tensor, v: torch.Tensor, limbs: torch.Tensor, thick: torc
     return dist2.amin(1) <= thick[:, None, None] ** 2
 
 
-def _wave(
+def plane_wave(
     a: torch.Tensor, b: torch.Tensor, orient: torch.Tensor, phase: torch.Tensor, freq: float
 ) -> torch.Tensor:
     """sin(2π f (a cos o + b sin o) + phase): a plane wave; a, b (n, S, S), orient, phase (n,)."""
@@ -153,11 +154,11 @@ def _textures(
     so their textures turn and scale with the object.
     """
     o, ph = p["orient"], p["phase"]
-    blobs = sum(_wave(x, y, o[:, 0, k], ph[:, 0, k], _FREQ[0] * (0.8 + 0.25 * k)) for k in range(3))
-    body = _wave(u, v, o[:, 1, 0], ph[:, 1, 0], _FREQ[1])
-    head = _wave(u, v, o[:, 2, 0], ph[:, 2, 0], _FREQ[2])
-    head *= _wave(u, v, o[:, 2, 0] + math.pi / 2, ph[:, 2, 1], _FREQ[2])  # product of crossed waves
-    limbs = _wave(u, v, o[:, 3, 0], ph[:, 3, 0], _FREQ[3])
+    blobs = sum(plane_wave(x, y, o[:, 0, k], ph[:, 0, k], _FREQ[0] * (0.8 + 0.25 * k)) for k in range(3))
+    body = plane_wave(u, v, o[:, 1, 0], ph[:, 1, 0], _FREQ[1])
+    head = plane_wave(u, v, o[:, 2, 0], ph[:, 2, 0], _FREQ[2])
+    head *= plane_wave(u, v, o[:, 2, 0] + math.pi / 2, ph[:, 2, 1], _FREQ[2])  # product of crossed waves
+    limbs = plane_wave(u, v, o[:, 3, 0], ph[:, 3, 0], _FREQ[3])
     return torch.stack([(blobs * 0.55).clamp_(-1, 1), body, head.mul_(4.0).tanh_(), limbs], 1)
 
 
@@ -166,8 +167,7 @@ def _render(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (n, C, S, S) and part masks uint8 (n, S, S) of the drawn parameters."""
     n, size = p["cls"].shape[0], image_size
-    axis = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0  # pixel centres in [-1, 1]
-    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    x, y = pixel_grid(size)
     dx, dy = x - p["center"][:, 0, None, None], y - p["center"][:, 1, None, None]
     cos, sin = torch.cos(p["angle"])[:, None, None], torch.sin(p["angle"])[:, None, None]
     scale = p["scale"][:, None, None]
@@ -175,15 +175,19 @@ def _render(
     u, v = (cos * dx + sin * dy) * (mirror / scale), (cos * dy - sin * dx) / scale
     labels = torch.zeros(n, size, size, dtype=torch.long)
     labels.masked_fill_(_on_limbs(u, v, p["limbs"], p["thick"]), 3)  # later parts are drawn on top
-    labels.masked_fill_(_inside(u, v, p["body"]), 1)
-    labels.masked_fill_(_inside(u, v, p["head"]), 2)
+    labels.masked_fill_(inside_shape(u, v, p["body"]), 1)
+    labels.masked_fill_(inside_shape(u, v, p["head"]), 2)
     tex = _textures(x.expand(n, -1, -1), y.expand(n, -1, -1), u, v, p).gather(1, labels[:, None]).squeeze(1)
     amp = p["amp"].gather(1, labels.flatten(1)).view(n, 1, size, size)
     colour = p["colour"].gather(1, labels.flatten(1)[..., None].expand(-1, -1, in_chans))  # (n, S*S, C)
     value = colour.transpose(1, 2).reshape(n, in_chans, size, size) + amp * tex[:, None]
-    value += 0.02 * torch.randn(value.shape, generator=gen)
-    images = value.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-    return images, labels.to(torch.uint8)
+    return to_uint8(value, gen), labels.to(torch.uint8)
+
+
+def to_uint8(value: torch.Tensor, gen: torch.Generator, noise: float = 0.02) -> torch.Tensor:
+    """Add pixel noise (std ``noise``) to float images in [0, 1] (n, C, S, S) and quantise to uint8."""
+    value += noise * torch.randn(value.shape, generator=gen)
+    return value.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
 
 
 def make_toy_parts(
@@ -205,21 +209,40 @@ def make_toy_parts(
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
     gen = torch.Generator().manual_seed(seed)
     params = _draw_params(n, in_chans, gen)
+    images, masks = render_in_chunks(params, n, image_size, in_chans, _render, gen)
+    return images, params["cls"].clone(), masks, NUM_PARTS
+
+
+def pixel_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates ``(x, y)``, each (S, S) in [-1, 1], y pointing down."""
+    axis = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return x, y
+
+
+def render_in_chunks(
+    params: dict[str, torch.Tensor],
+    n: int,
+    image_size: int,
+    in_chans: int,
+    render: Callable[[dict[str, torch.Tensor], int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render ``n`` images' parameters (first dim n) a chunk at a time, so scratch tensors stay small.
+
+    Returns:
+        ``(images uint8 (n, C, S, S), part masks uint8 (n, S, S))``.
+    """
     chunk = max(1, _PIXELS_PER_CHUNK // (image_size * image_size))
-    images, masks = [], []
+    images = [torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)]
+    masks = [torch.empty(0, image_size, image_size, dtype=torch.uint8)]
     for start in range(0, n, chunk):
-        part = {k: t[start : start + chunk] for k, t in params.items()}
-        img, mask = _render(part, image_size, in_chans, gen)
+        img, mask = render(
+            {k: t[start : start + chunk] for k, t in params.items()}, image_size, in_chans, gen
+        )
         images.append(img)
         masks.append(mask)
-    if not images:
-        return (
-            torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8),
-            params["cls"],
-            torch.empty(0, image_size, image_size, dtype=torch.uint8),
-            NUM_PARTS,
-        )
-    return torch.cat(images), params["cls"].clone(), torch.cat(masks), NUM_PARTS
+    return torch.cat(images), torch.cat(masks)
 
 
 def split_seed(split: str) -> int:

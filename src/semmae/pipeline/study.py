@@ -2,10 +2,16 @@
 
 Methods (``pipeline.study_methods``): ``random`` (MAE), ``block`` (BEiT-style), ``semantic``
 (SemMAE, power schedule with ``masking.gamma``), ``intra`` (λ ≡ 1), ``inter`` (λ ≡ 0),
-``reversed`` (λ = p^γ), and ``oracle`` (semantic with ground-truth parts; toy-parts only, added
-automatically there). Learned parts come from one shared prefix (MAE seed 0 → part learner →
-export) so every semantic variant masks with the same maps; the prefix MAE is also ``random``'s
-seed-0 run.
+``reversed`` (λ = p^γ), and ``oracle`` (semantic with ground-truth parts; added automatically on
+sets with part masks: toy-parts, toy-relations). Learned parts come from one shared prefix (MAE
+seed 0 → part learner → export) so every semantic variant masks with the same maps; the prefix
+MAE is also ``random``'s seed-0 run. Every seed also gets a ``floor`` row: the same network at
+its seed's initialisation, untrained. Runs with the same seed share initial weights and data
+order, so each method's difference to ``random`` is paired by seed (:mod:`semmae.pipeline.stats`).
+
+Budgets: ``full`` is the config as written; ``quick`` (:data:`QUICK`) a smoke run in minutes;
+``gpu`` (:func:`budget_overrides`) the same study with more data, epochs and seeds, sized for
+one H100/H200-class GPU in about 10 minutes.
 """
 
 from __future__ import annotations
@@ -13,31 +19,68 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import resource
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from semmae import runtime
 from semmae.config import Config
+from semmae.engine.build import build_model
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
+from semmae.models.checkpoint import save_checkpoint
 from semmae.pipeline.stages import _export, _parts_train, _pretrain, mae_config, parts_config, run_stage
 from semmae.runtime import provenance
 
 log = logging.getLogger(__name__)
 
+BUDGETS = ("quick", "full", "gpu")
 # The quick budget: a smoke run of the whole study in minutes.
 QUICK = [
     "data.limit=1500", "train.epochs=1", "parts.epochs=1", "eval.linear_epochs=10",
     "pipeline.seeds=[0]", "train.knn_every_epochs=-1", "train.image_every_epochs=0",
 ]  # fmt: skip
+# The gpu budget, sized by arithmetic (README, "Masking study"): 4x the images of a synthetic set,
+# 2.5x the epochs, batch 256, 5 seeds, bf16 autocast on the accelerator.
+GPU_SCALE = {"toy_size": 4, "epochs": 2.5}
+GPU = [
+    "pipeline.seeds=[0,1,2,3,4]", "train.batch_size=256", "parts.batch_size=256", "train.precision=bf16",
+    "train.device=cuda", "eval.batch_size=1024",
+]  # fmt: skip
 SCHEDULES = {"semantic": None, "intra": "intra", "inter": "inter", "reversed": "reversed", "oracle": None}
+PART_MASK_SETS = ("toy_parts", "toy_relations")  # data sets with ground-truth part masks
+FLOOR = "floor"
 
 
-def budget_overrides(budget: str) -> list[str]:
-    """Overrides applied before the user's: none for ``full`` (the config as written), :data:`QUICK` for ``quick``."""
-    if budget not in ("quick", "full"):
-        raise ConfigError(f"study budget must be quick or full, got {budget!r}")
-    return list(QUICK) if budget == "quick" else []
+def budget_overrides(budget: str, cfg: Config | None = None) -> list[str]:
+    """Overrides applied before the user's: none for ``full``, :data:`QUICK`, or :data:`GPU` scaled from ``cfg``.
+
+    Raises:
+        ConfigError: an unknown budget, or ``gpu`` without the config it scales.
+    """
+    if budget not in BUDGETS:
+        raise ConfigError(f"study budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    if budget == "quick":
+        return list(QUICK)
+    if budget == "full":
+        return []
+    if cfg is None:
+        raise ConfigError("the gpu budget scales the config's own sizes: pass the loaded config")
+    epochs = max(1, round(cfg.train.epochs * GPU_SCALE["epochs"]))
+    out = list(GPU) + [f"train.epochs={epochs}"]
+    if cfg.data.name in PART_MASK_SETS:
+        out.append(f"data.toy_size={cfg.data.toy_size * GPU_SCALE['toy_size']}")
+    return out
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads): the cost on a shared machine."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
 
 
 def method_config(cfg: Config, method: str, seed: int, learned: Path, oracle: Path | None) -> Config:
@@ -55,7 +98,7 @@ def method_config(cfg: Config, method: str, seed: int, learned: Path, oracle: Pa
 
 
 def _oracle_maps(cfg: Config, root: Path, grid: list[int]) -> Path | None:
-    if cfg.data.name != "toy_parts":
+    if cfg.data.name not in PART_MASK_SETS:
         return None
     from semmae.data import build_dataset
     from semmae.data.oracle import part_maps_from_masks
@@ -68,6 +111,25 @@ def _oracle_maps(cfg: Config, root: Path, grid: list[int]) -> Path | None:
         write_part_maps(path, labels, dataset=ds.name, split="train", image_size=ds.image_size,
                         num_parts=int(ds.num_gt_parts), fingerprint=ds.fingerprint(), source="oracle")  # fmt: skip
     return path
+
+
+def _initial_weights(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
+    """A stage writing the untrained network of ``cfg`` at ``cfg.train.seed`` as a pretraining checkpoint.
+
+    Pretraining seeds the global generator with ``train.seed`` right before building its model,
+    so this is the very network a run with that seed starts from: the floor of that seed.
+    """
+
+    def fn(d: Path, resume: bool) -> dict[str, Any]:
+        with torch.random.fork_rng(devices=[]):
+            runtime.seed_everything(cfg.train.seed)
+            model = build_model(cfg)
+        state = {"kind": "mae", "model": model.state_dict(), "arch": dict(model.arch), "step": 0,
+                 "config": cfg.to_dict()}  # fmt: skip
+        save_checkpoint(d / "checkpoints" / "last.pt", state)
+        return {"complete": True, "step": 0, "final_loss": None}
+
+    return fn
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -89,62 +151,102 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return table
 
 
+def timed_stage(stage_dir: Path, name: str, fn: Callable[[Path, bool], dict[str, Any]]) -> dict[str, Any]:
+    """:func:`run_stage` that also records the CPU seconds this process spent on it (``cpu.json``).
+
+    The record gains ``cpu_s``: what the attempt that completed the stage cost (a stage resumed
+    after an interruption counts only its last attempt), read back when the stage is skipped.
+    """
+    marker = stage_dir / "cpu.json"
+    c0 = cpu_seconds()
+    record = run_stage(stage_dir, name, fn)
+    if not marker.is_file() and runtime.is_main():
+        marker.write_text(json.dumps({"cpu_s": round(cpu_seconds() - c0, 1)}) + "\n")
+    return {**record, "cpu_s": json.loads(marker.read_text())["cpu_s"] if marker.is_file() else None}
+
+
+def _prefix(cfg: Config, root: Path) -> tuple[dict[str, Any], Path, Path | None, list[dict[str, Any]]]:
+    """MAE seed ``train.seed`` → part learner → export → oracle maps: (MAE record, learned maps, oracle, records)."""
+    prefix = root / "prefix"
+    mae = timed_stage(prefix / "mae", "mae", _pretrain(mae_config(cfg)))
+    parts = timed_stage(
+        prefix / "parts", "parts", _parts_train(parts_config(cfg, prefix / "mae" / "checkpoints" / "last.pt"))
+    )
+    export = timed_stage(prefix / "export", "export", _export(prefix / "parts", cfg))
+    oracle = _oracle_maps(cfg, root, export["result"]["train_grid"])
+    return mae, prefix / "export" / "parts_train.npy", oracle, [parts, export]
+
+
 def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume: bool = False,
               overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Run every (method, seed) pretraining + kNN/linear evaluation; write ``study.json`` and ``study.md``.
+    """Run every (method, seed) pretraining + kNN/linear evaluation and the floor of every seed.
 
-    ``cfg`` already holds the budget (see :func:`budget_overrides`); ``budget`` is recorded.
+    Writes ``study.json``, ``study.md`` and ``study.html`` after every run (an interrupted study
+    shows its table so far). ``cfg`` already holds the budget (see :func:`budget_overrides`);
+    ``budget`` is recorded.
+
+    Returns:
+        The per-method table of :func:`summarise`.
     """
     from semmae.pipeline.evaluate import evaluate_encoder
 
     root = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
     prov = provenance()  # the code this process started with, not the tree when it finishes
-    prefix = root / "prefix"
-    mae = run_stage(prefix / "mae", "mae", _pretrain(mae_config(cfg)))
-    run_stage(
-        prefix / "parts", "parts", _parts_train(parts_config(cfg, prefix / "mae" / "checkpoints" / "last.pt"))
-    )
-    export = run_stage(prefix / "export", "export", _export(prefix / "parts", cfg))
-    learned = prefix / "export" / "parts_train.npy"
-    oracle = _oracle_maps(cfg, root, export["result"]["train_grid"])
+    mae, learned, oracle, prefix_records = _prefix(cfg, root)
     methods = list(cfg.pipeline.study_methods) + (
         ["oracle"] if oracle and "oracle" not in cfg.pipeline.study_methods else []
     )
+    overhead = sum(r["cpu_s"] or 0.0 for r in prefix_records)
     rows: list[dict[str, Any]] = []
     table: dict[str, Any] = {}
     for seed in cfg.pipeline.seeds:
-        for method in methods:
-            if method == "random" and seed == 0 and mae_config(cfg).train.seed == 0:
-                run_dir, record = prefix / "mae", mae
+        for method in [FLOOR, *methods]:
+            if method == "random" and seed == mae_config(cfg).train.seed:
+                run_dir, record = root / "prefix" / "mae", mae
             else:
                 run_dir = root / "runs" / f"{method}_s{seed}"
-                record = run_stage(
-                    run_dir,
-                    f"{method} seed {seed}",
-                    _pretrain(method_config(cfg, method, seed, learned, oracle)),
-                )
+                run_cfg = method_config(cfg, "random" if method == FLOOR else method, seed, learned, oracle)
+                stage = _initial_weights(run_cfg) if method == FLOOR else _pretrain(run_cfg)
+                record = timed_stage(run_dir, f"{method} seed {seed}", stage)
             rows.append(_evaluate_run(cfg, run_dir, method, seed, record, evaluate_encoder))
-            # After every run, so an interrupted study shows its table so far.
-            table = write_study(root, cfg, budget, rows, prov)
+            table = write_study(root, cfg, budget, rows, prov, overhead_cpu_s=overhead)
     return table
 
 
 def write_study(
-    root: Path, cfg: Config, budget: str, rows: list[dict[str, Any]], prov: dict[str, Any] | None = None
+    root: Path,
+    cfg: Config,
+    budget: str,
+    rows: list[dict[str, Any]],
+    prov: dict[str, Any] | None = None,
+    *,
+    overhead_cpu_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Write ``study.json`` and ``study.md`` for the runs evaluated so far; returns the table.
+    """Write ``study.json``, ``study.md`` and ``study.html`` for the runs evaluated so far; returns the table.
 
-    ``prov`` is :func:`~semmae.runtime.provenance` taken when the study started (now when None).
+    ``prov`` is :func:`~semmae.runtime.provenance` taken when the study started (now when None);
+    ``overhead_cpu_s`` the CPU seconds of the shared prefix (part learner, export).
     """
+    from semmae.pipeline.study_report import compare, write_study_report
+
     table = summarise(rows)
+    cpu = [r.get("pretrain_cpu_s") for r in rows] + [r.get("eval_cpu_s") for r in rows]
     result = {
         "budget": budget, "dataset": cfg.data.name, "limit": cfg.data.limit, "epochs": cfg.train.epochs,
-        "model": cfg.model.name, "seeds": cfg.pipeline.seeds, "provenance": prov or provenance(),
-        "table": table, "runs": rows,
+        "images": cfg.data.toy_size if cfg.data.name in PART_MASK_SETS else cfg.data.limit,
+        "model": cfg.model.name, "model_overrides": _model_overrides(cfg), "seeds": cfg.pipeline.seeds,
+        "methods": list(dict.fromkeys(r["method"] for r in rows)), "provenance": prov or provenance(),
+        "cpu_minutes": round((overhead_cpu_s + sum(c for c in cpu if c)) / 60, 2),
+        "table": table, "comparison": compare(rows), "runs": rows,
     }  # fmt: skip
     (root / "study.json").write_text(json.dumps(result, indent=2) + "\n")
-    (root / "study.md").write_text(study_markdown(result))
+    write_study_report(root, result)
     return table
+
+
+def _model_overrides(cfg: Config) -> dict[str, Any]:
+    """The model fields the config sets on top of its preset (e.g. a narrower, shallower ViT)."""
+    return {k: v for k, v in cfg.to_dict()["model"].items() if k != "name" and v is not None}
 
 
 def _evaluate_run(
@@ -153,25 +255,10 @@ def _evaluate_run(
     cache = run_dir / "eval.json"
     if cache.is_file():
         return json.loads(cache.read_text())
+    c0 = cpu_seconds()
     res = evaluate(cfg, str(run_dir / "checkpoints" / "last.pt"), progress=cfg.train.progress_bar)
-    row = {"method": method, "seed": seed, "pretrain_s": record["seconds"], "knn": res["knn"], "linear": res["linear"],
+    row = {"method": method, "seed": seed, "pretrain_s": record["seconds"], "pretrain_cpu_s": record.get("cpu_s"),
+           "eval_cpu_s": round(cpu_seconds() - c0, 1), "knn": res["knn"], "linear": res["linear"],
            "final_loss": record["result"].get("final_loss")}  # fmt: skip
     cache.write_text(json.dumps(row, indent=2) + "\n")
     return row
-
-
-def study_markdown(result: dict[str, Any]) -> str:
-    """The study table as Markdown (mean ± std over seeds)."""
-    lines = [
-        f"# Masking study: {result['dataset']} ({result['budget']} budget)\n",
-        f"Model {result['model']}, {result['epochs']} epochs, data.limit {result['limit']}, seeds {result['seeds']}.\n",
-        "| method | kNN top-1 | linear top-1 | pretrain min |",
-        "|---|---|---|---|",
-    ]
-    for method, e in result["table"].items():
-        cell = [
-            f"{e[k]['mean']:.2f}" + ("" if e[k]["std"] is None else f" ± {e[k]['std']:.2f}")
-            for k in ("knn_top1", "linear_top1", "pretrain_min")
-        ]
-        lines.append(f"| {method} | " + " | ".join(cell) + " |")
-    return "\n".join(lines) + "\n"

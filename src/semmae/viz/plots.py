@@ -53,3 +53,48 @@ def plot_curves(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_interval_bars(
+    values: dict[str, tuple[float, float | None, float | None]],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+    zero_line: bool = False,
+) -> Path | None:
+    """One bar per label at its value, with whiskers from ``lo`` to ``hi`` where both are known.
+
+    Args:
+        values: label -> ``(value, lo, hi)``; ``lo``/``hi`` None draws the bar without whiskers.
+        path: PNG to write.
+        title: figure title.
+        ylabel: y-axis label.
+        zero_line: draw a line at 0 (for differences).
+
+    Returns:
+        The PNG path, or None when ``values`` is empty.
+    """
+    if not values:
+        return None
+    labels = list(values)
+    mean = [values[k][0] for k in labels]
+    lower = [values[k][0] - values[k][1] if values[k][1] is not None else 0.0 for k in labels]
+    upper = [values[k][2] - values[k][0] if values[k][2] is not None else 0.0 for k in labels]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 1.5), 3.4), dpi=110)
+    ax.bar(range(len(labels)), mean, yerr=[lower, upper], capsize=4, color="#4c78a8", ecolor="#222")
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    if zero_line:
+        ax.axhline(0.0, color="#888", linewidth=1)
+    else:
+        low = min(m - lo for m, lo in zip(mean, lower, strict=True))
+        ax.set_ylim(bottom=max(0.0, low - 5.0))  # accuracies: zoom on the bars' range, never below 0
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
