@@ -65,9 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from semmae.parts.train import run_parts_train
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    from semmae.parts.train import run_parts_train  # heavy: torch, timm, torchvision
 
-    summary = run_parts_train(load_config(args), args.out, resume=args.resume, overwrite=args.overwrite)
+    summary = run_parts_train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(summary))
     return 0
 
@@ -103,9 +104,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _from_masks(args: argparse.Namespace) -> int:
-    from semmae.parts.export import maps_from_masks
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    from semmae.parts.export import maps_from_masks  # heavy: torch
 
-    manifest = maps_from_masks(load_config(args), args.split, args.grid, args.out, overwrite=args.overwrite)
+    manifest = maps_from_masks(cfg, args.split, args.grid, args.out, overwrite=args.overwrite)
     print(
         f"wrote {args.out}: {manifest.num_images} oracle maps, grid {manifest.grid}, K={manifest.num_parts}"
     )

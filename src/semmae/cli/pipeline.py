@@ -31,9 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from semmae.pipeline.stages import run_pipeline
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    from semmae.pipeline.stages import run_pipeline  # heavy: torch, timm, matplotlib, sklearn
 
-    records = run_pipeline(load_config(args), args.out, resume=args.resume, overwrite=args.overwrite)
+    records = run_pipeline(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     report = records.get("report", {}).get("path")
     if report:
         print(f"report: {report} (and {report[:-3]}.html)")

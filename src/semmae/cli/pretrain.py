@@ -22,10 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from semmae.engine.pretrain import run_pretrain
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    from semmae.engine.pretrain import run_pretrain  # heavy: torch, timm, torchvision
     from semmae.runtime import is_main
 
-    cfg = load_config(args)
     summary = run_pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if summary.get("interrupted_by") is not None:
         sig = summary["interrupted_by"]
