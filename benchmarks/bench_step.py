@@ -11,7 +11,8 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
   excluded); ``engine_over_step`` divides it by the bare step's img/s, measured before and after
   the engine run (their mean), so drift of a shared machine's load largely cancels;
   ``engine_over_step_cpu_time`` is the same ratio in this process's CPU time, which other
-  processes on a shared machine hardly move.
+  processes on a shared machine hardly move. ``engine_over_step_with_epoch_end`` also charges
+  the end of an epoch (checkpoint, image grid, kNN monitor) to the steps of one recipe epoch.
 - ``bf16_speedup``: bf16 / fp32 step img/s. On a CPU without bf16 instructions
   (``cpu_native_bf16`` false) bf16 autocast runs emulated, about ten times slower than fp32;
   the bf16 step is then skipped unless ``--bf16 on``, and the output says so.
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import semmae.data
 from semmae import config as config_lib
 from semmae import runtime
 from semmae.engine.logging import MetricsLogger
@@ -147,19 +149,21 @@ def log_clock() -> Iterator[list[tuple[int, float, float]]]:
 
 
 def engine_rates(batch: int, steps: int, device: torch.device, precision: str) -> dict[str, Any]:
-    """Steady-state img/s of ``run_pretrain`` on the fmnist_tiny recipe for ``steps`` steps.
+    """Steady-state img/s of ``run_pretrain`` on the fmnist_tiny recipe, and its epoch-end cost.
 
     The loop logs every ``window`` steps; the first window (warm-up: allocator, first batches)
     is dropped and the rest give images / seconds, in wall time (as the loop's ``metrics.jsonl``
-    reports it) and in this process's CPU time. The kNN monitor runs only after the last window
-    (``knn_every_epochs=0``), as it does once per epoch in a real run.
+    reports it) and in this process's CPU time. The run then ends its epoch as a real one does
+    (checkpoint, reconstruction grid, the kNN monitor with the recipe's image counts): that time,
+    spread over the recipe's steps per epoch, gives ``epoch_overhead`` (the share of an epoch's
+    wall time spent outside the steps).
     """
     window = 5
     windows = max(2, -(-steps // window))
     overrides = [
         f"train.batch_size={batch}", f"train.max_steps={window * (windows + 1)}", f"train.log_every={window}",
         f"train.device={device}", f"train.precision={precision}", "train.progress_bar=false",
-        "train.knn_every_epochs=0", "train.knn_train=256", "train.knn_test=64",
+        "train.knn_every_epochs=0",
     ]  # fmt: skip
     cfg = config_lib.load(RECIPE, overrides)
     with tempfile.TemporaryDirectory() as tmp, log_clock() as marks:
@@ -168,10 +172,15 @@ def engine_rates(batch: int, steps: int, device: torch.device, precision: str) -
         wall = time.perf_counter() - t0
     (s0, w0, c0), (s1, w1, c1) = marks[0], marks[-1]
     images = (s1 - s0) * batch
+    steps_per_epoch = len(semmae.data.build_dataset(cfg.data, "train")) // batch
+    epoch_end_s = t0 + wall - w1  # checkpoint + grid + kNN + summary
+    epoch_s = steps_per_epoch * (w1 - w0) / (s1 - s0)
     return {
         "img_per_s": round(images / (w1 - w0), 1), "img_per_cpu_s": round(images / (c1 - c0), 1),
         "steps_timed": s1 - s0, "log_every": window, "run_wall_s": round(wall, 1),
-        "recipe": RECIPE.name, "data": cfg.data.name,
+        "recipe": RECIPE.name, "data": cfg.data.name, "steps_per_epoch": steps_per_epoch,
+        "epoch_end_s": round(epoch_end_s, 2), "knn_images": cfg.train.knn_train + cfg.train.knn_test,
+        "epoch_overhead": round(epoch_end_s / (epoch_s + epoch_end_s), 3),
     }  # fmt: skip
 
 
@@ -244,6 +253,8 @@ def main() -> None:
         result["engine_over_step_cpu_time"] = round(
             engine["img_per_cpu_s"] / engine["bare_step_img_per_cpu_s"], 3
         )
+        with_end = result["engine_over_step"] * (1 - engine["epoch_overhead"])
+        result["engine_over_step_with_epoch_end"] = round(with_end, 3)
     timed, note = bf16_wanted(args.bf16, device)
     if note:
         result["bf16_note"] = note
