@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= runs/demo
 
-.PHONY: install dataset test test-all lint demo bench clean
+.PHONY: install dataset test test-all lint demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ demo: install dataset
 bench: install dataset
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_masking.py
+
+# On one CUDA GPU, <= 8 min: CUDA tests, ViT-B/16 pretraining/fine-tuning img/s, MFU, loader; writes
+# results/gpu_check_<gpu-name>.json. `benchmarks/gpu_check.py --smoke` runs the same paths on the CPU.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -130,6 +130,8 @@ class TrainConfig:
         knn_test: test images used by the kNN monitor.
         clip_grad: max gradient norm (None = no clipping).
         progress_bar: show a tqdm bar.
+        compile: ``torch.compile`` the model for training (pays on GPUs; off by default, as on CPUs
+            compiling costs minutes and gains little).
     """
 
     epochs: int = 1
@@ -153,6 +155,7 @@ class TrainConfig:
     knn_test: int = 1000
     clip_grad: float | None = None
     progress_bar: bool = True
+    compile: bool = False
 
 
 @dataclass

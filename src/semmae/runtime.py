@@ -74,6 +74,52 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def configure_backends(device: torch.device) -> None:
+    """Fast math settings for training on ``device``, as timm's training script sets them.
+
+    On CUDA: TF32 matmuls and convolutions (Ampere and newer; ~2x fp32 matmul throughput, the
+    precision of bf16 autocast's accumulations anyway) and ``cudnn.benchmark`` (input shapes are
+    fixed during training, so autotuning pays once). A no-op on CPU, so CPU results never change.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a host tensor to ``device`` without blocking the host where that is possible.
+
+    To CUDA the copy goes from pinned (page-locked) memory with ``non_blocking=True``, so the
+    host prepares the next batch while the copy runs; a tensor a ``DataLoader(pin_memory=True)``
+    already pinned is not copied twice. To the CPU the tensor is returned as is.
+
+    Args:
+        tensor: any tensor on the host (e.g. (B, C, H, W) uint8 images).
+        device: where it is needed.
+
+    Returns:
+        The same data on ``device``.
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    if not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``model.compile()`` in place when ``enabled`` (``train.compile``); returns ``model``.
+
+    ``nn.Module.compile`` keeps the module and its ``state_dict`` names (no ``_orig_mod.``
+    prefix), so checkpoints of compiled and eager runs are interchangeable.
+    """
+    if enabled:
+        model.compile()
+    return model
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -65,10 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from semmae.train.parts import run_parts_train
-
-    cfg = load_config(args)
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
     check_out(args, cfg)
+    from semmae.train.parts import run_parts_train  # heavy: torch, timm, torchvision
+
     summary = run_parts_train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     code = stopped_exit_code(summary, f"semmae parts train --out {args.out}")
     if code is not None:
@@ -111,9 +111,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _from_masks(args: argparse.Namespace) -> int:
-    from semmae.parts.export import maps_from_masks
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    from semmae.parts.export import maps_from_masks  # heavy: torch
 
-    cfg = load_config(args)
     check_out(args, cfg)
     manifest = maps_from_masks(cfg, args.split, args.grid, args.out, overwrite=args.overwrite)
     print(

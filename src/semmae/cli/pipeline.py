@@ -35,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from semmae.pipeline.stages import run_pipeline
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    from semmae.pipeline.stages import run_pipeline  # heavy: torch, timm, matplotlib, sklearn
 
-    cfg = load_config(args)
     check_out(args, cfg)
     records = run_pipeline(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     report = records.get("report", {}).get("path")

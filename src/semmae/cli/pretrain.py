@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from semmae.runtime import is_main
-    from semmae.train.pretrain import run_pretrain
-
-    cfg = load_config(args)
+    cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
     check_out(args, cfg)
+    from semmae.runtime import is_main
+    from semmae.train.pretrain import run_pretrain  # heavy: torch, timm, torchvision
+
     summary = run_pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     code = stopped_exit_code(summary, f"semmae pretrain --out {args.out}")
     if code is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from semmae import runtime
 from semmae.config import DataConfig
 from semmae.data import ImageSet, iterate_batches
 from semmae.data.streaming import iterate_crops
@@ -135,11 +136,11 @@ class PretrainBatches:
         for offset, (images_u8, boxes, idx) in enumerate(crops):
             i = start + offset
             gen, draws = self._draws(epoch, i)  # the mask continues from the same generator
-            images = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
+            images = runtime.to_device(images_u8, self.device).float().div_(255.0)
             images = normalize(images, self.data.mean, self.data.std)
             labels = None
             if self.part_maps is not None:
-                maps = self.part_maps.lookup(idx).to(self.device)  # type: ignore[attr-defined]
+                maps = runtime.to_device(self.part_maps.lookup(idx), self.device)  # type: ignore[attr-defined]
                 maps = crop_part_maps(maps, boxes, draws[:, -1] > 0.5, self.data.image_size)
                 labels = self._patch_labels(maps)
             yield MicroBatch(i, images, labels, gen, targets=self.dataset.targets[idx])
@@ -153,9 +154,9 @@ class PretrainBatches:
     ) -> MicroBatch:
         maps = None
         if self.part_maps is not None:
-            maps = self.part_maps.lookup(idx).to(self.device)  # type: ignore[attr-defined]
+            maps = runtime.to_device(self.part_maps.lookup(idx), self.device)  # type: ignore[attr-defined]
         images, maps = augment_batch(
-            images_u8.to(self.device, non_blocking=True),
+            runtime.to_device(images_u8, self.device),
             out_size=self.data.image_size,
             scale=tuple(self.data.crop_scale),
             ratio=tuple(self.data.crop_ratio),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from semmae import runtime
 from semmae.config import Config
 from semmae.errors import ConfigError
 from semmae.masking import MaskingStrategy
@@ -24,18 +25,19 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
 
 
 def build_model(cfg: Config) -> MaskedAutoencoderViT:
-    """The MAE of ``cfg.model`` sized for ``cfg.data``.
+    """The MAE of ``cfg.model`` sized for ``cfg.data``, compiled when ``cfg.train.compile``.
 
     Raises:
         ConfigError: unknown preset, or a patch size that does not divide the image size.
     """
     kwargs = model_kwargs(cfg)
     try:
-        return build_mae(cfg.model.name, **kwargs)
+        model = build_mae(cfg.model.name, **kwargs)
     except ValueError as exc:
         raise ConfigError(
             f"model {cfg.model.name!r} does not fit data.image_size={cfg.data.image_size}: {exc}"
         ) from None
+    return runtime.maybe_compile(model, cfg.train.compile)  # compiled lazily, on the first step
 
 
 def build_masking(cfg: Config, grid: tuple[int, int]) -> MaskingStrategy:
@@ -45,4 +47,9 @@ def build_masking(cfg: Config, grid: tuple[int, int]) -> MaskingStrategy:
         return build_masking_strategy("random", ratio=mc.ratio)
     if mc.name == "block":
         return build_masking_strategy("block", ratio=mc.ratio, min_block=mc.min_block, grid=grid)
-    return build_masking_strategy("semantic", ratio=mc.ratio, schedule=mc.schedule, gamma=mc.gamma)
+    # The range check of the labels is a host sync per step on an accelerator; there the labels
+    # come from part-map files whose values were checked when they were written.
+    check = runtime.resolve_device(cfg.train.device).type == "cpu"
+    return build_masking_strategy(
+        "semantic", ratio=mc.ratio, schedule=mc.schedule, gamma=mc.gamma, check_labels=check
+    )

@@ -1,43 +1,36 @@
-"""AdamW with MAE's decay rule and the lr scaling rule."""
+"""AdamW with MAE's decay rule, the lr scaling rule, and the fused kernel where it exists."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
-# Parameters matching these names are never decayed (MAE: tokens and position embeddings).
-NO_DECAY_NAMES = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "dist_token")
+from semmae.models.vit import NO_WEIGHT_DECAY
 
 
-def param_groups(model: nn.Module, weight_decay: float, skip: Iterable[str] = NO_DECAY_NAMES) -> list[dict]:
-    """Split trainable parameters into decayed and non-decayed groups.
+def param_groups(
+    model: nn.Module, weight_decay: float, skip: Iterable[str] = NO_WEIGHT_DECAY
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into decayed and non-decayed groups (timm's rule).
 
-    Biases, norm weights (every 1-D parameter) and the names in ``skip`` get no weight decay.
+    Biases, norm weights (every 1-D parameter) and the names matching ``skip`` (fnmatch patterns:
+    tokens and position embeddings) get no weight decay. The decayed group comes first, as it
+    always has, so optimiser states in older checkpoints line up with the groups.
 
     Args:
         model: the module to optimise.
         weight_decay: decay of the decayed group.
-        skip: parameter-name suffixes that are never decayed.
+        skip: fnmatch patterns of parameter names that are never decayed.
 
     Returns:
-        Two param-group dicts (decay first); empty groups are dropped.
+        Up to two param-group dicts (decay first); empty groups are dropped.
     """
-    skip = tuple(skip)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(skip) or name.split(".")[-1] in skip:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=tuple(skip))
+    return sorted(groups, key=lambda g: g["weight_decay"] == 0.0)  # stable: decay, then no decay
 
 
 def scaled_lr(base_lr: float, effective_batch: int) -> float:
@@ -45,8 +38,23 @@ def scaled_lr(base_lr: float, effective_batch: int) -> float:
     return base_lr * effective_batch / 256.0
 
 
+def fused_supported(groups: list[dict[str, Any]]) -> bool:
+    """Whether every parameter is a floating CUDA tensor, where the fused AdamW kernel runs.
+
+    On CPU PyTorch's default (foreach) stays: the fused CPU kernel rounds differently, and CPU
+    results must not change.
+    """
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+
+
+def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``groups``, fused (one kernel for all parameters) on CUDA."""
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True if fused_supported(groups) else None)
+
+
 def build_adamw(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95)
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (fused/foreach picked by PyTorch for the device)."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+    """AdamW over :func:`param_groups` (fused on CUDA); call after moving ``model`` to its device."""
+    return adamw(param_groups(model, weight_decay), lr, betas)

@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 
 from semmae.errors import ConfigError
+from semmae.runtime import to_device
 
 
 def mask_budget(num_patches: int, ratio: float) -> tuple[int, int]:
@@ -110,7 +111,7 @@ def uniform_noise(
     """
     gen_device = generator.device if generator is not None else torch.device("cpu")
     noise = torch.rand(batch_size, num_patches, generator=generator, device=gen_device)
-    return noise.to(device) if device is not None else noise
+    return to_device(noise, torch.device(device)) if device is not None else noise  # no host sync on CUDA
 
 
 class MaskingStrategy(Protocol):

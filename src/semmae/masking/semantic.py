@@ -29,6 +29,7 @@ import torch
 from semmae.masking.base import MaskOutput, mask_budget, mask_from_scores
 from semmae.masking.schedule import lambda_schedule
 from semmae.registry import MASKINGS
+from semmae.runtime import to_device
 
 _KEY_BITS = 54  # random key width; labels (< 2**8) go in the bits above it, all within int64
 _COUNT_DTYPE = torch.float64
@@ -40,7 +41,7 @@ def _random_keys(
     """(B, width) int64 keys uniform in [0, 2**54), drawn on the generator's device, then moved."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
     keys = torch.randint(0, 2**_KEY_BITS, (batch_size, width), generator=generator, device=gen_device)
-    return keys.to(device)
+    return to_device(keys, torch.device(device))  # pinned, non-blocking on CUDA: no host sync
 
 
 def part_sizes(part_labels: torch.Tensor, num_parts: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ CLS token or the positions.
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 from timm.layers import trunc_normal_
@@ -20,6 +21,10 @@ from semmae.models.encoder import ViTEncoder
 from semmae.models.export import encoder_to_timm_state_dict, timm_vit_kwargs
 
 POOLS = ("avg", "token")
+
+# The one no-weight-decay rule beside "every 1-D parameter" (fnmatch patterns on parameter names):
+# tokens and position embeddings, as in MAE; shared by pretraining and fine-tuning groups.
+NO_WEIGHT_DECAY = ("*cls_token", "*mask_token", "*pos_embed", "*dist_token")
 
 
 def classifier_kwargs(
@@ -77,11 +82,21 @@ def build_classifier(
     return model.to(next(encoder.parameters()).device)
 
 
-_NO_DECAY = ("cls_token", "pos_embed")
+def decays(name: str, param: nn.Parameter) -> bool:
+    """MAE's weight-decay rule, exactly timm's ``param_groups_weight_decay`` with
+    ``no_weight_decay_list=NO_WEIGHT_DECAY``: no decay on 1-D parameters, biases and the names in
+    :data:`NO_WEIGHT_DECAY`."""
+    if param.ndim <= 1 or name.endswith(".bias"):
+        return False
+    return not any(fnmatch.fnmatch(name, pattern) for pattern in NO_WEIGHT_DECAY)
 
 
 def layer_id(name: str, depth: int) -> int:
-    """Depth id of a classifier parameter: embeddings 0, block i -> i + 1, the rest depth + 1."""
+    """Depth id of a classifier parameter: embeddings 0, block i -> i + 1, the rest depth + 1.
+
+    Not timm's ``group_matcher`` ids: those put the final ``norm`` with the last block, where
+    MAE's (BEiT's) recipe gives it depth + 1 like the head.
+    """
     if name.startswith(("cls_token", "pos_embed", "patch_embed")):
         return 0
     if name.startswith("blocks."):
@@ -92,18 +107,17 @@ def layer_id(name: str, depth: int) -> int:
 def layer_decay_groups(
     model: nn.Module, *, depth: int, layer_decay: float, weight_decay: float
 ) -> list[dict[str, Any]]:
-    """Param groups with ``lr_scale = layer_decay ** (depth + 1 - id)`` and MAE's decay rule.
+    """Param groups with ``lr_scale = layer_decay ** (depth + 1 - id)`` and :func:`decays`.
 
     Returns:
-        One group per (depth id, decayed?) pair that has parameters; each has ``params``,
-        ``lr_scale``, ``weight_decay`` and ``layer_id``.
+        One group per (depth id, decayed?) pair that has parameters, sorted by id, non-decayed
+        first; each has ``params``, ``lr_scale``, ``weight_decay`` and ``layer_id``.
     """
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lid = layer_id(name, depth)
-        decay = not (p.ndim <= 1 or name.endswith(".bias") or name in _NO_DECAY)
+        lid, decay = layer_id(name, depth), decays(name, p)
         group = groups.setdefault(
             (lid, decay),
             {

@@ -42,6 +42,7 @@ from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none, make_plan
+from semmae.engine.optim import adamw
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.eval.features import evaluate_classifier, labelled_split
@@ -235,7 +236,7 @@ def run_finetune(
         groups = layer_decay_groups(
             model, depth=parts["encoder"].depth, layer_decay=e.ft_layer_decay, weight_decay=e.ft_weight_decay
         )
-        optimizer = torch.optim.AdamW(groups, lr=plan.peak_lr, betas=(0.9, 0.999))
+        optimizer = adamw(groups, plan.peak_lr, (0.9, 0.999))
         task = FinetuneTask(cfg, checkpoint_spec, parts, plan, device)
         with MetricsLogger(run_dir) as logger:
             loop = TrainLoop(

@@ -24,6 +24,7 @@ from semmae.data.folder import whole_image_view
 from semmae.data.transforms import augment_batch, center_batch, denormalize, normalize
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import Plan, Task, TrainLoop, finite_or_none, make_plan
+from semmae.engine.optim import adamw
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import CheckpointError, ConfigError
 from semmae.eval.partseg import kmeans_part_baseline, part_metrics
@@ -207,7 +208,9 @@ def _setup(
     backbone = backbone.to(device)
     learner = PartLearner(**learner_kwargs(cfg.parts, backbone)).to(device)
     p = cfg.parts
-    optimizer = torch.optim.AdamW(learner.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    optimizer = adamw(
+        [{"params": list(learner.parameters()), "weight_decay": p.weight_decay}], p.lr, (0.9, 0.999)
+    )
     plan = make_plan(
         steps_per_epoch=max(1, len(ds) // p.batch_size), epochs=p.epochs, max_steps=p.max_steps,
         warmup_epochs=p.warmup_epochs, peak_lr=p.lr, min_lr=p.min_lr, effective_batch=p.batch_size,

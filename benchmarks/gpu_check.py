@@ -1,0 +1,472 @@
+"""GPU check: the CUDA tests and ViT-B/16 training throughput on one GPU, in at most 8 minutes.
+
+Writes one JSON object (``--out``, default ``results/gpu_check_<gpu-name>.json``):
+
+- ``cuda_tests``: ``pytest -m "" -k cuda`` over ``tests/`` (passed / failed / skipped).
+- ``matmul``: the GPU's measured bf16 matmul peak (TFLOP/s), the denominator of every MFU.
+- ``pretrain``: img/s of ``semmae pretrain``'s own loop (``run_pretrain``) on ViT-B/16 MAE at
+  224 in bf16, batch 256 (halved until it fits), with random and with semantic masking, each
+  with ``train.compile`` off and on; FLOPs per image counted with ``torch.utils.flop_counter``,
+  MFU, and the peak memory of each run. The data are in-memory toy-parts images (with their
+  oracle part maps for semantic masking), so the loop's GPU augmentation is timed but no file
+  decoding.
+- ``finetune``: img/s of the ViT-B/16 classifier's training step (the fine-tune trainer's step,
+  layer-decay AdamW, bf16).
+- ``loader``: img/s the streamed image-folder loader delivers from a few hundred JPEGs on this
+  machine's cores, and ``torchvision.io.decode_jpeg(device="cuda")`` batch decoding, to say
+  whether GPU decoding is needed to keep up with pretraining.
+- ``targets``: pass/fail of pretraining >= 4,000 img/s (H100/H200 class) and semantic/random
+  <= 1.02.
+
+Each section has its own time budget; a section out of time records what it measured so far.
+``--smoke`` runs the same code paths on the CPU with a tiny model in seconds, for the test suite
+(there the compiled runs set ``train.compile`` but TorchDynamo is disabled: compiling would take
+minutes on a CPU).
+
+    python benchmarks/gpu_check.py [--smoke] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_step import log_clock, matmul_peak
+from torch.utils.flop_counter import FlopCounterMode
+
+import semmae.data
+from semmae import config as config_lib
+from semmae import runtime
+from semmae.engine.optim import adamw
+from semmae.masking import build as build_masking
+from semmae.models import build_mae
+from semmae.models.encoder import load_encoder
+from semmae.models.vit import build_classifier, layer_decay_groups
+from semmae.train.finetune import make_loss
+from semmae.train.pretrain import run_pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_IMG_S = 4000.0  # ViT-B/16 MAE pretraining on an H100/H200-class GPU (~22% MFU)
+TARGET_SEMANTIC_OVER_RANDOM = 1.02  # semantic masking may cost at most 2% of the step
+
+
+def _classifier_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+) -> None:
+    """One fine-tuning optimiser step as the fine-tune trainer takes it (autocast forward, fp32 loss)."""
+    with runtime.autocast(device, precision):
+        logits = model(x)
+    loss_fn(logits.float(), y).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one run of the check measures (the full GPU check, or the CPU smoke)."""
+
+    model: str
+    image_size: int
+    precision: str
+    batch: int
+    window: int  # steps between the loop's log steps; the first window is warm-up
+    windows: int  # timed windows
+    matmul_n: int
+    jpegs: int
+    loader_batch: int
+    ft_steps: int
+    test_paths: tuple[str, ...]
+    budgets: dict[str, float]  # seconds per section
+    total_s: float  # the whole check; a section gets less than its budget when time runs short
+
+
+FULL = Spec(
+    model="mae_vit_base_patch16", image_size=224, precision="bf16", batch=256, window=5, windows=2, matmul_n=8192,
+    jpegs=768, loader_batch=32, ft_steps=10, test_paths=("tests",),
+    budgets={"cuda_tests": 90, "matmul": 15, "pretrain": 210, "finetune": 40, "loader": 45}, total_s=460,
+)  # fmt: skip
+SMOKE = Spec(
+    model="mae_debug", image_size=28, precision="fp32", batch=8, window=1, windows=1, matmul_n=256,
+    jpegs=24, loader_batch=4, ft_steps=2, test_paths=("tests/models/test_speed_path.py",),
+    # No budget cuts in the smoke: it must reach every code path even on a loaded machine.
+    budgets={"cuda_tests": 900, "matmul": 900, "pretrain": 900, "finetune": 900, "loader": 900}, total_s=4500,
+)  # fmt: skip
+
+
+class Section:
+    """A section's time budget: ``left()`` seconds remain, ``over`` once spent."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.t0 = seconds, time.perf_counter()
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.t0)
+
+    @property
+    def over(self) -> bool:
+        return self.left() <= 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    """Release the last run's GPU memory so the next one starts from the same state."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated GPU memory since the last reset, or this process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
+
+
+def cuda_tests(spec: Spec, budget: Section) -> dict[str, Any]:
+    """Run the CUDA-parametrised tests (``-k cuda``, slow ones included) in a subprocess."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "",
+        "-k",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        *spec.test_paths,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(1.0, budget.left())
+        )
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return {
+            "command": " ".join(cmd[2:]), "timed_out": True, "seconds": round(time.perf_counter() - t0, 1),
+            "passed_before_timeout": partial.count("."), "failed_before_timeout": partial.count("F"),
+        }  # fmt: skip
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail)}
+    return {
+        "command": " ".join(cmd[2:]), "timed_out": False, "exit_code": proc.returncode,
+        "passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)
+        + counts.get("errors", 0), "skipped": counts.get("skipped", 0), "summary": tail,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }  # fmt: skip
+
+
+def mae_flops_per_image(spec: Spec, device: torch.device) -> float:
+    """FLOPs of one MAE forward + backward per image at mask ratio 0.75 (flop counter, batch 2)."""
+    model = build_mae(spec.model, img_size=spec.image_size, in_chans=3, norm_pix_loss=True).to(device)
+    x = torch.randn(2, 3, spec.image_size, spec.image_size, device=device)
+    gen = torch.Generator().manual_seed(0)
+    mask = build_masking("random", ratio=0.75)(2, model.num_patches, generator=gen, device=device)
+    with FlopCounterMode(display=False) as counter, runtime.autocast(device, spec.precision):
+        model(x, mask).loss.backward()
+    return counter.get_total_flops() / 2
+
+
+_BUILD_DATASET = semmae.data.build_dataset
+_DATASETS: dict[str, Any] = {}
+
+
+def _memo_build_dataset(cfg: config_lib.DataConfig, split: str) -> Any:
+    """``build_dataset`` memoised on the data section's values: each run of this check renders the
+    same toy images, and rendering 224-pixel images on the CPU would otherwise dominate it."""
+    key = json.dumps([dataclasses.asdict(cfg), split], sort_keys=True, default=str)
+    if key not in _DATASETS:
+        _DATASETS.clear()  # one data section at a time: a halved batch renders a smaller set
+        _DATASETS[key] = _BUILD_DATASET(cfg, split)
+    return _DATASETS[key]
+
+
+def pretrain_config(
+    spec: Spec, device: torch.device, batch: int, masking: str, compile_: bool, parts: Path | None
+):  # noqa: ANN201
+    """The run's config: toy-parts at the spec's size, one epoch long enough for every window.
+
+    The image count does not follow a halved batch, so the oracle part maps made once still fit.
+    """
+    steps = spec.window * (spec.windows + 1)
+    overrides = [
+        "data.name=toy_parts", f"data.image_size={spec.image_size}", "data.in_chans=3",
+        f"data.toy_size={spec.batch * (steps + 1)}", f"model.name={spec.model}", f"masking.name={masking}",
+        f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.log_every={spec.window}",
+        f"train.precision={spec.precision}", f"train.device={device}", f"train.compile={str(compile_).lower()}",
+        "train.progress_bar=false", "train.knn_every_epochs=-1", "train.image_every_epochs=0",
+        "train.ckpt_every_steps=0", "train.warmup_epochs=0",
+    ]  # fmt: skip
+    if parts is not None:
+        overrides.append(f"masking.parts={parts}")
+    return config_lib.load(None, overrides)
+
+
+def time_pretrain(spec: Spec, device: torch.device, masking: str, compile_: bool, parts: Path | None) -> dict:
+    """img/s of ``run_pretrain`` after its first (warm-up, compile) window; batch halved on OOM."""
+    batch = spec.batch
+    while batch >= 1:
+        _free(device)
+        cfg = pretrain_config(spec, device, batch, masking, compile_, parts)
+        try:
+            with tempfile.TemporaryDirectory() as tmp, log_clock() as marks:
+                t0 = time.perf_counter()
+                run_pretrain(cfg, Path(tmp) / "run")
+                wall = time.perf_counter() - t0
+        except torch.OutOfMemoryError:
+            batch //= 2
+            continue
+        (s0, w0, _), (s1, w1, _) = marks[0], marks[-1]
+        return {
+            "batch": batch, "img_per_s": round((s1 - s0) * batch / (w1 - w0), 1),
+            "steps_timed": s1 - s0, "run_wall_s": round(wall, 1), "peak_memory_gib": peak_memory_gib(device),
+        }  # fmt: skip
+    return {"error": "out of memory even at batch 1"}
+
+
+def pretrain_section(spec: Spec, device: torch.device, budget: Section, peak_tflops: float) -> dict[str, Any]:
+    """Random and semantic masking, compile off and on, while the budget lasts."""
+    flops = mae_flops_per_image(spec, device)
+    out: dict[str, Any] = {
+        "model": spec.model,
+        "image_size": spec.image_size,
+        "gflop_per_image": round(flops / 1e9, 2),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        from semmae.parts.export import maps_from_masks
+
+        parts = Path(tmp) / "oracle_train.npy"
+        grid = build_mae(spec.model, img_size=spec.image_size).grid[0]
+        maps_from_masks(
+            pretrain_config(spec, device, spec.batch, "random", False, None), "train", grid, parts
+        )
+        for compile_ in (False, True):
+            for masking in ("random", "semantic"):
+                key = f"{masking}_{'compiled' if compile_ else 'eager'}"
+                if budget.over:
+                    out[key] = {"skipped": "section time budget spent"}
+                    continue
+                run = time_pretrain(spec, device, masking, compile_, parts if masking == "semantic" else None)
+                if "img_per_s" in run:
+                    run["mfu"] = round(run["img_per_s"] * flops / (peak_tflops * 1e12), 4)
+                out[key] = run
+    return out
+
+
+def finetune_section(spec: Spec, device: torch.device, budget: Section) -> dict[str, Any]:
+    """img/s of the classifier's training step on a fixed batch (batch halved on OOM)."""
+    enc, _ = load_encoder(f"random:{spec.model}")
+    if enc.img_size != spec.image_size or enc.in_chans != 3:
+        from semmae.models.vit_encoder import ViTEncoder
+
+        enc = ViTEncoder.from_arch({**enc.arch, "img_size": spec.image_size, "in_chans": 3})
+    model = build_classifier(enc.to(device), 1000).train()
+    groups = layer_decay_groups(model, depth=enc.depth, layer_decay=0.75, weight_decay=0.05)
+    opt = adamw(groups, 1e-3, (0.9, 0.999))
+    loss_fn = make_loss(config_lib.Config(), None)
+    batch = spec.batch
+    while batch >= 1:
+        _free(device)
+        x = torch.randn(batch, 3, spec.image_size, spec.image_size, device=device)
+        y = torch.randint(0, 1000, (batch,), device=device)
+        try:
+            times = []
+            for i in range(spec.ft_steps + 2):
+                _sync(device)
+                t = time.perf_counter()
+                _classifier_step(model, x, y, opt, loss_fn, device, spec.precision)
+                _sync(device)
+                if i >= 2:
+                    times.append(time.perf_counter() - t)
+                if budget.over and times:
+                    break
+        except torch.OutOfMemoryError:
+            batch //= 2
+            continue
+        times.sort()
+        return {
+            "model": f"vit from {spec.model}", "batch": batch, "img_per_s": round(batch / times[len(times) // 2], 1),
+            "steps_timed": len(times), "peak_memory_gib": peak_memory_gib(device),
+        }  # fmt: skip
+    return {"error": "out of memory even at batch 1"}
+
+
+def write_jpegs(root: Path, n: int, size: int) -> list[Path]:
+    """``n`` JPEGs of toy-parts images at ``size`` (two class folders), as a user's folder holds them."""
+    from PIL import Image
+
+    from semmae.data.synthetic import make_toy_parts
+
+    images = make_toy_parts(min(n, 64), size, 3, 0)[0].permute(0, 2, 3, 1).numpy()
+    paths = []
+    for i in range(n):
+        path = root / f"class_{i % 2}" / f"img_{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i % len(images)]).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[str, Any]:
+    """Streamed image-folder loader img/s on all cores, and batch JPEG decoding on ``device``."""
+    import torchvision.io
+
+    from semmae.data import folder
+
+    workers = os.cpu_count() or 1
+    out: dict[str, Any] = {"images": spec.jpegs, "num_workers": workers}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_jpegs(Path(tmp), spec.jpegs, spec.image_size + spec.image_size // 7)  # ~256 for 224
+        limit = getattr(folder, "MEMORY_LIMIT_BYTES", None)
+        folder.MEMORY_LIMIT_BYTES = 0  # stream, as a set too big for memory is read
+        try:
+            cfg = config_lib.load(None, ["data.name=image_folder", f"data.root={tmp}", f"data.image_size={spec.image_size}",
+                                         "data.in_chans=3", f"data.num_workers={workers}"])  # fmt: skip
+            ds = _BUILD_DATASET(cfg.data, "train")
+            out["streamed"] = bool(ds.streamed)
+            t0, n = None, 0
+            for images, _, _ in semmae.data.iterate_batches(
+                ds, torch.arange(len(ds)), spec.loader_batch, num_workers=workers
+            ):
+                if t0 is None:  # worker start-up excluded: a training run pays it once
+                    t0 = time.perf_counter()
+                    continue
+                n += images.shape[0]
+                if budget.over:
+                    break
+            out["loader_img_per_s"] = round(n / (time.perf_counter() - t0), 1)
+        finally:
+            if limit is not None:
+                folder.MEMORY_LIMIT_BYTES = limit
+        data = [torchvision.io.read_file(str(p)) for p in paths[: spec.loader_batch]]
+        decode_device = "cuda" if device.type == "cuda" else "cpu"
+        torchvision.io.decode_jpeg(data, device=decode_device)  # warm-up (nvJPEG handles)
+        times = []
+        for _ in range(3):
+            _sync(device)
+            t = time.perf_counter()
+            torchvision.io.decode_jpeg(data, device=decode_device)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+        out[f"decode_jpeg_{decode_device}_img_per_s"] = round(len(data) / sorted(times)[1], 1)
+    return out
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """Pass/fail of each target from the measured figures (None where a figure is missing)."""
+    pre = result.get("pretrain", {})
+    rates = {k: v.get("img_per_s") for k, v in pre.items() if isinstance(v, dict)}
+    best_random = max((rates.get(k) or 0) for k in ("random_eager", "random_compiled")) or None
+    ratio = None
+    for mode in ("compiled", "eager"):  # the setting a user would train with: compiled if it ran
+        r, s = rates.get(f"random_{mode}"), rates.get(f"semantic_{mode}")
+        if r and s:
+            ratio = round(r / s, 3)  # time per image, semantic over random
+            break
+    loader = result.get("loader", {}).get("loader_img_per_s")
+    return {
+        "pretrain_img_per_s": {"min": TARGET_IMG_S, "value": best_random,
+                               "pass": None if best_random is None else best_random >= TARGET_IMG_S},
+        "semantic_over_random_time": {"max": TARGET_SEMANTIC_OVER_RANDOM, "value": ratio,
+                                      "pass": None if ratio is None else ratio <= TARGET_SEMANTIC_OVER_RANDOM},
+        "cpu_jpeg_loader_keeps_up": {"value": loader, "needs": best_random,
+                                     "pass": None if not (loader and best_random) else loader >= best_random},
+    }  # fmt: skip
+
+
+def run_check(spec: Spec, device: torch.device, smoke: bool) -> dict[str, Any]:
+    """Every section in order; returns the JSON-ready result."""
+    t0 = time.perf_counter()
+    runtime.configure_backends(device)
+    if smoke:  # compiling takes minutes on a CPU: the compiled runs go through train.compile, eagerly
+        torch._dynamo.config.disable = True
+    semmae.data.build_dataset = _memo_build_dataset
+    result: dict[str, Any] = {
+        "gpu": runtime.describe_device(), "device": str(device), "smoke": smoke, "cpu_cores": os.cpu_count(),
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+    }  # fmt: skip
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        result.update(
+            gpu_memory_gib=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}"
+        )
+    result["cuda_tests"] = cuda_tests(spec, Section(spec.budgets["cuda_tests"]))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 may be emulated
+    peak = matmul_peak(dtype, device, n=spec.matmul_n, reps=5)[0] / 1000
+    result["matmul"] = {
+        "dtype": str(dtype).removeprefix("torch."),
+        "n": spec.matmul_n,
+        "peak_tflop_s": round(peak, 3),
+    }
+    sections = {
+        "pretrain": lambda budget: pretrain_section(spec, device, budget, peak),
+        "finetune": lambda budget: finetune_section(spec, device, budget),
+        "loader": lambda budget: loader_section(spec, device, budget),
+    }
+    try:
+        for i, (name, section) in enumerate(sections.items()):
+            later = sum(spec.budgets[k] for k in list(sections)[i + 1 :])
+            seconds = min(spec.budgets[name], spec.total_s - (time.perf_counter() - t0) - later)
+            t = time.perf_counter()
+            result[name] = section(Section(seconds))
+            result[name]["seconds"] = round(time.perf_counter() - t, 1)
+    finally:
+        semmae.data.build_dataset = _BUILD_DATASET
+    result["targets"] = targets(result)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["provenance"] = runtime.provenance()
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny model on the CPU, seconds (for the test suite)"
+    )
+    ap.add_argument("--device", default="cuda:0", help="the GPU to check (ignored with --smoke)")
+    ap.add_argument("--out", help="JSON file (default results/gpu_check_<gpu-name>.json)")
+    args = ap.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        print("gpu_check: error: no CUDA GPU visible; run with --smoke to check the code paths on the CPU",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    device = torch.device("cpu") if args.smoke else torch.device(args.device)
+    result = run_check(SMOKE if args.smoke else FULL, device, args.smoke)
+    name = re.sub(r"[^A-Za-z0-9]+", "_", result["gpu"]).strip("_").lower()
+    out = Path(args.out or ROOT / "results" / f"gpu_check_{'smoke' if args.smoke else name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``benchmarks/bench_step.py``: its verdicts, its bf16 statement, and (slow) one whole run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_step  # noqa: E402
+
+
+def test_bf16_is_stated_not_timed_on_a_cpu_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_step.runtime, "cpu_has_native_bf16", lambda: False)
+    timed, note = bench_step.bf16_wanted("auto", torch.device("cpu"))
+    assert not timed and "cpu_native_bf16 is false" in note and "cannot be measured here" in note
+    timed, note = bench_step.bf16_wanted("on", torch.device("cpu"))
+    assert timed and "cannot be measured here" in note
+    monkeypatch.setattr(bench_step.runtime, "cpu_has_native_bf16", lambda: True)
+    assert bench_step.bf16_wanted("auto", torch.device("cpu")) == (True, None)
+
+
+def test_targets_pass_and_fail_on_the_thresholds() -> None:
+    result = {
+        "fp32": {"utilisation": 0.65},
+        "cpu_native_bf16": False,
+        "bf16_speedup": 2.0,
+        "engine_over_step": 0.94,
+    }
+    t = bench_step.targets(result)
+    assert t["fp32_utilisation"]["pass"] is True
+    assert t["bf16_speedup"] == {
+        "min": 1.4,
+        "value": None,
+        "pass": None,
+    }  # not measurable without native bf16
+    assert t["engine_over_step"]["pass"] is False
+    result["cpu_native_bf16"] = True
+    assert bench_step.targets(result)["bf16_speedup"]["pass"] is True
+
+
+@pytest.mark.slow
+def test_one_whole_run_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--batch", "32", "--steps", "2",
+           "--engine-steps", "5", "--bf16", "off", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["fp32"]["img_per_s"] > 0 and 0 < result["fp32"]["utilisation_cpu_time"] < 1.5
+    engine = result["engine"]
+    assert engine["steps_timed"] >= 5 and engine["img_per_s"] > 0 and 0 <= engine["epoch_overhead"] < 1
+    assert (
+        result["engine_over_step"] > 0
+        and result["engine_over_step_with_epoch_end"] <= result["engine_over_step"]
+    )
+    assert set(result["targets"]) == {"fp32_utilisation", "bf16_speedup", "engine_over_step"}

@@ -1,0 +1,61 @@
+"""``benchmarks/gpu_check.py --smoke``: the GPU check's code paths run on the CPU and fill every field."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+RUNS = ("random_eager", "semantic_eager", "random_compiled", "semantic_compiled")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_smoke_fills_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True and result["gpu"].startswith("CPU") and result["device"] == "cpu"
+    tests = result["cuda_tests"]
+    assert not tests["timed_out"] and tests["exit_code"] == 0 and tests["failed"] == 0
+    assert tests["passed"] + tests["skipped"] >= 1  # the CUDA-named tests were collected (skipped on CPU)
+    assert _positive(result["matmul"]["peak_tflop_s"])
+    pre = result["pretrain"]
+    assert _positive(pre["gflop_per_image"])
+    for key in RUNS:
+        run = pre[key]
+        assert run["batch"] == 8 and run["steps_timed"] >= 1, key
+        assert _positive(run["img_per_s"]) and _positive(run["peak_memory_gib"]), key
+        assert 0 < run["mfu"] < 1, key
+    ft = result["finetune"]
+    assert ft["batch"] == 8 and _positive(ft["img_per_s"]) and _positive(ft["peak_memory_gib"])
+    loader = result["loader"]
+    assert loader["streamed"] is True and _positive(loader["loader_img_per_s"])
+    assert _positive(loader["decode_jpeg_cpu_img_per_s"])
+    targets = result["targets"]
+    assert targets["pretrain_img_per_s"]["min"] == 4000 and targets["pretrain_img_per_s"]["pass"] is False
+    ratio = targets["semantic_over_random_time"]
+    assert ratio["max"] == 1.02 and _positive(ratio["value"]) and ratio["pass"] == (ratio["value"] <= 1.02)
+    assert isinstance(targets["cpu_jpeg_loader_keeps_up"]["pass"], bool)
+    assert result["provenance"]["torch"] == result["torch"]
+
+
+def test_without_a_gpu_the_full_check_refuses_in_one_line() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("gpu_check: error: no CUDA GPU") and "--smoke" in proc.stderr

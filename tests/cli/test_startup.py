@@ -1,0 +1,63 @@
+"""Start-up cost of the CLI: help and refusals of bad input must not import torch.
+
+Importing torch (with timm and torchvision) takes seconds; ``semmae --help`` and a config error take
+a fraction of that only while the heavy libraries stay unimported. These tests check the modules
+loaded in a fresh interpreter (not a timing, which would be flaky on a loaded machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+HEAVY = ("torch", "timm", "torchvision", "matplotlib", "sklearn", "tensorboard")
+
+_PROBE = """
+import json, sys
+from semmae.cli.main import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in {heavy!r} if m in sys.modules)
+print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.__stdout__)
+"""
+
+
+def _heavy_modules(argv: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_help_does_not_import_heavy_libraries() -> None:
+    result = _heavy_modules(["--help"])
+    assert result["code"] == 0
+    assert result["heavy"] == [], f"`semmae --help` imported {result['heavy']}"
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["parts", "train"], ["pipeline"]])
+def test_config_refusal_does_not_import_torch(command: list[str], tmp_path: Path) -> None:
+    argv = [
+        *command,
+        "--config",
+        "configs/debug_tiny.yaml",
+        "--out",
+        str(tmp_path / "run"),
+        "train.epochs=-1",
+    ]
+    result = _heavy_modules(argv)
+    assert result["code"] == 2
+    assert result["heavy"] == [], (
+        f"`semmae {' '.join(command)}` refused bad input after importing {result['heavy']}"
+    )
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,45 @@
+"""The fast path: fused (SDPA) attention, in-place compile, host-to-device copies, backend flags."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semmae import runtime
+from semmae.models import build_mae
+from semmae.models.encoder import load_encoder
+from semmae.models.vit import build_classifier
+
+
+def test_every_attention_uses_scaled_dot_product_attention() -> None:
+    enc, _ = load_encoder("random:mae_debug")
+    for model in (build_mae("mae_debug"), build_classifier(enc, 3)):
+        attns = [m for m in model.modules() if hasattr(m, "fused_attn")]
+        assert len(attns) == sum(1 for n, _ in model.named_modules() if n.endswith(".attn"))
+        assert attns and all(m.fused_attn for m in attns)  # F.scaled_dot_product_attention
+
+
+def test_compile_keeps_state_dict_names() -> None:
+    model = build_mae("mae_debug")
+    before = list(model.state_dict())
+    assert runtime.maybe_compile(model, True) is model
+    assert list(model.state_dict()) == before  # checkpoints of compiled runs load into eager models
+    assert runtime.maybe_compile(build_mae("mae_debug"), False)._compiled_call_impl is None
+
+
+def test_to_device_on_cpu_is_the_same_tensor() -> None:
+    x = torch.arange(6)
+    assert runtime.to_device(x, torch.device("cpu")) is x
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_device_cuda_copies_exactly() -> None:
+    x = torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8)
+    y = runtime.to_device(x, torch.device("cuda"))
+    assert y.is_cuda and torch.equal(y.cpu(), x)
+
+
+def test_backends_untouched_on_cpu() -> None:
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    runtime.configure_backends(torch.device("cpu"))
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == before
