@@ -74,6 +74,28 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's global generators with ``seed`` for a block; restore after.
+
+    For libraries that draw from the global generators (timm's Mixup, RandAugment, random
+    erasing): seeding them from a per-batch or per-image key keeps a run a pure function of its
+    seed, and restoring them keeps everything else's draws unchanged. ``device``: a CUDA device
+    whose generator is forked too.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def configure_backends(device: torch.device) -> None:
     """Fast math settings for training on ``device``, as timm's training script sets them.
 

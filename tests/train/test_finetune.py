@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from semmae import config as config_lib
+from semmae import runtime
 from semmae.errors import ConfigError
 from semmae.models.encoder import load_encoder
 from semmae.models.vit import build_classifier, layer_decay_groups
@@ -22,7 +23,6 @@ from semmae.train.finetune import (
     finetune_plan,
     make_loss,
     make_mixup,
-    seeded_global_rng,
 )
 
 
@@ -104,7 +104,7 @@ def test_mixup_switches_and_seeding() -> None:
     np.random.seed(1)
     draws = []
     for _ in range(2):
-        with seeded_global_rng(42, torch.device("cpu")):
+        with runtime.seeded_global_rngs(42, torch.device("cpu")):
             draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
     assert draws[0] == draws[1]
     assert (random.random(), np.random.rand()) == before[:2]  # global streams untouched

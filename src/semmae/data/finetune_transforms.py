@@ -15,17 +15,15 @@ epoch, batch, rank), whatever the number of workers, and ``--resume`` stays exac
 
 from __future__ import annotations
 
-import contextlib
-import random
 from collections.abc import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 from PIL import Image
 from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 
+from semmae import runtime
 from semmae.config import DataConfig, EvalConfig
 from semmae.data.datasets import ImageSet
 
@@ -80,21 +78,6 @@ def finetune_transform(data: DataConfig, ev: EvalConfig) -> Transform:
     return transform
 
 
-@contextlib.contextmanager
-def seeded_global_rngs(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's global generators for a block; restore them after."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-
-
 class _Items(Dataset):
     """``dataset[(index, seed)] -> (transformed float (C, S, S), target, index)``."""
 
@@ -109,7 +92,7 @@ class _Items(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         index, seed = item
         im = self.source.decode(index)  # type: ignore[attr-defined]
-        with seeded_global_rngs(seed):
+        with runtime.seeded_global_rngs(seed):
             return self.transform(im), self.targets[index], index
 
 

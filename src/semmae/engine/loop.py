@@ -14,6 +14,7 @@ parameter is finite. So ``checkpoints/last.pt`` only ever holds finite state.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -158,6 +159,19 @@ class LoopResult:
     already_complete: bool
     last_loss: float
     wall_s: float
+
+    def early_summary(self, run_dir: Path) -> dict[str, Any] | None:
+        """What a trainer returns when there is nothing to score: None when it should score.
+
+        A stopped run gives ``{"interrupted", "step", "out"}``; a ``--resume`` of a finished run
+        gives the ``summary.json`` it wrote then, with ``already_complete: true``.
+        """
+        if self.interrupted is not None:
+            return {"interrupted": self.interrupted, "step": self.step, "out": str(run_dir)}
+        summary = Path(run_dir) / "summary.json"
+        if self.already_complete and summary.is_file():
+            return {**json.loads(summary.read_text()), "already_complete": True}
+        return None
 
 
 def finite_or_none(value: float) -> float | None:

@@ -19,16 +19,13 @@ so they run inside a block that seeds those from the batch key and restores them
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
@@ -66,22 +63,6 @@ def make_loss(cfg: Config, mixup: Any | None) -> nn.Module:
     if mixup is not None:
         return SoftTargetCrossEntropy()
     return nn.CrossEntropyLoss(label_smoothing=cfg.eval.ft_label_smoothing)
-
-
-@contextlib.contextmanager
-def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed Python/NumPy/torch global generators with ``seed`` inside the block, restore after."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
@@ -148,7 +129,7 @@ class FinetuneBatches:
                 generator=gen,
             )
             images, targets = normalize(images, self.mean, self.std), targets.to(self.device)
-            with seeded_global_rng(int(torch.randint(2**62, (1,), generator=gen)), self.device):
+            with runtime.seeded_global_rngs(int(torch.randint(2**62, (1,), generator=gen)), self.device):
                 if self.erase is not None:
                     images = self.erase(images)
                 if self.mixup is not None:
@@ -178,7 +159,7 @@ class FinetuneBatches:
             gen, _ = self._image_seeds(epoch, i)
             images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
             if self.mixup is not None:
-                with seeded_global_rng(int(torch.randint(2**62, (1,), generator=gen)), self.device):
+                with runtime.seeded_global_rngs(int(torch.randint(2**62, (1,), generator=gen)), self.device):
                     images, targets = self.mixup(images, targets)
             yield images, targets
 
@@ -246,12 +227,8 @@ def run_finetune(
             if resume:
                 loop.resume()
             result = loop.run(stop_at_step)
-            if result.interrupted is not None:
-                return {"interrupted": result.interrupted, "step": result.step, "out": str(run_dir)}
-            summary = run_dir / "summary.json"
-            if result.already_complete and summary.is_file():
-                return {**json.loads(summary.read_text()), "already_complete": True}
-            return _score(task, plan, result, logger, t0)
+            early = result.early_summary(run_dir)
+            return early if early is not None else _score(task, plan, result, logger, t0)
 
 
 class FinetuneTask(Task):

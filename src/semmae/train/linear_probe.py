@@ -128,12 +128,8 @@ def run_linear_probe(
             if resume:
                 loop.resume()
             result = loop.run(stop_at_step)
-            if result.interrupted is not None:
-                return {"interrupted": result.interrupted, "step": result.step, "out": str(run_dir)}
-            summary = run_dir / "summary.json"
-            if result.already_complete and summary.is_file():
-                return {**json.loads(summary.read_text()), "already_complete": True}
-            return _score(task, plan, result, logger, t0)
+            early = result.early_summary(run_dir)
+            return early if early is not None else _score(task, plan, result, logger, t0)
 
 
 def _score(
