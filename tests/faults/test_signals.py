@@ -29,6 +29,10 @@ TRAINERS = {
     "finetune": (["eval", "finetune", "--checkpoint", "random:mae_debug", "--results", "RESULTS"],
                  ["data.name=toy_parts", "data.toy_size=384", "data.image_size=28", "eval.ft_batch_size=8",
                   "eval.batch_size=64", "eval.ft_epochs=1", "eval.ft_warmup_epochs=0"], 48),
+    "linear_mae": (["eval", "linear", "--checkpoint", "random:mae_debug", "--results", "RESULTS"],
+                   ["data.name=toy_parts", "data.toy_size=384", "data.image_size=28", "eval.linear_protocol=mae",
+                    "eval.batch_size=8", "eval.linear_batch_size=8", "eval.linear_epochs=1",
+                    "eval.linear_warmup_epochs=0"], 48),
     "parts": (["parts", "train"],
               ["data.name=toy_parts", "data.image_size=28", "data.in_chans=1", "data.toy_size=192",
                "data.mean=[0.27]", "data.std=[0.18]", "parts.backbone=random:mae_debug", "parts.num_parts=4",
@@ -74,6 +78,7 @@ def _signal_after_first_checkpoint(argv: list[str], out: Path, sig: int) -> tupl
         ("pretrain", signal.SIGTERM),
         ("finetune", signal.SIGTERM),
         ("parts", signal.SIGTERM),
+        ("linear_mae", signal.SIGTERM),
         pytest.param("parts", signal.SIGINT, marks=pytest.mark.slow),  # Ctrl-C: the same StopRequest
     ],
 )
@@ -116,3 +121,18 @@ def test_resume_of_a_finished_run_keeps_its_summary(
     (out / "summary.json").unlink()  # killed after the last checkpoint, before the summary
     assert main([*argv, "--resume"]) == 0
     assert "NaN" not in (out / "summary.json").read_text()  # strict JSON: no loss was logged
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_pipeline_in_one_line_and_a_rerun_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "pipe"
+    tiny = ["data.limit=256", "model.name=mae_debug", "train.epochs=2", "train.batch_size=8", "parts.epochs=1",
+            "parts.batch_size=32", "parts.eval_limit=64", "eval.linear_epochs=2", "eval.batch_size=128",
+            "train.knn_every_epochs=0", "train.progress_bar=false", "train.ckpt_every_steps=1"]  # fmt: skip
+    argv = ["pipeline", "--config", str(ROOT / "configs" / "pipeline_fmnist.yaml"), "--out", str(out), *tiny]
+    code, err = _signal_after_first_checkpoint(argv, out / "mae", signal.SIGTERM)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("semmae: error: stage stopped at step ")
+    assert (out / "mae" / "checkpoints" / "last.pt").is_file() and not (out / "mae" / "DONE.json").exists()
+    assert main([*argv, "--resume"]) == 0
+    assert (out / "mae" / "DONE.json").is_file() and (out / "report.html").is_file()

@@ -20,6 +20,10 @@ from typing import Any
 from semmae import runtime
 from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
+from semmae.errors import SemmaeError
+from semmae.parts.export import export_part_maps
+from semmae.train.parts import run_parts_train
+from semmae.train.pretrain import run_pretrain
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +107,8 @@ def parts_config(cfg: Config, backbone: Path) -> Config:
 
 def _pretrain(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        from semmae.train.pretrain import run_pretrain
-
         summary = run_pretrain(cfg, d, resume=resume)
         if not summary.get("complete"):
-            from semmae.errors import SemmaeError
-
             raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
         return summary
 
@@ -117,12 +117,8 @@ def _pretrain(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
 
 def _parts_train(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        from semmae.train.parts import run_parts_train
-
         summary = run_parts_train(cfg, d, resume=resume, overwrite=False)
         if not summary.get("complete"):
-            from semmae.errors import SemmaeError
-
             raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
         return summary
 
@@ -131,8 +127,6 @@ def _parts_train(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
 
 def _export(parts_dir: Path, cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        from semmae.parts.export import export_part_maps
-
         d.mkdir(parents=True, exist_ok=True)
         out = {}
         for split in ("train", "test"):
