@@ -136,3 +136,17 @@ def test_sigterm_stops_the_pipeline_in_one_line_and_a_rerun_finishes(tmp_path: P
     assert (out / "mae" / "checkpoints" / "last.pt").is_file() and not (out / "mae" / "DONE.json").exists()
     assert main([*argv, "--resume"]) == 0
     assert (out / "mae" / "DONE.json").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_study_in_one_line_and_a_rerun_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    argv = ["study", "--config", str(ROOT / "configs" / "study_relations.yaml"), "--budget", "quick",
+            "--out", str(out), "data.toy_size=300", "parts.eval_limit=100", "train.batch_size=8",
+            "train.ckpt_every_steps=1", "train.progress_bar=false"]  # fmt: skip
+    code, err = _signal_after_first_checkpoint(argv, out / "prefix" / "mae", signal.SIGTERM)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("semmae: error: stage stopped at step ")
+    assert (out / "prefix" / "mae" / "checkpoints" / "last.pt").is_file()
+    assert main([*argv, "--resume"]) == 0
+    assert (out / "study.json").is_file() and (out / "study.html").is_file()
