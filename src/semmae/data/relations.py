@@ -33,10 +33,12 @@ four parts. A class whose every part is uniform over the four appearances needs 
 (part, appearance) pairs per part pair, of the 12 ordered pairs of distinct appearances, so at
 most three classes can each be fixed by any two parts.
 
-What a probe needs: every (part, appearance) binding is equally frequent in every class, so even
-features that bind each appearance to its shape, summed linearly, separate nothing; the class is
-a second-order fact (which two parts agree in colour). A linear probe or kNN above chance shows
-features that encode how parts relate.
+What a probe needs (measured with logistic regression on the exact codes, 1600 images per
+split): the bag of appearances gives 33.8% (chance); the 16 one-hot (part, appearance) bindings
+give 50.3%, since with every binding equally frequent in every class no linear score on them can
+rank all three classes right; the 12 pairwise relations (do parts i and j share colour, stripes)
+give 100%. So a linear probe or kNN above chance needs features that bind appearance to shape,
+and near 100% features that encode how parts relate.
 
 Why it changed (measured): the first version drew three parts with codes ``a1, a1 XOR c,
 a1 XOR m(c)`` over four classes. Its bag of appearances identified one class (all three parts
