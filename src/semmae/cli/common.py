@@ -60,6 +60,7 @@ def check_out(
     """
     if not getattr(args, "overwrite", False):
         return
+    # Imported here: engine imports torch, and --help or a refused config must start without it.
     from semmae.engine.rundir import check_out_holds_no_inputs, config_inputs
 
     named = [("the --config file", getattr(args, "config", None)), *inputs]

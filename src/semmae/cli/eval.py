@@ -99,6 +99,7 @@ def results_path(spec: str, results: str | None) -> Path | None:
 
 
 def _run(name: str, args: argparse.Namespace) -> int:
+    # Heavy (torch, timm): imported when a command runs, so `semmae --help` starts without them.
     from semmae.engine.logging import append_result
     from semmae.models.encoder import load_encoder
     from semmae.runtime import is_main

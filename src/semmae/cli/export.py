@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from semmae.cli.common import check_out
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from semmae.cli.common import check_out
-    from semmae.models.export import run_export
+    from semmae.models.export import run_export  # heavy (torch, timm, onnx): only when run
 
     check_out(args, None, ("the --checkpoint", args.checkpoint))
     result = run_export(

@@ -79,7 +79,17 @@ def boxes_from_uniforms(
     pos = uniforms[:, 2 * _TRIES : 2 * _TRIES + 2]
     top = torch.floor(pos[:, 0] * (height - h + 1))
     left = torch.floor(pos[:, 1] * (width - w + 1))
-    # Fallback: the whole image, cut to the nearest allowed aspect ratio, centred.
+    box = torch.stack([top, left, h, w], 1)
+    fallback = torch.tensor(fallback_box(height, width, ratio))
+    return torch.where(found[:, None], box, fallback)
+
+
+def fallback_box(height: int, width: int, ratio: Sequence[float]) -> tuple[float, float, float, float]:
+    """The box when no try fits: the whole image, cut to the nearest allowed aspect ratio, centred.
+
+    Returns:
+        ``(top, left, h, w)`` in pixels.
+    """
     in_ratio = width / height
     if in_ratio < min(ratio):
         fw, fh = float(width), float(round(width / min(ratio)))
@@ -87,9 +97,7 @@ def boxes_from_uniforms(
         fw, fh = float(round(height * max(ratio))), float(height)
     else:
         fw, fh = float(width), float(height)
-    box = torch.stack([top, left, h, w], 1)
-    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
-    return torch.where(found[:, None], box, fallback)
+    return (height - fh) // 2, (width - fw) // 2, fh, fw
 
 
 def box_from_draws(
@@ -114,14 +122,7 @@ def box_from_draws(
             top = math.floor(draws[2 * _TRIES] * (height - h + 1))
             left = math.floor(draws[2 * _TRIES + 1] * (width - w + 1))
             return float(top), float(left), h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = float(width), float(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fw, fh = float(round(height * max(ratio))), float(height)
-    else:
-        fw, fh = float(width), float(height)
-    return (height - fh) // 2, (width - fw) // 2, fh, fw
+    return fallback_box(height, width, ratio)
 
 
 def crop_boxes(

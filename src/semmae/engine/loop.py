@@ -13,6 +13,7 @@ parameter is finite. So ``checkpoints/last.pt`` only ever holds finite state.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -97,8 +98,8 @@ def make_plan(
     return Plan(steps_per_epoch, total, warmup, peak_lr, min_lr, effective_batch, accum)
 
 
-class Task:
-    """What one trainer supplies to :class:`TrainLoop` (override what applies; defaults do nothing).
+class Task(abc.ABC):
+    """What one trainer supplies to :class:`TrainLoop` (``batches`` and ``step`` are required; the other hooks default to doing nothing).
 
     Attributes:
         kind: checkpoint kind (``mae``, ``parts``, ``finetune``); a resume checks it.
@@ -113,17 +114,17 @@ class Task:
     clip_grad: float | None = None
     nonfinite_hint: str = "lower the learning rate"
 
+    @abc.abstractmethod
     def batches(self, epoch: int, start: int) -> Iterable[Any]:
         """Micro-batches ``start, start + 1, ...`` of ``epoch`` (a pure function of seed and index)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step(self, net: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, int]:
         """Forward + loss of one micro-batch through ``net`` (the model, DDP-wrapped when distributed).
 
         Returns:
             The scalar loss (the loop does the backward pass) and the micro-batch's image count.
         """
-        raise NotImplementedError
 
     def log_metrics(self, step: int) -> dict[str, Any]:
         """Extra metrics of a log step (after optimiser step ``step``)."""
@@ -139,6 +140,7 @@ class Task:
 
     def load_extra_state(self, ckpt: dict[str, Any]) -> None:
         """Check and restore the trainer's own keys on resume (raise CheckpointError on a mismatch)."""
+        return None  # a trainer without keys of its own has nothing to restore
 
 
 @dataclass

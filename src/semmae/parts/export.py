@@ -21,6 +21,11 @@ import torch
 from tqdm import tqdm
 
 from semmae import config as config_lib
+from semmae.data import build_dataset, iterate_batches
+from semmae.data.folder import whole_image_view
+from semmae.data.oracle import part_maps_from_masks
+from semmae.data.partmaps import PartMapWriter, npy_path, write_part_maps
+from semmae.data.transforms import center_batch, normalize
 from semmae.errors import CheckpointError, ConfigError, RunDirError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict
 from semmae.parts.backbone import FrozenBackbone, load_backbone
@@ -141,9 +146,6 @@ def iter_labels(
     Yields:
         ``(indices (B,), labels (B, h*scale, w*scale) uint8 on CPU, patch tokens (B, L, D) | None)``.
     """
-    from semmae.data import iterate_batches
-    from semmae.data.transforms import center_batch, normalize
-
     bar = tqdm(total=len(indices), desc="labelling", unit="img", disable=None if progress else True)
     for images_u8, _, idx in iterate_batches(ds, indices, batch_size):
         images01, _ = center_batch(images_u8, out_size=ds.image_size)
@@ -158,8 +160,6 @@ def iter_labels(
 
 
 def _exists(out_path: str | Path) -> bool:
-    from semmae.data.partmaps import npy_path
-
     return npy_path(out_path).exists()
 
 
@@ -202,10 +202,6 @@ def export_part_maps(
         RunDirError: ``out_path`` exists and ``overwrite`` is False.
         CheckpointError: no usable part-learner checkpoint.
     """
-    from semmae.data import build_dataset
-    from semmae.data.folder import whole_image_view
-    from semmae.data.partmaps import PartMapWriter
-
     dev = resolve_device(device)
     with distributed_session(dev):
         # Rank 0's view decides, so no rank sees the file another rank has just created.
@@ -255,10 +251,6 @@ def maps_from_masks(
         ConfigError: the dataset has no part masks, or the grid is out of range.
         RunDirError: ``out_path`` exists and ``overwrite`` is False.
     """
-    from semmae.data import build_dataset
-    from semmae.data.oracle import part_maps_from_masks
-    from semmae.data.partmaps import write_part_maps
-
     _refuse_existing(out_path, overwrite)
     ds = build_dataset(cfg.data, split)
     if ds.part_masks is None or ds.num_gt_parts is None:

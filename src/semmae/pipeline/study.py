@@ -29,6 +29,9 @@ import torch
 
 from semmae import runtime
 from semmae.config import Config
+from semmae.data import build_dataset
+from semmae.data.oracle import part_maps_from_masks
+from semmae.data.partmaps import write_part_maps
 from semmae.engine.build import build_model
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
@@ -100,9 +103,6 @@ def method_config(cfg: Config, method: str, seed: int, learned: Path, oracle: Pa
 def _oracle_maps(cfg: Config, root: Path, grid: list[int]) -> Path | None:
     if cfg.data.name not in PART_MASK_SETS:
         return None
-    from semmae.data import build_dataset
-    from semmae.data.oracle import part_maps_from_masks
-    from semmae.data.partmaps import write_part_maps
 
     path = root / "prefix" / "oracle_train.npy"
     if not path.is_file():
