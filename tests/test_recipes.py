@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from semmae import config as config_lib
-from semmae.models.registry import preset
+from semmae.models.presets import preset
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 GPUS = 8  # the recipes' comments size their batches for 8 processes

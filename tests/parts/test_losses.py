@@ -12,7 +12,6 @@ from semmae.models import build_mae
 from semmae.parts.backbone import FrozenBackbone
 from semmae.parts.learner import PartLearner
 from semmae.parts.losses import (
-    area_loss,
     count_empty_parts,
     overlap_loss,
     part_area_histogram,
@@ -45,9 +44,11 @@ def test_overlap_known_values() -> None:
 def test_area_term_and_histogram() -> None:
     labels = torch.arange(16).view(1, 4, 4) % 4
     maps = _hard_maps(labels, 4)
-    assert float(area_loss(maps)) == pytest.approx(0.0, abs=1e-6)
+    recon = torch.zeros(1, 1, 4, 4)
+    assert float(parts_loss(recon, recon, maps)["area"]) == pytest.approx(0.0, abs=1e-6)
     one_part = _hard_maps(torch.zeros(2, 4, 4, dtype=torch.long), 4)
-    assert float(area_loss(one_part)) == pytest.approx(math.log(4), abs=1e-4)
+    area = parts_loss(recon.expand(2, -1, -1, -1), recon.expand(2, -1, -1, -1), one_part)["area"]
+    assert float(area) == pytest.approx(math.log(4), abs=1e-4)
     hist = part_area_histogram(_hard_maps(torch.tensor([[[0, 0], [0, 1]]]), 3))
     torch.testing.assert_close(hist, torch.tensor([0.75, 0.25, 0.0]))
 

@@ -24,6 +24,7 @@ import yaml
 
 from semmae import __version__
 from semmae import config as config_lib
+from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from semmae.errors import RunDirError
 from semmae.runtime import barrier, is_main
@@ -170,11 +171,8 @@ def config_inputs(cfg: config_lib.Config | None) -> dict[str, str | None]:
 
 def _input_path(spec: str | os.PathLike[str]) -> Path | None:
     text = os.fspath(spec)
-    if not text or text.startswith("random:"):
-        return None
-    if text.startswith("timm:"):
-        text = text.partition("@")[2]
-    return Path(text).expanduser().resolve()
+    path = parse_encoder_spec(text).path if text else None
+    return path.expanduser().resolve() if path is not None else None
 
 
 def check_out_holds_no_inputs(out: str | Path, inputs: Inputs) -> None:

@@ -9,13 +9,9 @@ from typing import Any
 
 from semmae.masking import block as _block  # noqa: F401  (registers "block")
 from semmae.masking import random as _random  # noqa: F401  (registers "random")
+from semmae.masking import semantic as _semantic  # noqa: F401  (registers "semantic")
 from semmae.masking.base import MaskingStrategy, MaskOutput, mask_budget, mask_from_scores
 from semmae.registry import MASKINGS
-
-try:  # the semantic strategy lives in its own module
-    from semmae.masking import semantic as _semantic  # noqa: F401  (registers "semantic")
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
 
 
 def build(name: str, **params: Any) -> MaskingStrategy:

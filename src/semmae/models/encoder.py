@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
+from semmae.encoder_spec import parse_encoder_spec
 from semmae.errors import CheckpointError, ConfigError
 from semmae.models.checkpoint import load_checkpoint
+from semmae.models.presets import preset
 from semmae.models.vit_encoder import ENCODER_KEYS, ViTEncoder
 
 log = logging.getLogger(__name__)
@@ -193,8 +195,6 @@ def _build(state: dict[str, torch.Tensor], where: str, hint: dict[str, Any] | No
 
 
 def _random_encoder(name: str) -> tuple[ViTEncoder, dict[str, Any]]:
-    from semmae.models.registry import preset
-
     arch = preset(name)  # ConfigError listing the presets
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
@@ -314,17 +314,12 @@ def _load_encoder(
     spec: str, map_location: str | torch.device, chain: tuple[Path, ...]
 ) -> tuple[ViTEncoder, dict[str, Any]]:
     """:func:`load_encoder`, with ``chain``: the part checkpoints that led here via their backbone."""
-    if spec.startswith("random:"):
-        enc, meta = _random_encoder(spec[len("random:") :])
+    parsed = parse_encoder_spec(spec)
+    if parsed.kind == "random":
+        enc, meta = _random_encoder(str(parsed.name))
         return enc.to(map_location), meta
-    hint: dict[str, Any] = {}
-    path_text = spec
-    if spec.startswith("timm:"):
-        name, sep, path_text = spec[len("timm:") :].partition("@")
-        if not sep:
-            raise CheckpointError(f"encoder {spec!r} must look like timm:MODEL_NAME@WEIGHTS_FILE")
-        hint = _timm_heads(name)
-    path = Path(path_text)
+    hint = _timm_heads(str(parsed.name)) if parsed.kind == "timm" else {}
+    path = Path(str(parsed.path))
     where = repr(str(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {where} not found")

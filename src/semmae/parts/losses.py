@@ -58,11 +58,6 @@ def area_entropy(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
-def area_loss(maps: torch.Tensor) -> torch.Tensor:
-    """``log K - H(batch-mean areas)``: >= 0, zero when every part covers the same share."""
-    return math.log(maps.shape[1]) - area_entropy(maps)
-
-
 def parts_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
@@ -87,7 +82,7 @@ def parts_loss(
     rec = (recon.float() - target.float()).pow(2).mean()
     overlap = overlap_loss(maps)
     entropy = area_entropy(maps)
-    area = math.log(maps.shape[1]) - entropy
+    area = math.log(maps.shape[1]) - entropy  # >= 0, zero when every part covers the same share
     div = overlap + lambda_area * area
     return {
         "loss": rec + lambda_div * div,
