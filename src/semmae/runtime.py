@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from semmae import __version__
 from semmae.errors import ConfigError
 
 
@@ -249,8 +250,6 @@ def describe_device() -> str:
 
 def provenance() -> dict[str, Any]:
     """What produced a result: semmae version and git commit, torch version, device, UTC time."""
-    from semmae import __version__
-
     return {
         "semmae": __version__,
         "git": _git_commit(),

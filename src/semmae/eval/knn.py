@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from semmae import runtime
 from semmae.config import Config
+from semmae.eval.features import prepare_features
 
 if TYPE_CHECKING:
     from semmae.eval.features import FeatureSet
@@ -135,8 +136,6 @@ def run_knn(
         ``{"eval": "knn", "top1", ["top5"], "k", "t", "checkpoint", "dataset", "feature",
         "n_train", "n_test", "seconds", ...}``.
     """
-    from semmae.eval.features import prepare_features
-
     t0 = time.perf_counter()
     fs = features if features is not None else prepare_features(cfg, spec, progress=progress, loaded=loaded)
     device = runtime.resolve_device(cfg.train.device)

@@ -32,6 +32,7 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.engine.schedule import warmup_cosine
 from semmae.errors import ConfigError
+from semmae.eval.features import prepare_features
 from semmae.eval.knn import topk_accuracy
 
 if TYPE_CHECKING:
@@ -255,8 +256,6 @@ def run_linear(
         ``{"eval": "linear", "protocol": "fast", "top1", ["top5"], "lr", "val_top1", "grid", "epochs", "optimizer",
         "checkpoint", "dataset", "feature", "n_train", "n_test", "seconds", ...}``.
     """
-    from semmae.eval.features import prepare_features
-
     e = cfg.eval
     if e.linear_optimizer not in OPTIMIZERS:
         raise ConfigError(

@@ -31,7 +31,7 @@ from torch import nn
 
 from semmae import __version__
 from semmae.errors import ConfigError, RunDirError
-from semmae.models.encoder import ViTEncoder
+from semmae.models.encoder import ViTEncoder, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,6 @@ def run_export(
     Raises:
         ConfigError: unknown format. RunDirError: ``out`` exists. CheckpointError: bad ``spec``.
     """
-    from semmae.models.encoder import load_encoder
-
     check_format(fmt)
     out = Path(out)
     if out.exists() and not overwrite:

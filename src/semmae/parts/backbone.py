@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from semmae.errors import ConfigError
+from semmae.models.encoder import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,6 @@ def check_backbone_fits(backbone: FrozenBackbone, image_size: int, in_chans: int
 
 
 def _load_encoder(spec: str) -> tuple[nn.Module, dict[str, Any]]:
-    # Imported lazily: the encoder loader pulls in timm weight conversion only when needed.
-    from semmae.models.encoder import load_encoder
-
     return load_encoder(spec, map_location="cpu")
 
 
