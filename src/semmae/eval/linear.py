@@ -214,24 +214,30 @@ def linear_probe(
         progress=progress,
     )
     sel_idx = val_idx if val_idx.numel() else fit_idx
-    sel_scores = probe_scores(grid, train_feats[sel_idx])
-    sel_labels = train_labels.to(dev)[sel_idx]
-    sel_top1 = [topk_accuracy(s, sel_labels, (1,))["top1"] for s in sel_scores]
-    best = max(range(len(lrs)), key=lambda g: (sel_top1[g], -g))
+    best, sel_top1 = _choose_lr(grid, lrs, train_feats[sel_idx], train_labels.to(dev)[sel_idx])
     test = topk_accuracy(probe_scores(grid, test_feats)[best], test_labels)
+    grid_acc = {str(lr): a for lr, a in zip(lrs, sel_top1, strict=True)}
+    return {
+        **test, "lr": lrs[best], "val_top1": sel_top1[best], "grid": grid_acc,
+        "n_fit": len(fit_idx), "n_val": len(val_idx),
+    }  # fmt: skip
+
+
+def _choose_lr(
+    grid: ProbeGrid, lrs: Sequence[float], feats: torch.Tensor, labels: torch.Tensor
+) -> tuple[int, list[float]]:
+    """The grid member with the best top-1 on ``(feats (N, D), labels (N,))``, the first listed on ties.
+
+    Returns:
+        ``(index of the chosen lr, top-1 of every member in percent)``.
+    """
+    top1 = [topk_accuracy(s, labels, (1,))["top1"] for s in probe_scores(grid, feats)]
+    best = max(range(len(lrs)), key=lambda g: (top1[g], -g))
     if len(lrs) > 1 and lrs[best] in (max(lrs), min(lrs)):
         log.warning(
             "the chosen lr %g is at the edge of eval.linear_lrs; a wider grid may do better", lrs[best]
         )
-    grid_acc = {str(lr): a for lr, a in zip(lrs, sel_top1, strict=True)}
-    return {
-        **test,
-        "lr": lrs[best],
-        "val_top1": sel_top1[best],
-        "grid": grid_acc,
-        "n_fit": len(fit_idx),
-        "n_val": len(val_idx),
-    }
+    return best, top1
 
 
 def run_linear(
