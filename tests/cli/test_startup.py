@@ -45,7 +45,16 @@ def test_help_does_not_import_heavy_libraries() -> None:
     assert result["heavy"] == [], f"`semmae --help` imported {result['heavy']}"
 
 
-@pytest.mark.parametrize("command", [["pretrain"], ["parts", "train"], ["pipeline"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["pretrain"],
+        ["parts", "train"],
+        ["pipeline"],
+        ["study", "--budget", "quick"],
+        ["study", "--budget", "gpu"],
+    ],
+)
 def test_config_refusal_does_not_import_torch(command: list[str], tmp_path: Path) -> None:
     argv = [
         *command,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, load_config
 
 
@@ -47,11 +48,11 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from semmae import config as config_lib
-    from semmae.pipeline.study import budget_overrides, run_study
+    # The config as the user wrote it is refused before torch is imported (start-up time); the gpu
+    # budget also scales its sizes.
+    base = load_config(args)
+    from semmae.pipeline.study import budget_overrides, run_study  # heavy: torch, timm, matplotlib
 
-    # The gpu budget scales the config's own sizes, so it needs the config first.
-    base = config_lib.load(args.config, list(args.overrides)) if args.budget == "gpu" else None
     cfg = config_lib.load(args.config, budget_overrides(args.budget, base) + list(args.overrides))
     check_out(args, cfg)
     table = run_study(cfg, args.out, budget=args.budget, resume=args.resume, overwrite=args.overwrite)
