@@ -15,6 +15,8 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
   the end of an epoch (checkpoint, image grid, kNN monitor) to the steps of one recipe epoch.
 - ``fp32_compiled`` (``--compile``): the fp32 step under ``torch.compile``, as ``train.compile``
   runs it; ``compile_and_run_s`` includes compiling (minutes on a CPU).
+- ``fp32_profile``: where the fp32 step's time goes (shares of its CPU time: matmuls, attention,
+  GELU, the rest) and the matmuls' own GFLOP/s against the peak: what bounds the utilisation.
 - ``bf16_speedup``: bf16 / fp32 step img/s. On a CPU without bf16 instructions
   (``cpu_native_bf16`` false) bf16 autocast runs emulated, about ten times slower than fp32;
   the bf16 step is then skipped unless ``--bf16 on``, and the output says so.
@@ -105,6 +107,52 @@ def time_steps(model, opt, x, masking, device, precision: str, steps: int) -> tu
         if i >= 3:  # warm-up steps excluded
             times.append(time.perf_counter() - t)
     return times, (time.process_time() - cpu0) / steps
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def _family(op: str) -> str:
+    if op in MATMULS:
+        return "matmul"
+    if "scaled_dot_product" in op:
+        return "attention"
+    return "gelu" if "gelu" in op else "other"
+
+
+def step_profile(model, opt, x, masking, device, peak_gflop_s: float, steps: int = 3) -> dict[str, Any]:  # noqa: ANN001
+    """Shares of the fp32 step's CPU time by op family, and the matmuls' achieved GFLOP/s.
+
+    ``utilisation_if_only_matmuls`` is the step's FLOPs over its matmul time alone: the ceiling of
+    the utilisation were every other op free. The profiler times ops in wall time, so ``peak_gflop_s``
+    is the wall-time peak; attention's FLOPs are not counted by the FLOP counter (as in the step's).
+    """
+    with FlopCounterMode(display=False) as counter:
+        model(
+            x, masking(x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(0))
+        ).loss.backward()
+    model.zero_grad(set_to_none=True)
+    # The counter names ops "aten.mm"; the profiler names them "aten::mm".
+    by_op = {str(op).replace(".", "::"): n for op, n in counter.get_flop_counts()["Global"].items()}
+    mm_flops = sum(n for op, n in by_op.items() if op in MATMULS)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        time_steps(model, opt, x, masking, device, "fp32", steps)
+    seconds: dict[str, float] = {}
+    for event in prof.key_averages():
+        family = _family(event.key)
+        seconds[family] = seconds.get(family, 0.0) + event.self_cpu_time_total / 1e6
+    total = sum(seconds.values())
+    per_step_mm = seconds.get("matmul", 0.0) / (steps + 3)  # time_steps runs 3 warm-up steps too
+    mm_rate = mm_flops / per_step_mm / 1e9 if per_step_mm else 0.0
+    return {
+        "time_shares": {k: round(v / total, 3) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])},
+        "matmul_flop_share": round(mm_flops / counter.get_total_flops(), 3),
+        "matmul_gflop_s": round(mm_rate, 1),
+        "matmul_over_peak": round(mm_rate / peak_gflop_s, 3),
+        "utilisation_if_only_matmuls": round(counter.get_total_flops() / per_step_mm / 1e9 / peak_gflop_s, 3)
+        if per_step_mm
+        else None,
+    }
 
 
 def step_figures(
@@ -269,6 +317,8 @@ def main() -> None:
     fp32_peak = matmul_peak(torch.float32, device)
     t_before, cpu_before = bare("fp32")
     result["fp32"] = step_figures(flops, args.batch, (t_before, cpu_before), fp32_peak)
+    if device.type == "cpu":
+        result["fp32_profile"] = step_profile(model, opt, x, masking, device, fp32_peak[0])
     if args.engine_steps > 0:
         engine = engine_rates(args.batch, args.engine_steps, device, "fp32")
         t_after, cpu_after = bare("fp32")

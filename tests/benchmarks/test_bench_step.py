@@ -63,3 +63,19 @@ def test_one_whole_run_reports_every_figure(tmp_path: Path) -> None:
         and result["engine_over_step_with_epoch_end"] <= result["engine_over_step"]
     )
     assert set(result["targets"]) == {"fp32_utilisation", "bf16_speedup", "engine_over_step"}
+
+
+def test_the_step_profile_splits_the_time_and_finds_the_matmuls() -> None:
+    torch.manual_seed(0)
+    model = bench_step.build_mae("mae_debug")
+    opt = bench_step.build_adamw(model, 1e-4, 0.05)
+    x = torch.randn(8, 1, 28, 28)
+    prof = bench_step.step_profile(
+        model, opt, x, bench_step.build("random", ratio=0.75), torch.device("cpu"), 10.0, steps=1
+    )
+    shares = prof["time_shares"]
+    assert {"matmul", "attention", "gelu", "other"} <= set(shares)
+    assert sum(shares.values()) == pytest.approx(1.0, abs=0.01)
+    assert 0.9 < prof["matmul_flop_share"] <= 1.0  # the counter sees linears (and the conv patch embed)
+    assert prof["matmul_gflop_s"] > 0
+    assert prof["utilisation_if_only_matmuls"] >= prof["matmul_over_peak"]
