@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from semmae.config import PartLearnerArch
 from semmae.errors import ConfigError
 from semmae.models import build_mae
 from semmae.parts.backbone import FrozenBackbone, check_backbone_fits, compute_feature_cache
@@ -23,9 +24,12 @@ def _one_thread():
 
 
 def _small_learner(backbone: FrozenBackbone, k: int = 4, **kw) -> PartLearner:
-    args = dict(decoder_channels=32, style_dim=32, mlp_hidden=64)
+    args = dict(decoder_channels=32, style_dim=32, mlp_hidden=64, center_tokens=False)
     args.update(kw)
-    return PartLearner(backbone.embed_dim, k, backbone.grid, backbone.img_size, backbone.in_chans, **args)
+    return PartLearner(
+        PartLearnerArch(num_parts=k, **args), embed_dim=backbone.embed_dim, grid=backbone.grid,
+        img_size=backbone.img_size, in_chans=backbone.in_chans,
+    )  # fmt: skip
 
 
 @pytest.fixture
