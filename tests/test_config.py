@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from semmae import config as config_lib
 from semmae.errors import ConfigError
@@ -20,6 +21,15 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 def test_every_recipe_loads(path: Path) -> None:
     cfg = config_lib.load(path)
     assert isinstance(cfg, config_lib.Config)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_recipes_hold_only_what_differs_from_the_defaults(path: Path) -> None:
+    cfg, defaults = config_lib.load(path), config_lib.Config()
+    tree = yaml.safe_load(path.read_text())
+    same = [f"{s}.{k}" for s, fields in tree.items() for k in fields
+            if getattr(getattr(cfg, s), k) == getattr(getattr(defaults, s), k)]  # fmt: skip
+    assert not same, f"{path.name} repeats defaults: {same}"
 
 
 def test_overrides_are_typed_and_applied() -> None:

@@ -102,11 +102,10 @@ class MaskingConfig:
     """How patches are hidden.
 
     Attributes:
-        name: ``random``, ``block`` or ``semantic``.
+        name: the strategy: ``random``, ``block`` or ``semantic``.
         ratio: share of patches hidden, in (0, 1).
         min_block: smallest block (in patches) for ``block`` masking.
-        schedule: λ schedule for ``semantic``: ``power``, ``intra``, ``inter``, ``linear``,
-            ``reversed``, ``cosine``.
+        schedule: λ schedule of ``semantic`` (:func:`semmae.masking.schedule.lambda_schedule`).
         gamma: exponent of the ``power`` / ``reversed`` schedules.
         step_per: advance λ per ``step`` or per ``epoch`` (as the paper's code).
         parts: part-map file (``.npy`` with its manifest) for the training split.

@@ -56,7 +56,8 @@ def eval_config(
     Raises:
         ConfigError: bad file, unknown key or invalid value.
     """
-    known = {f.name for f in dataclasses.fields(config_lib.DataConfig)}  # older runs may lack new keys
+    # A run of another version may record keys this one does not have (missing ones take defaults).
+    known = {f.name for f in dataclasses.fields(config_lib.DataConfig)}
     data = {k: v for k, v in (checkpoint_data or {}).items() if k in known}
     return config_lib.load(config_path, overrides, base=config_lib.from_dict({"data": data}))
 
