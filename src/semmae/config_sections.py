@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from semmae import names
 from semmae.config_checks import at_least, positive, scale_range
@@ -185,10 +185,10 @@ class TrainConfig:
 
 @dataclass
 class PartLearnerArch:
-    """The part learner's architecture (DESIGN.md §2.2); the sizes the backbone fixes come apart.
+    """The part learner's architecture (DESIGN.md §2.2), less the sizes its backbone fixes.
 
     The fields of the ``parts`` config section that build :class:`semmae.parts.learner.PartLearner`;
-    its checkpoints store them, with the backbone's sizes, as one flat dict. Paper-silent defaults.
+    its checkpoints store them and the backbone's sizes as one flat dict. Paper-silent defaults.
 
     Attributes:
         num_parts: K (2 <= K <= L).
@@ -383,9 +383,7 @@ class PipelineConfig:
             (:data:`semmae.names.StudyMethod`).
     """
 
-    stages: list[names.PipelineStage] = field(
-        default_factory=lambda: ["mae", "parts", "export", "semmae", "eval", "report"]
-    )
+    stages: list[names.PipelineStage] = field(default_factory=lambda: list(get_args(names.PipelineStage)))
     seeds: list[int] = field(default_factory=lambda: [0])
     study_methods: list[names.StudyMethod] = field(
         default_factory=lambda: ["random", "block", "semantic", "intra", "inter", "reversed"]
