@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from semmae import config as config_lib
 from semmae.errors import ConfigError
@@ -16,6 +21,15 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 def test_every_recipe_loads(path: Path) -> None:
     cfg = config_lib.load(path)
     assert isinstance(cfg, config_lib.Config)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_recipes_hold_only_what_differs_from_the_defaults(path: Path) -> None:
+    cfg, defaults = config_lib.load(path), config_lib.Config()
+    tree = yaml.safe_load(path.read_text())
+    same = [f"{s}.{k}" for s, fields in tree.items() for k in fields
+            if getattr(getattr(cfg, s), k) == getattr(getattr(defaults, s), k)]  # fmt: skip
+    assert not same, f"{path.name} repeats defaults: {same}"
 
 
 def test_overrides_are_typed_and_applied() -> None:
@@ -69,3 +83,73 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     unknown.write_text("train:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match="train.lr"):
         config_lib.load(unknown)
+
+
+@pytest.mark.parametrize(
+    ("override", "valid"),
+    [
+        (
+            "pipeline.study_methods=[random,semantc]",
+            "random, block, semantic, intra, inter, reversed, oracle",
+        ),
+        ("pipeline.stages=[mae,part,export]", "mae, parts, export, semmae, eval, report"),
+        ("model.name=mae_vit_base", "mae_vit_base_patch16"),
+        ("masking.schedule=zigzag", "power, intra, inter, linear, reversed, cosine"),
+        ("parts.export_scale=3", "1, 2"),
+        ("parts.export_scale=true", "1, 2"),  # a YAML bool is not the integer 1
+    ],
+)
+def test_names_outside_their_list_fail_at_load_listing_the_valid_ones(override: str, valid: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_lib.load(None, [override])
+    message = str(info.value)
+    assert override.split("=")[0] in message and valid in message and "\n" not in message
+
+
+def test_pipeline_lists_name_each_entry_once() -> None:
+    ok = config_lib.load(None, ["pipeline.study_methods=[random,oracle]", "pipeline.stages=[mae,report]"])
+    assert ok.pipeline.study_methods == ["random", "oracle"] and ok.pipeline.stages == ["mae", "report"]
+    for override in ("pipeline.study_methods=[random,block,random]", "pipeline.seeds=[0,1,0]"):
+        with pytest.raises(ConfigError, match="twice"):
+            config_lib.load(None, [override])
+
+
+def test_sections_check_themselves_and_validate_joins_them() -> None:
+    data = config_lib.DataConfig(image_size=0)
+    with pytest.raises(ConfigError, match="data.image_size"):
+        data.check()
+    with pytest.raises(ConfigError, match="eval.linear_crop_scale"):
+        config_lib.EvalConfig(linear_crop_scale=[0.5, 0.1]).check()
+    model = config_lib.ModelConfig(patch_size=5)
+    model.check()  # a patch of 5 is fine on its own; it does not divide the data's 28 px
+    with pytest.raises(ConfigError, match="must divide data.image_size"):
+        config_lib.validate(config_lib.Config(model=model))
+    config_lib.validate(config_lib.Config(model=model, data=config_lib.DataConfig(image_size=30)))
+
+
+def test_load_applies_file_and_overrides_on_a_base(tmp_path: Path) -> None:
+    base = config_lib.load(None, ["data.name=toy_parts", "data.image_size=32", "data.limit=10"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  limit: 100\n")
+    cfg = config_lib.load(recipe, ["eval.knn_k=5"], base=base)
+    assert (cfg.data.name, cfg.data.image_size, cfg.data.limit, cfg.eval.knn_k) == ("toy_parts", 32, 100, 5)
+    assert base.data.limit == 10 and base.eval.knn_k == 20  # the base is not modified
+    with pytest.raises(ConfigError, match="model.patch_size"):  # the merged config is validated
+        config_lib.load(None, ["model.patch_size=4"], base=config_lib.load(None, ["data.image_size=30"]))
+
+
+def test_parts_section_builds_the_learner_arch() -> None:
+    cfg = config_lib.load(None, ["parts.tau=0.2", "parts.num_parts=6", "parts.lr=0.5"])
+    arch = cfg.parts.learner_arch()
+    assert type(arch) is config_lib.PartLearnerArch and (arch.tau, arch.num_parts) == (0.2, 6)
+    assert arch.center_tokens is True  # what every configured run has used
+    fields = {f.name for f in dataclasses.fields(config_lib.PartLearnerArch)}
+    assert set(dataclasses.asdict(arch)) == fields and "lr" not in fields
+
+
+def test_config_modules_import_nothing_above_the_bottom_layer() -> None:
+    code = "import sys, semmae.config; print(sorted(m for m in sys.modules if m.startswith(('semmae', 'torch'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    bottom = {"semmae", "semmae.config", "semmae.config_checks", "semmae.config_sections", "semmae.errors",
+              "semmae.names"}  # fmt: skip
+    assert set(ast.literal_eval(out)) == bottom

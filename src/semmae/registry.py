@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from semmae.errors import ConfigError
+from semmae.names import MaskingName, ModelPreset
 
 T = TypeVar("T")
 
@@ -15,10 +17,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the registry holds, used in error messages (e.g. ``"model"``).
+        declared: The names it may hold, declared in :mod:`semmae.names` (where the config reads them).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, declared: tuple[str, ...]) -> None:
         self.kind = kind
+        self.declared = declared
         self._items: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -27,6 +31,8 @@ class Registry(Generic[T]):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._items:
                 raise KeyError(f"{self.kind} {name!r} is already registered")
+            if name not in self.declared:  # the config could never choose it
+                raise KeyError(f"{self.kind} {name!r} is not declared in semmae.names")
             self._items[name] = fn
             return fn
 
@@ -59,5 +65,5 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-MODELS: Registry[Any] = Registry("model")
-MASKINGS: Registry[Any] = Registry("masking strategy")
+MODELS: Registry[Any] = Registry("model", typing.get_args(ModelPreset))
+MASKINGS: Registry[Any] = Registry("masking strategy", typing.get_args(MaskingName))

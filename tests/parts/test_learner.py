@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semmae.errors import ConfigError
+from semmae.config import PartLearnerArch, PartsConfig
+from semmae.errors import CheckpointError, ConfigError
 from semmae.models import build_mae
+from semmae.models.checkpoint import load_checkpoint, load_state_strict
 from semmae.parts.backbone import FrozenBackbone, check_backbone_fits, compute_feature_cache
 from semmae.parts.decoder import StyleDecoder, num_upsamplings
 from semmae.parts.labels import maps_to_labels
@@ -23,9 +25,12 @@ def _one_thread():
 
 
 def _small_learner(backbone: FrozenBackbone, k: int = 4, **kw) -> PartLearner:
-    args = dict(decoder_channels=32, style_dim=32, mlp_hidden=64)
+    args = dict(decoder_channels=32, style_dim=32, mlp_hidden=64, center_tokens=False)
     args.update(kw)
-    return PartLearner(backbone.embed_dim, k, backbone.grid, backbone.img_size, backbone.in_chans, **args)
+    return PartLearner(
+        PartLearnerArch(num_parts=k, **args), embed_dim=backbone.embed_dim, grid=backbone.grid,
+        img_size=backbone.img_size, in_chans=backbone.in_chans,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -194,3 +199,42 @@ def test_maps_to_labels() -> None:
     fine = maps_to_labels(half, scale=2)
     assert fine.shape == (1, 8, 16)
     assert (fine[..., :8] == 0).all() and (fine[..., 8:] == 1).all()
+
+
+# A part-learner ``arch`` exactly as checkpoints have stored it: one flat dict of sizes and fields.
+FLAT_ARCH = {
+    "embed_dim": 32, "num_parts": 4, "grid": [7, 7], "img_size": 28, "in_chans": 1, "tau": 0.1,
+    "learn_tau": False, "tau_min": 0.01, "mlp_hidden": 64, "center_tokens": True, "blur_sigma": 1.0,
+    "blur_padding": "replicate", "straight_through": True, "style_dim": 32, "decoder_channels": 32,
+    "decoder_min_channels": 16, "decoder_upsample": "nearest",
+}  # fmt: skip
+
+
+def test_the_config_built_arch_is_what_checkpoints_store(backbone: FrozenBackbone) -> None:
+    parts = PartsConfig(mlp_hidden=64, style_dim=32, decoder_channels=32, lr=0.5)
+    learner = PartLearner(parts.learner_arch(), embed_dim=32, grid=(7, 7), img_size=28, in_chans=1)
+    assert learner.arch == FLAT_ARCH  # so runs written before PartLearnerArch still resume
+    assert PartLearner(parts, embed_dim=32, grid=(7, 7), img_size=28, in_chans=1).arch == FLAT_ARCH
+
+
+def test_flat_checkpoints_load_with_weights_only(tmp_path, backbone: FrozenBackbone) -> None:
+    torch.manual_seed(0)
+    trained = PartLearner.from_arch(FLAT_ARCH)
+    path = tmp_path / "last.pt"
+    torch.save({"kind": "parts", "arch": dict(FLAT_ARCH), "model": trained.state_dict()}, path)
+    ckpt = load_checkpoint(path)  # weights_only=True: a plain dict of plain values
+    again = PartLearner.from_arch(ckpt["arch"])
+    load_state_strict(again, ckpt["model"])
+    f, g = backbone(torch.randn(2, 1, 28, 28))
+    torch.testing.assert_close(again.eval()(f, g).maps_raw, trained.eval()(f, g).maps_raw)
+    assert again.center_tokens is True and again.arch == FLAT_ARCH
+
+
+def test_checkpoints_from_before_centring_load_uncentred() -> None:
+    old = {k: v for k, v in FLAT_ARCH.items() if k != "center_tokens"}
+    learner = PartLearner.from_arch(old)
+    assert learner.center_tokens is False  # those learners were trained on raw cosines
+    for broken in ({**FLAT_ARCH, "heads": 2}, {k: v for k, v in FLAT_ARCH.items() if k != "grid"}):
+        with pytest.raises(CheckpointError) as exc:
+            PartLearner.from_arch(broken)
+        assert "\n" not in str(exc.value)

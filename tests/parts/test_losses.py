@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from semmae.config import PartLearnerArch
 from semmae.models import build_mae
 from semmae.parts.backbone import FrozenBackbone
 from semmae.parts.learner import PartLearner
@@ -76,9 +77,8 @@ def test_count_empty_parts() -> None:
 def test_overfits_one_small_batch() -> None:
     torch.manual_seed(0)
     backbone = FrozenBackbone(build_mae("mae_debug"))
-    learner = PartLearner(
-        backbone.embed_dim, 4, backbone.grid, 28, 1, decoder_channels=32, style_dim=32, mlp_hidden=64
-    )
+    arch = PartLearnerArch(num_parts=4, decoder_channels=32, style_dim=32, mlp_hidden=64, center_tokens=False)
+    learner = PartLearner(arch, embed_dim=backbone.embed_dim, grid=backbone.grid, img_size=28, in_chans=1)
     # Images with a bright square at a random place: layout the maps must carry.
     images = torch.full((8, 1, 28, 28), -1.0)
     for i in range(8):

@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, stopped_exit_code
 from semmae.errors import ConfigError
@@ -50,40 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=lambda args, name=name: _run(name, args))
 
 
-def _read_tree(path: str) -> dict[str, Any]:
-    config_lib.load(path)  # validates the file with the usual one-line errors
-    return yaml.safe_load(Path(path).read_text()) or {}
-
-
 def eval_config(
     checkpoint_data: dict[str, Any] | None, config_path: str | None, overrides: list[str]
 ) -> config_lib.Config:
-    """Defaults, then the checkpoint's data section, then the ``--config`` file, then overrides.
+    """The ordinary config load on a base of the defaults and the checkpoint's data section.
 
     Raises:
         ConfigError: bad file, unknown key or invalid value.
     """
-    tree: dict[str, dict[str, Any]] = {}
-    if checkpoint_data:
-        known = {f.name for f in dataclasses.fields(config_lib.DataConfig)}
-        tree["data"] = {
-            k: v for k, v in checkpoint_data.items() if k in known
-        }  # older runs may lack new keys
-    layers: list[dict[str, Any]] = [_read_tree(config_path)] if config_path else []
-    layers.append({})
-    for text in overrides:
-        key, value = config_lib.parse_override(text)
-        section, _, name = key.partition(".")
-        layers[-1].setdefault(section, {})[name] = value
-    for layer in layers:
-        for section, values in layer.items():
-            if isinstance(values, dict) and isinstance(tree.get(section), dict):
-                tree[section].update(values)
-            else:
-                tree[section] = dict(values) if isinstance(values, dict) else values
-    cfg = config_lib.from_dict(tree)
-    config_lib.validate(cfg)
-    return cfg
+    # A run of another version may record keys this one does not have (missing ones take defaults).
+    known = {f.name for f in dataclasses.fields(config_lib.DataConfig)}
+    data = {k: v for k, v in (checkpoint_data or {}).items() if k in known}
+    return config_lib.load(config_path, overrides, base=config_lib.from_dict({"data": data}))
 
 
 def results_path(spec: str, results: str | None) -> Path | None:

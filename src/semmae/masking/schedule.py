@@ -8,14 +8,16 @@ training progress p in [0, 1]; values of p outside [0, 1] are clamped.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 
 from semmae.errors import ConfigError
+from semmae.names import ProgressUnit, ScheduleName
 
-SCHEDULES: tuple[str, ...] = ("power", "intra", "inter", "linear", "reversed", "cosine")
+SCHEDULES: tuple[str, ...] = typing.get_args(ScheduleName)
 """Names accepted by :func:`lambda_schedule`."""
 
-PROGRESS_UNITS: tuple[str, ...] = ("step", "epoch")
+PROGRESS_UNITS: tuple[str, ...] = typing.get_args(ProgressUnit)
 """Values accepted by :func:`masking_progress` for ``per``."""
 
 

@@ -105,7 +105,7 @@ def load_part_learner(
         raise CheckpointError(
             f"checkpoint {str(path)!r} is a {ckpt.get('kind')!r} checkpoint, not a part learner"
         )
-    learner = PartLearner(**ckpt["arch"])
+    learner = PartLearner.from_arch(ckpt["arch"])
     load_state_strict(learner, ckpt["model"])
     backbone = restore_backbone(ckpt, device)
     return learner.to(device).eval(), backbone, ckpt, path

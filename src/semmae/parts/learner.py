@@ -9,13 +9,15 @@ From a frozen backbone's patch tokens F (B, L, D) and global token g (B, D):
    optionally of the hard argmax partition with straight-through gradients;
 5. a StyleGAN-like decoder reconstructs the image from the blurred maps, with appearance from g.
 
-The paper leaves the widths, the temperature and the blur open; their defaults are
-:class:`semmae.config.PartsConfig` fields.
+The paper leaves the widths, the temperature and the blur open; they are the fields of
+:class:`semmae.config.PartLearnerArch`, which the ``parts`` config section builds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semmae.config_sections import PartLearnerArch
+from semmae.errors import CheckpointError
 from semmae.parts.decoder import StyleDecoder
 
-_PADDING = ("replicate", "reflect")
+_PADDING = typing.get_args(typing.get_type_hints(PartLearnerArch)["blur_padding"])
+SIZES = ("embed_dim", "grid", "img_size", "in_chans")
+"""The learner's sizes that the backbone fixes; with the :class:`PartLearnerArch` fields they make
+the flat ``arch`` dict that checkpoints store."""
 
 
 @dataclass
@@ -91,81 +98,68 @@ class PartLearner(nn.Module):
     """Part tokens from g, correlation maps with F, blur, StyleGAN-like reconstruction.
 
     Args:
+        arch: the architecture (K, temperature, centring, blur, decoder widths); its fields say
+            what each does.
         embed_dim: D of the backbone tokens.
-        num_parts: K.
         grid: (h, w) patch grid, L = h * w.
         img_size: H = W of the reconstruction.
         in_chans: C of the reconstruction.
-        tau: initial / fixed temperature.
-        learn_tau: make tau a parameter (stored as log tau, floored at ``tau_min``).
-        tau_min: floor of a learnable tau.
-        mlp_hidden: hidden width of the MLP g -> Q.
-        center_tokens: subtract each image's mean patch token before the cosine. ViT patch
-            tokens share a large common direction (MAE tokens of one image: mean cosine ~0.98),
-            so raw cosines barely differ between locations.
-        blur_sigma: Gaussian sigma of the map blur (0 = off).
-        blur_padding: ``replicate`` or ``reflect``.
-        straight_through: decode the hard argmax partition (one-hot) in the forward pass and pass
-            the gradient to the soft maps; otherwise decode the soft maps.
-        style_dim: width of the decoder's style vector.
-        decoder_channels: width of the first decoder block.
-        decoder_min_channels: floor of the decoder widths.
-        decoder_upsample: ``nearest`` or ``bilinear``.
     """
 
     def __init__(
-        self,
-        embed_dim: int,
-        num_parts: int,
-        grid: tuple[int, int],
-        img_size: int,
-        in_chans: int,
-        tau: float = 0.1,
-        learn_tau: bool = False,
-        tau_min: float = 0.01,
-        mlp_hidden: int = 512,
-        center_tokens: bool = False,
-        blur_sigma: float = 1.0,
-        blur_padding: str = "replicate",
-        straight_through: bool = True,
-        style_dim: int = 128,
-        decoder_channels: int = 128,
-        decoder_min_channels: int = 16,
-        decoder_upsample: str = "nearest",
+        self, arch: PartLearnerArch, *, embed_dim: int, grid: tuple[int, int], img_size: int, in_chans: int
     ) -> None:
         super().__init__()
+        arch = arch.learner_arch()  # the architecture fields alone, should a whole parts section come
         grid = (int(grid[0]), int(grid[1]))
+        num_parts, tau, tau_min = arch.num_parts, arch.tau, arch.tau_min
         if num_parts < 2 or num_parts > grid[0] * grid[1]:
             raise ValueError(f"num_parts must be in [2, {grid[0] * grid[1]}], got {num_parts}")
         if tau <= 0 or tau_min <= 0:
             raise ValueError(f"tau and tau_min must be positive, got {tau} and {tau_min}")
-        self.arch: dict[str, Any] = dict(
-            embed_dim=embed_dim, num_parts=num_parts, grid=list(grid), img_size=img_size,
-            in_chans=in_chans, tau=tau, learn_tau=learn_tau, tau_min=tau_min, mlp_hidden=mlp_hidden,
-            center_tokens=center_tokens, blur_sigma=blur_sigma, blur_padding=blur_padding,
-            straight_through=straight_through, style_dim=style_dim,
-            decoder_channels=decoder_channels, decoder_min_channels=decoder_min_channels,
-            decoder_upsample=decoder_upsample,
-        )  # fmt: skip
+        sizes = dict(embed_dim=embed_dim, grid=list(grid), img_size=img_size, in_chans=in_chans)
+        self.arch: dict[str, Any] = {**sizes, **dataclasses.asdict(arch)}  # what checkpoints store
         self.embed_dim = embed_dim
         self.num_parts = num_parts
         self.grid = grid
         self.tau_min = tau_min
-        self.center_tokens = center_tokens
-        self.straight_through = straight_through
+        self.center_tokens = arch.center_tokens
+        self.straight_through = arch.straight_through
         self.part_mlp = nn.Sequential(
-            nn.Linear(embed_dim, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, num_parts * embed_dim)
+            nn.Linear(embed_dim, arch.mlp_hidden),
+            nn.GELU(),
+            nn.Linear(arch.mlp_hidden, num_parts * embed_dim),
         )
         log_tau = torch.tensor(math.log(tau))
-        if learn_tau:
+        if arch.learn_tau:
             self.log_tau = nn.Parameter(log_tau)
         else:
             self.register_buffer("log_tau", log_tau)
-        self.blur = PartBlur(blur_sigma, blur_padding)
+        self.blur = PartBlur(arch.blur_sigma, arch.blur_padding)
         self.decoder = StyleDecoder(
-            num_parts, grid, img_size, in_chans, embed_dim, style_dim=style_dim,
-            channels=decoder_channels, min_channels=decoder_min_channels, upsample=decoder_upsample,
+            num_parts, grid, img_size, in_chans, embed_dim, style_dim=arch.style_dim,
+            channels=arch.decoder_channels, min_channels=arch.decoder_min_channels,
+            upsample=arch.decoder_upsample,
         )  # fmt: skip
+
+    @classmethod
+    def from_arch(cls, arch: dict[str, Any]) -> PartLearner:
+        """Rebuild an (untrained) learner from the flat ``arch`` dict of a checkpoint.
+
+        Raises:
+            CheckpointError: the dict lacks a size or holds a field this version does not know.
+        """
+        fields = {f.name for f in dataclasses.fields(PartLearnerArch)}
+        unknown = sorted(set(arch) - fields - set(SIZES))
+        missing = [k for k in SIZES if k not in arch]
+        if unknown or missing:
+            raise CheckpointError(
+                f"part-learner arch {arch} has unknown fields {unknown} or lacks {missing}; "
+                "it was written by another version of semmae"
+            )
+        # Checkpoints from before token centring existed lack the key; they were trained without it.
+        chosen = {"center_tokens": False, **{k: v for k, v in arch.items() if k in fields}}
+        return cls(PartLearnerArch(**chosen), **{k: arch[k] for k in SIZES})
 
     @property
     def tau(self) -> torch.Tensor:

@@ -44,20 +44,6 @@ from semmae.runtime import autocast, resolve_device, seed_everything, step_gener
 log = logging.getLogger(__name__)
 
 
-def learner_kwargs(parts: config_lib.PartsConfig, backbone: FrozenBackbone) -> dict[str, Any]:
-    """Constructor arguments of the :class:`PartLearner` for this config and backbone."""
-    return dict(
-        embed_dim=backbone.embed_dim, num_parts=parts.num_parts, grid=list(backbone.grid),
-        img_size=backbone.img_size, in_chans=backbone.in_chans, tau=parts.tau,
-        learn_tau=parts.learn_tau, tau_min=parts.tau_min, mlp_hidden=parts.mlp_hidden,
-        center_tokens=parts.center_tokens,
-        blur_sigma=parts.blur_sigma, blur_padding=parts.blur_padding,
-        straight_through=parts.straight_through, style_dim=parts.style_dim,
-        decoder_channels=parts.decoder_channels, decoder_min_channels=parts.decoder_min_channels,
-        decoder_upsample=parts.decoder_upsample,
-    )  # fmt: skip
-
-
 def norm_stats(cfg: config_lib.Config, meta: dict[str, Any]) -> tuple[list[float], list[float]]:
     """Input normalisation: the backbone's own (as its loader reports it), except for a random
     backbone, which has none and takes the data section's."""
@@ -206,7 +192,10 @@ def _setup(
     check_backbone_fits(backbone, ds.image_size, ds.in_chans, cfg.parts.num_parts)
     run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
     backbone = backbone.to(device)
-    learner = PartLearner(**learner_kwargs(cfg.parts, backbone)).to(device)
+    learner = PartLearner(
+        cfg.parts.learner_arch(), embed_dim=backbone.embed_dim, grid=backbone.grid,
+        img_size=backbone.img_size, in_chans=backbone.in_chans,
+    ).to(device)  # fmt: skip
     p = cfg.parts
     optimizer = adamw(
         [{"params": list(learner.parameters()), "weight_decay": p.weight_decay}], p.lr, (0.9, 0.999)

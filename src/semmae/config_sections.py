@@ -1,0 +1,397 @@
+"""The config's sections: typed dataclasses whose fields are the keys, each checking its own values.
+
+A field's annotation is its type and, as a ``Literal``, its choices (read by
+:func:`semmae.config_checks.coerce`); each section's ``check()`` holds the rules within the section.
+Rules that join sections live in :func:`semmae.config.validate`, the only place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from semmae import names
+from semmae.config_checks import at_least, positive, scale_range
+from semmae.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images to train on and how to augment them.
+
+    Attributes:
+        name: a dataset of :data:`semmae.names.DatasetName`.
+        root: dataset location; for Fashion-MNIST None means: env ``SEMMAE_FASHION_MNIST``, then the
+            Debian package path, then a torchvision download.
+        limit: use only the first N images of each split (None = all).
+        image_size: side of the (square) images fed to the model.
+        in_chans: image channels (1 grey, 3 RGB); images are converted to this.
+        crop_scale: random-resized-crop area range; ``[1.0, 1.0]`` disables cropping.
+        crop_ratio: random-resized-crop aspect-ratio range.
+        hflip: random horizontal flip.
+        mean: per-channel normalisation mean (length 1 or in_chans).
+        std: per-channel normalisation std.
+        on_corrupt: what to do with an unreadable image file: ``warn`` (skip it) or ``error``.
+        toy_size: number of images per split of the synthetic toy-parts and toy-relations datasets.
+        num_workers: DataLoader workers for streamed datasets.
+        crop_pct: evaluation view of image folders: short side resized to ``image_size / crop_pct``
+            (bicubic), then the centre ``image_size`` square. None = 0.875 (timm/MAE's 256 -> 224).
+            Only image folders are read at full resolution; the small sets are stored at their
+            training size, which is crop_pct 1.0.
+    """
+
+    name: names.DatasetName = "fashion_mnist"
+    root: str | None = None
+    limit: int | None = None
+    image_size: int = 28
+    in_chans: int = 1
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.2860])
+    std: list[float] = field(default_factory=lambda: [0.3530])
+    on_corrupt: Literal["warn", "error"] = "warn"
+    toy_size: int = 2000
+    num_workers: int = 0
+    crop_pct: float | None = None
+
+    def check(self) -> None:
+        """Ranges and lengths of the data fields; raises ConfigError naming the key."""
+        at_least("data", self, 1, "image_size", "in_chans", "limit")
+        if not all(s > 0 for s in self.std):
+            raise ConfigError(f"config key 'data.std' must hold positive values (it divides), got {self.std}")
+        scale_range("data.crop_scale", self.crop_scale)
+        if len(self.mean) not in (1, self.in_chans) or len(self.std) != len(self.mean):
+            raise ConfigError("config keys 'data.mean' and 'data.std' need 1 or data.in_chans values each")
+        pct = self.crop_pct
+        if pct is not None and not 0.0 < pct <= 1.0:
+            raise ConfigError(f"config key 'data.crop_pct' must be in (0, 1] (e.g. 0.875), got {pct}")
+        if pct is not None and pct != 1.0 and self.name != "image_folder":
+            raise ConfigError(
+                f"config key 'data.crop_pct' applies to image folders only ({self.name} is stored at "
+                "its training size); leave it unset"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The MAE. ``name`` picks a preset (:data:`semmae.names.ModelPreset`); any field set here overrides it.
+
+    ``img_size`` and ``in_chans`` default to the data's.
+    """
+
+    name: names.ModelPreset = "mae_fmnist_tiny"
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_num_heads: int | None = None
+    mlp_ratio: float | None = None
+    norm_pix_loss: bool = True
+
+    def check(self) -> None:
+        """The patch size is positive (that it divides the image size is a cross-section rule)."""
+        at_least("model", self, 1, "patch_size")
+
+
+@dataclass
+class MaskingConfig:
+    """How patches are hidden.
+
+    Attributes:
+        name: the strategy: ``random``, ``block`` or ``semantic``.
+        ratio: share of patches hidden, in (0, 1).
+        min_block: smallest block (in patches) for ``block`` masking.
+        schedule: λ schedule of ``semantic`` (:func:`semmae.masking.schedule.lambda_schedule`).
+        gamma: exponent of the ``power`` / ``reversed`` schedules.
+        step_per: advance λ per ``step`` or per ``epoch`` (as the paper's code).
+        parts: part-map file (``.npy`` with its manifest) for the training split.
+    """
+
+    name: names.MaskingName = "random"
+    ratio: float = 0.75
+    min_block: int = 4
+    schedule: names.ScheduleName = "power"
+    gamma: float = 2.0
+    step_per: names.ProgressUnit = "step"
+    parts: str | None = None
+
+    def check(self) -> None:
+        """The masking ratio is a share of the patches."""
+        if not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"config key 'masking.ratio' must be in (0, 1), got {self.ratio}")
+
+
+@dataclass
+class TrainConfig:
+    """The pretraining recipe (MAE's: AdamW (0.9, 0.95), wd 0.05, lr = base_lr × batch / 256).
+
+    Attributes:
+        epochs: passes over the data.
+        max_steps: stop after this many optimiser steps (None = epochs decide).
+        batch_size: images per optimiser step per process (before accumulation).
+        accum_steps: gradient-accumulation steps; effective batch = batch × accum × world size.
+        base_lr: learning rate at effective batch 256.
+        min_lr: floor of the cosine schedule.
+        warmup_epochs: linear warm-up length (fractional epochs allowed).
+        weight_decay: AdamW decay (not on biases, norms, tokens, position embeddings).
+        precision: ``fp32`` or ``bf16`` (autocast).
+        seed: seeds data order, augmentation and masks; a resumed run repeats them exactly.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        log_every: write a metrics line every N steps.
+        ckpt_every_steps: also checkpoint every N steps (0 = only at epoch ends).
+        keep_every_epochs: keep a periodic ``checkpoints/epoch_0010.pt`` (4-digit epoch) every N epochs (0 = never).
+        image_every_epochs: write reconstruction grids every N epochs (0 = never, end always).
+        knn_every_epochs: run the kNN monitor every N epochs (0 = only at the end, -1 = never).
+        knn_train: train images used by the kNN monitor.
+        knn_test: test images used by the kNN monitor.
+        clip_grad: max gradient norm (None = no clipping).
+        progress_bar: show a tqdm bar.
+        compile: ``torch.compile`` the model for training (pays on GPUs; off by default, as on CPUs
+            compiling costs minutes and gains little).
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 128
+    accum_steps: int = 1
+    base_lr: float = 1.5e-4
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 20
+    ckpt_every_steps: int = 200
+    keep_every_epochs: int = 0
+    image_every_epochs: int = 1
+    knn_every_epochs: int = 0
+    knn_train: int = 5000
+    knn_test: int = 1000
+    clip_grad: float | None = None
+    progress_bar: bool = True
+    compile: bool = False
+
+    def check(self) -> None:
+        """Counts and lengths of the pretraining recipe; raises ConfigError naming the key."""
+        at_least("train", self, 1, "batch_size", "accum_steps", "log_every", "max_steps")
+        at_least("train", self, 0, "epochs", "ckpt_every_steps", "warmup_epochs")
+
+
+@dataclass
+class PartLearnerArch:
+    """The part learner's architecture (DESIGN.md §2.2), less the sizes its backbone fixes.
+
+    The fields of the ``parts`` config section that build :class:`semmae.parts.learner.PartLearner`;
+    its checkpoints store them and the backbone's sizes as one flat dict. Paper-silent defaults.
+
+    Attributes:
+        num_parts: K (2 <= K <= L).
+        tau: correlation temperature (paper-silent default 0.1); ``learn_tau`` makes it a parameter.
+        tau_min: floor of a learnable tau (paper-silent default 0.01).
+        mlp_hidden: hidden width of the MLP g -> K part tokens (paper-silent default 512).
+        center_tokens: subtract each image's mean patch token before the cosine with the part
+            tokens (paper-silent default True). ViT patch tokens of one image share a large common
+            direction (MAE tokens on toy-parts: mean pairwise cosine 0.98), so uncentred cosines
+            hardly differ between locations. The k-means baseline gets the same centring.
+        blur_sigma: Gaussian blur of the maps (3x3 kernel); 0 disables it (paper-silent default 1.0).
+        blur_padding: ``replicate`` or ``reflect`` border of the blur (paper-silent default
+            ``replicate``; either keeps the maps a partition).
+        straight_through: feed the decoder the hard (one-hot argmax) partition in the forward
+            pass, with the soft maps' gradient (straight-through). Paper-silent default True: with
+            soft maps the decoder's instance norms read layout from tiny variations of a
+            near-constant map, so the argmax labels need not describe the layout.
+        style_dim: width of the style vector w = MLP(g) (paper-silent default 128).
+        decoder_channels: width of the first decoder block (halved per upsampling).
+        decoder_min_channels: floor of the decoder widths (paper-silent default 16).
+        decoder_upsample: ``nearest`` or ``bilinear`` x2 upsampling (paper-silent default nearest).
+    """
+
+    num_parts: int = 4
+    tau: float = 0.1
+    learn_tau: bool = False
+    tau_min: float = 0.01
+    mlp_hidden: int = 512
+    center_tokens: bool = True
+    blur_sigma: float = 1.0
+    blur_padding: Literal["replicate", "reflect"] = "replicate"
+    straight_through: bool = True
+    style_dim: int = 128
+    decoder_channels: int = 128
+    decoder_min_channels: int = 16
+    decoder_upsample: Literal["nearest", "bilinear"] = "nearest"
+
+    def learner_arch(self) -> PartLearnerArch:
+        """The architecture fields alone (a ``parts`` section holds more)."""
+        return PartLearnerArch(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PartLearnerArch)})
+
+    def check(self) -> None:
+        """K and the temperatures; raises ConfigError naming the key."""
+        at_least("parts", self, 2, "num_parts")
+        positive("parts", self, "tau", "tau_min")
+
+
+@dataclass
+class PartsConfig(PartLearnerArch):
+    """Stage 1, the semantic part learner (DESIGN.md §2.2). Paper-silent choices are fields.
+
+    The architecture fields are :class:`PartLearnerArch`'s. Run-level settings (device, precision,
+    seed, log_every, ckpt_every_steps, progress_bar) come from the ``train`` section.
+
+    Attributes:
+        backbone: the frozen encoder: our checkpoint (``.pt``), an official MAE ``.pth``, a timm
+            ViT weights file (``.safetensors``/``.pth``) or ``random:<mae preset>`` (for tests).
+        global_token: ``cls`` or ``mean`` of patch tokens (paper: the CLS token).
+        lambda_div: weight of the diversity loss (paper-silent default 1.0).
+        lambda_area: weight of the part-usage (area entropy) term inside the diversity loss
+            (paper-silent default 1.0).
+        label_source: maps the labels are the argmax of: ``raw`` (the softmax partition) or
+            ``blurred`` (what the decoder sees) (paper-silent default ``raw``).
+        min_part_share: a part covering less than this share of all locations counts as empty
+            in the monitoring metrics (paper-silent default 0.01).
+        cache_features: compute backbone features once for the un-augmented images and train on
+            the cache (small data; then the reconstruction target is the un-augmented image).
+        cache_dtype: ``float16`` or ``float32`` storage of the feature cache.
+        epochs, batch_size, lr, weight_decay: the part learner's AdamW optimisation.
+        warmup_epochs: linear lr warm-up (fractional epochs allowed) before the cosine.
+        min_lr: floor of the cosine schedule.
+        max_steps: stop after this many steps (None = epochs decide).
+        clip_grad: max gradient norm (None = no clipping).
+        export_scale: export labels at the patch grid (1) or x2 finer (2, bilinear maps, argmax).
+        eval_limit: test images used for the final part metrics and k-means baseline (None = all).
+        eval_kmeans: also score a k-means baseline on the same backbone's patch tokens.
+        num_vis: images in the per-epoch grids in ``images/``.
+        image_every_epochs: write image grids every N epochs (0 = only at the end).
+    """
+
+    backbone: str | None = None
+    global_token: Literal["cls", "mean"] = "cls"
+    lambda_div: float = 1.0
+    lambda_area: float = 1.0
+    label_source: Literal["raw", "blurred"] = "raw"
+    min_part_share: float = 0.01
+    cache_features: bool = True
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    max_steps: int | None = None
+    clip_grad: float | None = None
+    export_scale: Literal[1, 2] = 1
+    eval_limit: int | None = 2000
+    eval_kmeans: bool = True
+    num_vis: int = 8
+    image_every_epochs: int = 1
+
+    def check(self) -> None:
+        """The architecture's checks, then the optimisation's; raises ConfigError naming the key."""
+        super().check()
+        at_least("parts", self, 1, "batch_size", "epochs", "max_steps")
+        at_least("parts", self, 0, "lambda_div", "lambda_area")
+
+
+@dataclass
+class EvalConfig:
+    """Frozen-feature and fine-tuning evaluation (device, precision and seed come from ``train``).
+
+    Attributes:
+        knn_k, knn_t: weighted kNN neighbours and temperature (DINO's 20 and 0.07).
+        knn_chunk_size: test queries per similarity matrix (memory: chunk x N_train floats).
+        feature: ``cls`` or ``mean`` (of patch tokens after the final norm).
+        batch_size: images per forward when extracting features or evaluating a classifier.
+        linear_epochs, linear_lrs, linear_batch_size, linear_val_frac: the linear probe's lr grid,
+            trained in one pass; the lr with the best accuracy on the held-out share of train wins.
+        linear_optimizer: ``sgd`` (momentum 0.9; small-batch stand-in for MAE's LARS) or ``adamw``.
+        linear_weight_decay: decay of the probe (MAE: 0).
+        linear_warmup_epochs: linear lr warm-up before the cosine.
+        ft_*: fine-tuning recipe: epochs, batch per process, base lr (x batch / 256), min lr,
+            warm-up, layer decay, weight decay, drop path, mixup/cutmix alphas (0 and 0 turn
+            mixing off), label smoothing, random-erasing probability, global pool (``avg``/``token``).
+        ft_crop_scale: the fine-tune random-resized-crop area range (MAE: [0.08, 1]); never taken
+            from ``data.crop_scale``, which is pretraining's.
+        ft_auto_augment: timm RandAugment spec of the fine-tune transform for image folders
+            (MAE: ``rand-m9-mstd0.5-inc1``; empty = none).
+        linear_protocol: ``fast`` (the lr grid on cached centre-crop features above) or ``mae``
+            (MAE's probe: RandomResizedCrop + flip every epoch, BatchNorm(affine=False) + linear
+            head on the frozen CLS token, LARS, lr = ``linear_blr`` x batch / 256, trained on the
+            whole train split, scored on test). With ``mae``, ``linear_batch_size`` is the
+            effective batch over all processes, reached by accumulating micro-batches of
+            ``batch_size``; ``linear_epochs``, ``linear_warmup_epochs`` and ``linear_weight_decay``
+            apply to both protocols.
+        linear_blr: base lr of the ``mae`` probe (MAE: 0.1 at batch 16384).
+        linear_crop_scale: random-resized-crop area range of the ``mae`` probe (MAE: [0.08, 1]).
+    """
+
+    knn_k: int = 20
+    knn_t: float = 0.07
+    knn_chunk_size: int = 1024
+    feature: Literal["cls", "mean"] = "cls"
+    batch_size: int = 256
+    linear_epochs: int = 30
+    linear_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    linear_batch_size: int = 256
+    linear_val_frac: float = 0.1
+    linear_optimizer: Literal["sgd", "adamw"] = "sgd"
+    linear_weight_decay: float = 0.0
+    linear_warmup_epochs: float = 1.0
+    ft_epochs: int = 5
+    ft_batch_size: int = 128
+    ft_base_lr: float = 5e-4
+    ft_layer_decay: float = 0.65
+    ft_weight_decay: float = 0.05
+    ft_drop_path: float = 0.1
+    ft_mixup: float = 0.8
+    ft_cutmix: float = 1.0
+    ft_label_smoothing: float = 0.1
+    ft_warmup_epochs: float = 1.0
+    ft_min_lr: float = 1e-6
+    ft_reprob: float = 0.25
+    ft_global_pool: Literal["avg", "token"] = "avg"
+    ft_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ft_auto_augment: str = "rand-m9-mstd0.5-inc1"
+    linear_protocol: Literal["fast", "mae"] = "fast"
+    linear_blr: float = 0.1
+    linear_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+
+    def check(self) -> None:
+        """Counts, crop ranges and the probe's lr; raises ConfigError naming the key."""
+        sizes = ("knn_k", "knn_chunk_size", "batch_size", "linear_batch_size", "linear_epochs")
+        at_least("eval", self, 1, *sizes, "ft_batch_size", "ft_epochs")
+        scale_range("eval.ft_crop_scale", self.ft_crop_scale)
+        scale_range("eval.linear_crop_scale", self.linear_crop_scale)
+        positive("eval", self, "linear_blr")
+        if not 0.0 <= self.linear_val_frac < 1.0:
+            raise ConfigError("config key 'eval.linear_val_frac' must be in [0, 1)")
+
+
+@dataclass
+class PipelineConfig:
+    """The one-command pipeline and the masking study.
+
+    Attributes:
+        stages: which stages of :data:`semmae.names.PipelineStage` run (always in that order).
+        seeds: seeds of the masking study.
+        study_methods: masking variants compared by ``semmae study``
+            (:data:`semmae.names.StudyMethod`).
+    """
+
+    stages: list[names.PipelineStage] = field(default_factory=lambda: list(get_args(names.PipelineStage)))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    study_methods: list[names.StudyMethod] = field(
+        default_factory=lambda: ["random", "block", "semantic", "intra", "inter", "reversed"]
+    )
+
+    def check(self) -> None:
+        """Each stage, seed and method at most once (a repeat would run and count twice)."""
+        for name in ("stages", "seeds", "study_methods"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"config key 'pipeline.{name}' lists a value twice: {values}")
