@@ -70,3 +70,16 @@ def test_config_refusal_does_not_import_torch(command: list[str], tmp_path: Path
         f"`semmae {' '.join(command)}` refused bad input after importing {result['heavy']}"
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "spec", ["missing.pt", "timm:vit_base_patch16_224@missing.safetensors", "timm:no_file"]
+)
+def test_eval_refuses_a_missing_checkpoint_before_torch(spec: str, tmp_path: Path) -> None:
+    result = _heavy_modules(
+        ["eval", "knn", "--checkpoint", str(tmp_path / spec) if spec == "missing.pt" else spec]
+    )
+    assert result["code"] == 2
+    assert result["heavy"] == [], (
+        f"`semmae eval knn --checkpoint {spec}` imported {result['heavy']} to refuse it"
+    )

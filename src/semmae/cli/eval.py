@@ -16,7 +16,8 @@ from typing import Any
 
 from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, stopped_exit_code
-from semmae.errors import ConfigError
+from semmae.encoder_spec import parse_encoder_spec
+from semmae.errors import CheckpointError, ConfigError
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
@@ -67,14 +68,17 @@ def results_path(spec: str, results: str | None) -> Path | None:
     the checkpoint file; None for ``random:`` encoders without ``--results``."""
     if results:
         return Path(results)
-    if spec.startswith("random:"):
+    ckpt = parse_encoder_spec(spec).path
+    if ckpt is None:
         return None
-    ckpt = Path(spec.rsplit("@", 1)[-1] if spec.startswith("timm:") else spec)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return run_dir / "results.jsonl"
 
 
 def _run(name: str, args: argparse.Namespace) -> int:
+    weights = parse_encoder_spec(args.checkpoint).path  # a missing file is refused before torch loads
+    if weights is not None and not weights.is_file():
+        raise CheckpointError(f"checkpoint {str(weights)!r} not found")
     # Heavy (torch, timm): imported when a command runs, so `semmae --help` starts without them.
     from semmae.engine.logging import append_result
     from semmae.models.encoder import load_encoder

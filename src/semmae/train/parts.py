@@ -22,6 +22,7 @@ from semmae import config as config_lib
 from semmae.data import build_dataset, iterate_batches
 from semmae.data.folder import whole_image_view
 from semmae.data.transforms import augment_batch, center_batch, denormalize, normalize
+from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import Plan, Task, TrainLoop, finite_or_none, make_plan
 from semmae.engine.optim import adamw
@@ -157,7 +158,7 @@ class PartsTask(Task):
         backbone: dict[str, Any] = {
             "spec": self.meta["spec"], "hash": self.meta["hash"], "global_token": self.backbone.global_token,
         }  # fmt: skip
-        if str(self.meta["spec"]).startswith("random:"):
+        if parse_encoder_spec(str(self.meta["spec"])).kind == "random":
             # A random-init backbone cannot be rebuilt from its spec; keep its weights.
             backbone["state"] = self.backbone.encoder.state_dict()
         return {"backbone": backbone, "norm": {"mean": self.mean, "std": self.std}}
