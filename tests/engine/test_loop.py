@@ -135,3 +135,20 @@ def test_run_infrastructure_imports_nothing_above_it() -> None:
                     assert not name.startswith(tuple(f"semmae.{f}" for f in forbidden)), (
                         f"{path.name}: {name}"
                     )
+
+
+def test_resume_keeps_this_machines_optimiser_kernel(tmp_path: Path) -> None:
+    """A checkpoint written with fused AdamW (a GPU run) resumes with the kernel built here."""
+    task = Regression()
+    _loop(task, tmp_path).run(stop_at_step=2)
+    last = tmp_path / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["fused"], group["foreach"] = True, False
+    torch.save(ckpt, last)
+    resumed = Regression()
+    loop = _loop(resumed, tmp_path)
+    built = [(g.get("fused"), g.get("foreach")) for g in resumed.optimizer.param_groups]
+    loop.resume()
+    assert [(g.get("fused"), g.get("foreach")) for g in resumed.optimizer.param_groups] == built
+    assert all(fused is not True for fused, _ in built)

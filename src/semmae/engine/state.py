@@ -22,6 +22,8 @@ from semmae.models.checkpoint import load_checkpoint, load_state_strict, rng_sta
 
 LAST = Path("checkpoints") / "last.pt"
 
+KERNEL_FLAGS = ("fused", "foreach")  # optimiser options that pick a kernel, not a result
+
 
 def save_run_state(path: Path, *, kind: str, arch: dict[str, Any], model: torch.nn.Module,
                    optimizer: torch.optim.Optimizer, step: int, epoch: int, config: dict[str, Any],
@@ -71,7 +73,12 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
             "resume with the run's own config.yaml"
         )
     load_state_strict(model, ckpt["model"])
+    # The kernel belongs to this machine, not to the one that wrote the checkpoint: a run started on
+    # a GPU (fused AdamW) resumes on a CPU with PyTorch's default, and a CPU run fused on a GPU.
+    kernels = [{k: group.get(k) for k in KERNEL_FLAGS} for group in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group, flags in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(flags)
     return ckpt
 
 
