@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from semmae import runtime
 from semmae.config import DataConfig, EvalConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 
 Transform = Callable[[Image.Image], torch.Tensor]
 

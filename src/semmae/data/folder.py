@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 from semmae.data.views import decode_image, eval_view, to_uint8_tensor, train_crop, whole_view
 from semmae.errors import DataError
 

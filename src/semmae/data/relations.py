@@ -58,7 +58,7 @@ import math
 import torch
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 from semmae.data.synthetic import (
     BOX,
     DIAMOND,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 
 
 class _CropItems(Dataset):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 
 NUM_PARTS = 4
 PART_NAMES = ["background", "body", "head", "limbs"]
