@@ -8,6 +8,9 @@ import torch
 from torchvision.utils import save_image
 
 from semmae.config import DataConfig
+from semmae.data import build_dataset
+from semmae.data.partmaps import load_part_maps
+from semmae.data.transforms import center_batch
 from semmae.errors import ConfigError
 from semmae.viz.masks import overlay_parts
 
@@ -67,10 +70,6 @@ def render_part_map_file(maps_path: str | Path, data_cfg: DataConfig, n: int, ou
         ConfigError: the config names another dataset than the manifest.
         DataError: the file does not fit the dataset (raised by ``load_part_maps``).
     """
-    from semmae.data import build_dataset
-    from semmae.data.partmaps import load_part_maps
-    from semmae.data.transforms import center_batch
-
     manifest = load_part_maps(maps_path).manifest
     if manifest.dataset != data_cfg.name:
         raise ConfigError(
