@@ -47,11 +47,6 @@ def folder_crop_pct(cfg: DataConfig) -> float:
     return DEFAULT_CROP_PCT if cfg.crop_pct is None else cfg.crop_pct
 
 
-def read_image(path: Path, image_size: int, in_chans: int, crop_pct: float = 1.0) -> torch.Tensor:
-    """One image file's evaluation view as uint8 (C, S, S); raises OSError/ValueError etc. when unreadable."""
-    return to_uint8_tensor(eval_view(decode_image(path, in_chans), image_size, crop_pct))
-
-
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in EXTENSIONS and not path.name.startswith(".") and path.is_file()
 

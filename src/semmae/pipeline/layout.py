@@ -1,11 +1,10 @@
 """Where the pipeline and the study keep everything: one layout object instead of path strings.
 
 A pipeline directory holds one run directory per stage (DESIGN.md §4: ``config.yaml``,
-``metrics.jsonl``, ``checkpoints/last.pt``, ``images/``) plus the pipeline's own markers in each
-(``DONE.json`` when the stage completed, ``PARTIAL.json`` while an interrupted one waits to be
-resumed), the exported part maps, the report and its figures. A study directory holds a pipeline
-prefix (MAE -> part learner -> export, plus oracle maps), one run directory per (method, seed),
-and the study's tables. Nothing here creates or reads files except :meth:`StageDir.record`.
+``metrics.jsonl``, ``checkpoints/last.pt``, ``images/``) with the pipeline's markers in it, the
+exported part maps, and the report with its figures. A study directory holds a pipeline prefix
+(MAE -> part learner -> export, plus oracle maps), one run directory per (method, seed), and the
+study's tables and plots. Nothing here creates files.
 """
 
 from __future__ import annotations
@@ -20,43 +19,41 @@ STAGES = ("mae", "parts", "export", "semmae", "eval", "report")
 
 @dataclass(frozen=True)
 class StageDir:
-    """One stage's run directory and the files the pipeline reads or writes in it."""
+    """One stage's run directory and the files the pipeline keeps in it.
+
+    ``done`` (``DONE.json``) holds the stage's record once it completed; ``partial``
+    (``PARTIAL.json``) the wall seconds and attempts of the interrupted attempts so far; ``cpu``
+    and ``evaluation`` (``cpu.json``, ``eval.json``) a study run's CPU seconds and evaluation row.
+    """
 
     path: Path
 
     @property
     def done(self) -> Path:
-        """``DONE.json``: the stage's record, written once it completed."""
         return self.path / "DONE.json"
 
     @property
     def partial(self) -> Path:
-        """``PARTIAL.json``: wall seconds and attempts of the interrupted attempts so far."""
         return self.path / "PARTIAL.json"
 
     @property
     def checkpoint(self) -> Path:
-        """The run's latest checkpoint, ``checkpoints/last.pt``."""
         return self.path / "checkpoints" / "last.pt"
 
     @property
     def metrics(self) -> Path:
-        """The run's ``metrics.jsonl`` (one JSON object per log step)."""
         return self.path / "metrics.jsonl"
 
     @property
     def images(self) -> Path:
-        """The run's ``images/`` folder (PNG grids drawn during training)."""
         return self.path / "images"
 
     @property
     def cpu(self) -> Path:
-        """``cpu.json``: CPU seconds of the attempt that completed the stage (study runs)."""
         return self.path / "cpu.json"
 
     @property
     def evaluation(self) -> Path:
-        """``eval.json``: the evaluation row of a study run, cached so a resumed study skips it."""
         return self.path / "eval.json"
 
     def record(self) -> dict[str, Any] | None:
@@ -66,7 +63,7 @@ class StageDir:
 
 @dataclass(frozen=True)
 class PipelineLayout:
-    """The directory of ``semmae pipeline``: one :class:`StageDir` per stage, maps, report."""
+    """The directory of ``semmae pipeline`` (or a study's prefix): stages, part maps, report."""
 
     root: Path
 
@@ -97,40 +94,30 @@ class PipelineLayout:
         return self.stage("eval")
 
     def part_maps(self, split: str) -> Path:
-        """The learned part maps of ``split`` written by the export stage (``.npy`` + manifest)."""
+        """The learned part maps of ``split`` (``.npy`` + manifest) written by the export stage."""
         return self.export.path / f"parts_{split}.npy"
 
     def oracle_maps(self, split: str) -> Path:
-        """Part maps from a dataset's ground-truth part masks (the study's ``oracle`` method)."""
+        """Part maps from the dataset's ground-truth part masks (the study's ``oracle`` method)."""
         return self.root / f"oracle_{split}.npy"
 
     @property
     def results(self) -> Path:
-        """The evaluation stage's ``results.jsonl`` (one row per encoder)."""
+        """One row per evaluated encoder, appended as each finishes."""
         return self.eval.path / "results.jsonl"
 
     @property
     def partseg(self) -> Path:
-        """Part-discovery metrics of the part learner (``partseg.json`` in its run directory)."""
+        """The part learner's part-discovery metrics."""
         return self.parts.path / "partseg.json"
 
     @property
-    def masks_progress(self) -> Path:
-        """SemMAE's masks for fixed images over training progress."""
-        return self.semmae.images / "masks_progress.png"
-
-    @property
     def figures(self) -> Path:
-        """Figures drawn for the report."""
         return self.root / "figures"
 
-    @property
-    def report_md(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
+    def report(self, suffix: str) -> Path:
+        """``report.md`` or ``report.html``."""
+        return self.root / f"report{suffix}"
 
 
 @dataclass(frozen=True)
@@ -141,25 +128,15 @@ class StudyLayout:
 
     @property
     def prefix(self) -> PipelineLayout:
-        """MAE seed 0 -> part learner -> export, laid out like a pipeline directory."""
         return PipelineLayout(self.root / "prefix")
 
     def run(self, method: str, seed: int) -> StageDir:
-        """The run directory of one (method, seed) pretraining."""
         return StageDir(self.root / "runs" / f"{method}_s{seed}")
 
     @property
     def plots(self) -> Path:
         return self.root / "plots"
 
-    @property
-    def json(self) -> Path:
-        return self.root / "study.json"
-
-    @property
-    def md(self) -> Path:
-        return self.root / "study.md"
-
-    @property
-    def html(self) -> Path:
-        return self.root / "study.html"
+    def table(self, suffix: str) -> Path:
+        """``study.json``, ``study.md`` or ``study.html``."""
+        return self.root / f"study{suffix}"

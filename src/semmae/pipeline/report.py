@@ -130,15 +130,15 @@ def write_report(
     _curves(doc, layout)
     _parts_section(doc, layout, cfg)
     doc.heading("Masks over training progress")
-    doc.image(layout.masks_progress,
+    doc.image(layout.semmae.images / "masks_progress.png",
               "SemMAE masks for the same images at progress 0, .25, .5, .75, 1 (dark = hidden, colours = parts)")  # fmt: skip
     doc.heading("Reconstructions")
     for stage, label in ((layout.mae, "MAE"), (layout.semmae, "SemMAE")):
         doc.image(_latest(stage.images, "recon_epoch_*.png"),
                   f"{label}: original | masked | reconstruction | reconstruction + visible")  # fmt: skip
-    layout.report_md.write_text("# SemMAE pipeline report\n\n" + doc.markdown())
-    layout.report_html.write_text(doc.html("SemMAE pipeline report"))
-    return layout.report_md
+    layout.report(".md").write_text("# SemMAE pipeline report\n\n" + doc.markdown())
+    layout.report(".html").write_text(doc.html("SemMAE pipeline report"))
+    return layout.report(".md")
 
 
 def _curves(doc: Document, layout: PipelineLayout) -> None:

@@ -40,7 +40,7 @@ ENCODERS = {
 StageFn = Callable[[Path, bool], dict[str, Any]]
 
 
-def run_stage(stage: StageDir | Path, name: str, fn: StageFn) -> dict[str, Any]:
+def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
     """Run ``fn(stage directory, resume)`` unless already done; record its wall time in ``DONE.json``.
 
     ``resume`` is True when an earlier attempt left a checkpoint behind; a stage directory that
@@ -48,7 +48,6 @@ def run_stage(stage: StageDir | Path, name: str, fn: StageFn) -> dict[str, Any]:
     time in ``PARTIAL.json``, so a resumed stage's ``seconds`` counts every attempt it built on
     (a process killed with SIGKILL cannot record its time).
     """
-    stage = stage if isinstance(stage, StageDir) else StageDir(Path(stage))
     done = stage.record()
     if done is not None:
         log.info("[%s] already complete (%.0fs), skipped", name, done["seconds"])

@@ -131,7 +131,7 @@ def _initial_weights(cfg: Config) -> StageFn:
             model = build_model(cfg)
         state = {"kind": "mae", "model": model.state_dict(), "arch": dict(model.arch), "step": 0,
                  "config": cfg.to_dict()}  # fmt: skip
-        save_checkpoint(d / "checkpoints" / "last.pt", state)
+        save_checkpoint(StageDir(d).checkpoint, state)
         return {"complete": True, "step": 0, "final_loss": None}
 
     return fn
@@ -238,7 +238,7 @@ def write_study(
         "cpu_minutes": round((overhead_cpu_s + sum(c for c in cpu if c)) / 60, 2),
         "table": table, "comparison": compare(rows), "runs": rows,
     }  # fmt: skip
-    StudyLayout(root).json.write_text(json.dumps(result, indent=2) + "\n")
+    StudyLayout(root).table(".json").write_text(json.dumps(result, indent=2) + "\n")
     write_study_report(root, result)
     return table
 

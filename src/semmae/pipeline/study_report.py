@@ -157,7 +157,7 @@ def write_study_report(root: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     layout = StudyLayout(Path(root))
     doc = _document(layout, result)
     title = f"Masking study: {result['dataset']} ({result['budget']} budget)"
-    md, page = layout.md, layout.html
+    md, page = layout.table(".md"), layout.table(".html")
     md.write_text(f"# {title}\n\n" + doc.markdown())
     page.write_text(doc.html(title))
     return md, page
