@@ -10,9 +10,9 @@ Sets that would not fit in memory (large image folders) are *streamed*: ``images
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -167,6 +167,37 @@ class _StreamItems(Dataset):
         return self.source.read(index), self.targets[index], index
 
 
+class PerImagePlan:
+    """A batch sampler of ``(image index, its own value)`` lists from ``(indices (B,), values (B, ...))``.
+
+    Plain Python values, not tensor rows: a tensor sent to a worker is moved to its own
+    shared-memory segment, which costs more than decoding the image.
+    """
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
+        for indices, values in self.batches:
+            yield list(zip(indices.tolist(), values.tolist(), strict=True))
+
+
+def worker_batches(
+    items: Dataset, batch_sampler: Iterable[list[Any]], *, num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches of ``(tensor, tensor, image index)`` items made by ``num_workers`` DataLoader workers.
+
+    Yields:
+        The collated batch, its image indices as int64 (B,).
+    """
+    # Its own generator: a DataLoader otherwise takes its seed from the global RNG, shifting the
+    # draws of anything else using it (drop path) between a run and its resumed copy.
+    loader = DataLoader(items, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
+                        generator=torch.Generator())  # fmt: skip
+    for first, second, indices in loader:
+        yield first, second, indices.long()
+
+
 def iterate_batches(
     ds: ImageSet,
     indices: torch.Tensor | Sequence[int],
@@ -200,10 +231,5 @@ def iterate_batches(
             yield ds.images[b], ds.targets[b], b
         return
     sampler = BatchSampler(idx.tolist(), batch_size=batch_size, drop_last=drop_last)
-    # Its own generator: a DataLoader otherwise takes its seed from the global RNG, shifting the
-    # draws of anything else using it (drop path) between a run and its resumed copy.
-    loader = DataLoader(
-        _StreamItems(ds), batch_sampler=sampler, num_workers=num_workers, generator=torch.Generator()
-    )
-    for images, targets, b in loader:
-        yield images, targets.long(), b.long()
+    for images, targets, b in worker_batches(_StreamItems(ds), sampler, num_workers=num_workers):
+        yield images, targets.long(), b
