@@ -44,11 +44,11 @@ def part_colors(num_parts: int) -> torch.Tensor:
     return torch.tensor(colors, dtype=torch.float32).reshape(num_parts, 3)
 
 
-def _rgb(images01: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) with C in {1, 3} -> (N, 3, H, W) float in [0, 1]."""
+def to_rgb(images01: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) with C in {1, 3} -> (N, 3, H, W) float in [0, 1] on the CPU."""
     if images01.dim() != 4 or images01.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1|3, H, W), got {tuple(images01.shape)}")
-    return images01.float().clamp(0, 1).expand(-1, 3, -1, -1)
+    return images01.detach().cpu().float().clamp(0, 1).expand(-1, 3, -1, -1)
 
 
 def _upsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -70,7 +70,7 @@ def overlay_parts(
     Returns:
         (N, 3, H, W) float in [0, 1] on the CPU.
     """
-    img = _rgb(images01.detach().cpu())
+    img = to_rgb(images01)
     lab = _upsample_labels(labels.detach().cpu(), tuple(img.shape[-2:]))
     color = part_colors(num_parts)[lab].permute(0, 3, 1, 2)  # (N, 3, H, W)
     return (1.0 - alpha) * img + alpha * color
@@ -146,7 +146,7 @@ def mask_overlay_grid(
         raise ValueError(f"part_labels and masks must be (N, L) = ({n}, {h * w})")
     if titles is not None and len(titles) != 1 + len(masks):
         raise ValueError(f"need {1 + len(masks)} titles (parts + one per mask), got {len(titles)}")
-    images = _rgb(images01.detach().cpu())
+    images = to_rgb(images01)
     if scale > 1:
         images = F.interpolate(images, scale_factor=scale, mode="nearest")
     labels = part_labels.detach().cpu().long()
@@ -165,4 +165,4 @@ def mask_overlay_grid(
     return out
 
 
-__all__ = ["mask_overlay_grid", "overlay_parts", "part_colors"]
+__all__ = ["mask_overlay_grid", "overlay_parts", "part_colors", "to_rgb"]

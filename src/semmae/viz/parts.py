@@ -12,12 +12,7 @@ from semmae.data import build_dataset
 from semmae.data.partmaps import load_part_maps
 from semmae.data.transforms import center_batch
 from semmae.errors import ConfigError
-from semmae.viz.masks import overlay_parts
-
-
-def _to_rgb(images01: torch.Tensor) -> torch.Tensor:
-    x = images01.detach().float().cpu().clamp(0.0, 1.0)
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+from semmae.viz.masks import overlay_parts, to_rgb
 
 
 def part_grid(
@@ -41,9 +36,9 @@ def part_grid(
     Returns:
         The path written.
     """
-    panels = [_to_rgb(images01), overlay_parts(images01, labels.long(), num_parts)]
+    panels = [to_rgb(images01), overlay_parts(images01, labels.long(), num_parts)]
     if recon is not None:
-        panels.append(_to_rgb(recon))
+        panels.append(to_rgb(recon))
     rows = torch.stack(panels, dim=1).flatten(0, 1)  # (B * panels, 3, H, W), row-major
     scale = max(1, 96 // rows.shape[-1])
     if scale > 1:
