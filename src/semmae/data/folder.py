@@ -139,11 +139,7 @@ class FileSource:
         try:
             return decode_image(path, self.in_chans)
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-            if self.on_corrupt == "error":
-                raise DataError(
-                    f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files"
-                ) from None
-            log.warning("unreadable image %s (%s): using a black image", path, exc)
+            _corrupt(path, exc, self.on_corrupt, "using a black image")
             return None
 
     def _black(self) -> torch.Tensor:
@@ -196,10 +192,11 @@ def whole_image_view(ds: ImageSet) -> ImageSet:
     return view
 
 
-def _corrupt(path: Path, exc: Exception, on_corrupt: str) -> None:
+def _corrupt(path: Path, exc: Exception, on_corrupt: str, instead: str) -> None:
+    """Refuse an unreadable file (``on_corrupt=error``) or warn what is done ``instead``."""
     if on_corrupt == "error":
-        raise DataError(f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files")
-    log.warning("skipping unreadable image %s (%s)", path, exc)
+        raise DataError(f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files") from None
+    log.warning("unreadable image %s (%s): %s", path, exc, instead)
 
 
 def _header_ok(path: Path) -> Exception | None:
@@ -216,7 +213,7 @@ def _verify_headers(files: list[Path], on_corrupt: str) -> list[bool]:
         results = list(tqdm(checks, total=len(files), desc="checking images", disable=None))
     for path, exc in zip(files, results, strict=True):
         if exc is not None:
-            _corrupt(path, exc, on_corrupt)
+            _corrupt(path, exc, on_corrupt, "skipped")
     return [exc is None for exc in results]
 
 

@@ -113,8 +113,9 @@ def _oracle_maps(cfg: Config, prefix: PipelineLayout, grid: list[int]) -> Path |
     if cfg.data.name not in PART_MASK_SETS:
         return None
     path = prefix.oracle_maps("train")
-    if not path.is_file():  # the learned maps' grid is square: every image is S x S
+    if not path.is_file() and runtime.is_main():  # the learned maps' grid is square: images are S x S
         maps_from_masks(cfg, "train", grid[0], path)
+    runtime.barrier()  # every rank reads the file rank 0 wrote
     return path
 
 
