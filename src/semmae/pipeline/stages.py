@@ -150,6 +150,7 @@ def export_stage(layout: PipelineLayout, cfg: Config) -> StageFn:
 
 
 def _evaluate(cfg: Config, layout: PipelineLayout) -> StageFn:
+    """A stage evaluating every encoder of :data:`ENCODERS` into ``layout.results``."""
     specs = {
         "mae": layout.mae.checkpoint,
         "semmae": layout.semmae.checkpoint,
@@ -191,24 +192,12 @@ def run_pipeline(
     }
     records: dict[str, Any] = {}
     held: dict[str, dict[str, Any]] = {}  # every completed stage's record, in stage order
-    for name, fn in plan.items():
+    for name in STAGES[:-1]:
         if name in wanted:
-            records[name] = held[name] = run_stage(layout.stage(name), name, fn)
+            records[name] = held[name] = run_stage(layout.stage(name), name, plan[name])
         elif (done := layout.stage(name).record()) is not None:
             held[name] = done
     if "report" in wanted and runtime.is_main():
         path = write_report(layout, cfg, held, by_encoder(held.get("eval")))
         records["report"] = {"path": str(path)}
     return records
-
-
-__all__ = [
-    "ENCODERS",
-    "STAGES",
-    "by_encoder",
-    "mae_config",
-    "parts_config",
-    "run_pipeline",
-    "run_stage",
-    "semmae_config",
-]
