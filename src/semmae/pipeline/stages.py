@@ -108,28 +108,26 @@ def parts_config(cfg: Config, backbone: Path) -> Config:
     return out
 
 
-def pretrain_stage(cfg: Config) -> StageFn:
-    """A stage pretraining with ``cfg`` (complete or an error: an interrupted run is resumed later)."""
+def _until_complete(train: StageFn) -> StageFn:
+    """A training stage: done when the run completed; an interrupted run raises (resumed next time)."""
 
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        summary = run_pretrain(cfg, d, resume=resume)
+        summary = train(d, resume)
         if not summary.get("complete"):
             raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
         return summary
 
     return fn
+
+
+def pretrain_stage(cfg: Config) -> StageFn:
+    """A stage pretraining with ``cfg``."""
+    return _until_complete(lambda d, resume: run_pretrain(cfg, d, resume=resume))
 
 
 def parts_stage(cfg: Config) -> StageFn:
     """A stage training the part learner with ``cfg``."""
-
-    def fn(d: Path, resume: bool) -> dict[str, Any]:
-        summary = run_parts_train(cfg, d, resume=resume, overwrite=False)
-        if not summary.get("complete"):
-            raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
-        return summary
-
-    return fn
+    return _until_complete(lambda d, resume: run_parts_train(cfg, d, resume=resume, overwrite=False))
 
 
 def export_stage(layout: PipelineLayout, cfg: Config) -> StageFn:
