@@ -25,6 +25,7 @@ _BASE_PALETTE = (
 _HIDDEN_DARK = 0.08  # hidden patches are near-black ...
 _HIDDEN_STRIPE = 0.75  # ... with diagonal stripes of their part colour at this brightness
 _STRIPE_PERIOD = 4  # pixels between stripes
+_PAD = 2  # pixels of white between tiles
 
 
 def part_colors(num_parts: int) -> torch.Tensor:
@@ -154,15 +155,26 @@ def mask_overlay_grid(
     panels = [overlay] + [_masked_panel(overlay, labels, m.detach().cpu(), grid, num_parts) for m in masks]
     cols = len(panels)
     tiles = torch.stack(panels, dim=1).reshape(n * cols, 3, *overlay.shape[-2:])  # row-major
-    pad = 2
+    if titles is None:
+        return save_tiles(tiles, path, cols)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if titles is None:
-        save_image(tiles, out, nrow=cols, padding=pad, pad_value=1.0)
-    else:
-        grid_img = make_grid(tiles, nrow=cols, padding=pad, pad_value=1.0)
-        _save_with_titles(grid_img, out, titles, cell=overlay.shape[-1], pad=pad)
+    grid_img = make_grid(tiles, nrow=cols, padding=_PAD, pad_value=1.0)
+    _save_with_titles(grid_img, out, titles, cell=overlay.shape[-1], pad=_PAD)
     return out
 
 
-__all__ = ["mask_overlay_grid", "overlay_parts", "part_colors", "to_rgb"]
+def save_tiles(tiles: torch.Tensor, path: str | os.PathLike[str], nrow: int, upscale: int = 1) -> Path:
+    """Write (N, 3|1, H, W) tiles in [0, 1] as a PNG grid, ``nrow`` a row, enlarged ``upscale`` times.
+
+    Parent folders are created; tiles are enlarged by nearest neighbour so small images stay crisp.
+    """
+    if upscale > 1:
+        tiles = F.interpolate(tiles, scale_factor=upscale, mode="nearest")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(tiles, out, nrow=nrow, padding=_PAD, pad_value=1.0)
+    return out
+
+
+__all__ = ["mask_overlay_grid", "overlay_parts", "part_colors", "save_tiles", "to_rgb"]
