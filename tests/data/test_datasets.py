@@ -15,8 +15,8 @@ import torch
 
 from semmae.config import DataConfig
 from semmae.data import ImageSet, build_dataset, fashion_mnist, iterate_batches, torchvision_sets
-from semmae.data import datasets as datasets_mod
-from semmae.data.datasets import fit_images
+from semmae.data import cache as cache_mod
+from semmae.data.imageset import fit_images
 from semmae.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -131,13 +131,13 @@ def test_network_probe_answers_quickly() -> None:
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        assert datasets_mod._probe.__wrapped__("127.0.0.1", port, 1.0)
+        assert cache_mod._probe.__wrapped__("127.0.0.1", port, 1.0)
     finally:
         server.close()
     start = time.perf_counter()
-    assert not datasets_mod._probe.__wrapped__("127.0.0.1", port, 1.0)  # closed port: refused at once
+    assert not cache_mod._probe.__wrapped__("127.0.0.1", port, 1.0)  # closed port: refused at once
     assert time.perf_counter() - start < 1.6
-    assert not datasets_mod.network_available("127.0.0.1", port)  # SEMMAE_OFFLINE=1 in tests
+    assert not cache_mod.network_available("127.0.0.1", port)  # SEMMAE_OFFLINE=1 in tests
 
 
 # ---------------------------------------------------------------- CIFAR / STL-10 fixtures

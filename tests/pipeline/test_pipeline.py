@@ -81,6 +81,7 @@ def test_rerun_skips_finished_stages_and_redoes_unfinished(pipeline_dir: Path) -
 def test_a_resumed_stage_counts_the_time_of_every_attempt(tmp_path: Path) -> None:
     import time
 
+    from semmae.pipeline.layout import StageDir
     from semmae.pipeline.stages import run_stage
 
     calls: list[bool] = []
@@ -95,13 +96,15 @@ def test_a_resumed_stage_counts_the_time_of_every_attempt(tmp_path: Path) -> Non
         return {"ok": True}
 
     with pytest.raises(KeyboardInterrupt):
-        run_stage(tmp_path / "s", "s", stage)
+        run_stage(StageDir(tmp_path / "s"), "s", stage)
     assert json.loads((tmp_path / "s" / "PARTIAL.json").read_text())["attempts"] == 1
-    record = run_stage(tmp_path / "s", "s", stage)
+    record = run_stage(StageDir(tmp_path / "s"), "s", stage)
     assert calls == [False, True]
     assert record["attempts"] == 2 and record["seconds"] >= 0.6
     assert not (tmp_path / "s" / "PARTIAL.json").exists()
-    assert run_stage(tmp_path / "s", "s", stage) == json.loads((tmp_path / "s" / "DONE.json").read_text())
+    assert run_stage(StageDir(tmp_path / "s"), "s", stage) == json.loads(
+        (tmp_path / "s" / "DONE.json").read_text()
+    )
     assert len(calls) == 2  # done stages are not run again
 
 

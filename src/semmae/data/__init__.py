@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
-from semmae.data.datasets import ImageSet, build_dataset, iterate_batches
+from semmae.data.datasets import build_dataset
+from semmae.data.imageset import ImageSet, iterate_batches
 
 __all__ = ["ImageSet", "build_dataset", "iterate_batches"]

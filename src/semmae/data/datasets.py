@@ -1,200 +1,30 @@
-"""One split of a dataset as a uint8 tensor (or a list of files), and the dispatcher that builds it.
+"""The dataset dispatcher: ``build_dataset(cfg.data, split)`` picks the loader named by ``data.name``.
 
-Every dataset is converted ONCE, when it is built, to ``data.in_chans`` channels (grey <-> RGB) and
-to ``data.image_size`` pixels (shorter side resized with antialiasing, then centre-cropped), and
-stored as uint8 (N, C, S, S). Augmentation then works on whole batches (``semmae.data.transforms``).
-Sets that would not fit in memory (large image folders) are *streamed*: ``images`` is None and
-:meth:`ImageSet.load` reads and converts files on demand, in DataLoader workers when iterated.
+Loaders sit below this module and import only :mod:`semmae.data.imageset` (the set type and its
+conversion) and :mod:`semmae.data.cache` (cache folder, network probe), never the dispatcher.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import socket
-import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
-from typing import Protocol
-
-import torch
-import torchvision.transforms.v2.functional as TF
-from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from semmae.config import DataConfig
+from semmae.data import fashion_mnist, folder, relations, synthetic, torchvision_sets
+from semmae.data.imageset import ImageSet
 from semmae.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-_CONVERT_CHUNK = 2048  # images resized per call: bounds the float scratch memory of a resize
-
-
-class ImageSource(Protocol):
-    """Reads the images of a streamed set one at a time (must be picklable for DataLoader workers)."""
-
-    image_size: int
-    in_chans: int
-
-    def __len__(self) -> int: ...
-
-    def read(self, index: int) -> torch.Tensor:
-        """Image ``index`` as uint8 (C, S, S)."""
-        ...
-
-    def digest_items(self) -> Iterator[bytes]:
-        """What the fingerprint hashes (e.g. relative path and size of each file, in set order)."""
-        ...
-
-
-@dataclass
-class ImageSet:
-    """One split of a dataset.
-
-    Attributes:
-        name: dataset name (``fashion_mnist``, ``toy_parts``, ``image_folder``, ...).
-        split: ``train`` or ``test``.
-        classes: class names; ``targets`` index into it (empty for unlabelled folders).
-        targets: (N,) int64 class indices, -1 when unlabelled.
-        images: (N, C, S, S) uint8 when held in memory, else None (streamed from ``source``).
-        part_masks: (N, S, S) uint8 ground-truth part ids (toy_parts only), 0 = background.
-        num_gt_parts: number of ground-truth part ids including the background.
-        source: the file reader of a streamed set (None when ``images`` is held in memory).
-        num_skipped: unreadable files left out when the set was built (``data.on_corrupt=warn``).
-    """
-
-    name: str
-    split: str
-    classes: list[str]
-    targets: torch.Tensor
-    images: torch.Tensor | None
-    part_masks: torch.Tensor | None = None
-    num_gt_parts: int | None = None
-    source: ImageSource | None = None
-    num_skipped: int = 0
-    _fingerprint: str | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if (self.images is None) == (self.source is None):
-            raise ValueError("an ImageSet needs exactly one of images (in memory) and source (streamed)")
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-    @property
-    def image_size(self) -> int:
-        """S, the side of every (square) image."""
-        return int(self.images.shape[-1]) if self.images is not None else self.source.image_size
-
-    @property
-    def in_chans(self) -> int:
-        """C, the number of channels of every image."""
-        return int(self.images.shape[1]) if self.images is not None else self.source.in_chans
-
-    @property
-    def streamed(self) -> bool:
-        """True when the images are read from files on demand."""
-        return self.images is None
-
-    def load(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """The images at ``indices`` as uint8 (B, C, S, S), on the CPU."""
-        idx = torch.as_tensor(indices, dtype=torch.long).cpu()
-        if self.images is not None:
-            return self.images[idx]
-        size, chans = self.image_size, self.in_chans
-        if idx.numel() == 0:
-            return torch.empty(0, chans, size, size, dtype=torch.uint8)
-        return torch.stack([self.source.read(int(i)) for i in idx])
-
-    def fingerprint(self) -> str:
-        """A stable 16-hex-digit digest of the image order and content (cached).
-
-        In-memory sets hash the image bytes, their shape and the targets; streamed sets hash the
-        relative path and size of every file, in set order (reading every file would defeat
-        streaming). Part-map files store it so they are never paired with another image order.
-        """
-        if self._fingerprint is None:
-            h = hashlib.sha256()
-            if self.images is not None:
-                h.update(repr(tuple(self.images.shape)).encode())
-                h.update(self.images.cpu().contiguous().numpy())  # buffer protocol: no copy
-            else:
-                for item in self.source.digest_items():
-                    h.update(item)
-            h.update(self.targets.cpu().to(torch.int64).contiguous().numpy())
-            self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
-
-
-def cache_dir() -> Path:
-    """Where decompressed or downloaded data goes: ``$SEMMAE_CACHE`` or ``~/.cache/semmae``."""
-    env = os.environ.get("SEMMAE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "semmae"
-
-
-@cache
-def _probe(host: str, port: int, timeout: float) -> bool:
-    result = [False]
-
-    def connect() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result[0] = True
-        except OSError:
-            pass
-
-    # Name resolution ignores socket timeouts, so the probe runs in a thread we stop waiting for.
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout + 0.5)
-    return result[0]
-
-
-def network_available(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether ``host:port`` accepts a TCP connection within ``timeout`` seconds (never hangs).
-
-    ``SEMMAE_OFFLINE=1`` answers False without trying. Results are cached per process.
-    """
-    if os.environ.get("SEMMAE_OFFLINE", "") not in ("", "0"):
-        return False
-    return _probe(host, port, timeout)
-
-
-def fit_images(images: torch.Tensor, image_size: int, in_chans: int) -> torch.Tensor:
-    """Convert uint8 images to ``in_chans`` channels and ``image_size`` pixels square.
-
-    Grey -> RGB repeats the channel; RGB -> grey uses the ITU-R 601 luma weights (as PIL's "L").
-    The shorter side is resized to ``image_size`` (bilinear, antialiased), then centre-cropped.
-
-    Args:
-        images: (N, C, H, W) or (C, H, W) uint8, C in {1, 3}.
-        image_size: S.
-        in_chans: 1 or 3.
-
-    Returns:
-        (N, in_chans, S, S) or (in_chans, S, S) uint8; the input itself when nothing changes.
-    """
-    if images.dim() == 3:
-        return fit_images(images.unsqueeze(0), image_size, in_chans)[0]
-    chans, height, width = images.shape[1:]
-    if chans not in (1, 3) or in_chans not in (1, 3):
-        raise DataError(f"cannot convert {chans}-channel images to data.in_chans={in_chans}; use 1 or 3")
-    if chans == in_chans and height == width == image_size:
-        return images
-    out = []
-    for chunk in images.split(_CONVERT_CHUNK):
-        if chans == 3 and in_chans == 1:  # fewer channels first: less to resize
-            chunk = TF.rgb_to_grayscale(chunk, num_output_channels=1)
-        if (height, width) != (image_size, image_size):
-            chunk = TF.resize(chunk, [image_size], antialias=True)
-            chunk = TF.center_crop(chunk, [image_size, image_size])
-        if chans == 1 and in_chans == 3:
-            chunk = chunk.expand(-1, 3, -1, -1)
-        out.append(chunk.contiguous())
-    return torch.cat(out)
+LOADERS = {
+    "fashion_mnist": fashion_mnist.load_fashion_mnist,
+    "toy_parts": synthetic.load_toy_parts,
+    "toy_relations": relations.load_toy_relations,
+    "image_folder": folder.load_image_folder,
+    "cifar10": torchvision_sets.load_torchvision_set,
+    "cifar100": torchvision_sets.load_torchvision_set,
+    "stl10": torchvision_sets.load_torchvision_set,
+}
 
 
 def build_dataset(cfg: DataConfig, split: str) -> ImageSet:
@@ -213,21 +43,9 @@ def build_dataset(cfg: DataConfig, split: str) -> ImageSet:
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    # Imported here: the loaders import ImageSet from this module.
-    from semmae.data import fashion_mnist, folder, relations, synthetic, torchvision_sets
-
-    loaders = {
-        "fashion_mnist": fashion_mnist.load_fashion_mnist,
-        "toy_parts": synthetic.load_toy_parts,
-        "toy_relations": relations.load_toy_relations,
-        "image_folder": folder.load_image_folder,
-        "cifar10": torchvision_sets.load_torchvision_set,
-        "cifar100": torchvision_sets.load_torchvision_set,
-        "stl10": torchvision_sets.load_torchvision_set,
-    }
-    if cfg.name not in loaders:
-        raise DataError(f"unknown dataset data.name={cfg.name!r}; use one of {', '.join(loaders)}")
-    ds = loaders[cfg.name](cfg, split)
+    if cfg.name not in LOADERS:
+        raise DataError(f"unknown dataset data.name={cfg.name!r}; use one of {', '.join(LOADERS)}")
+    ds = LOADERS[cfg.name](cfg, split)
     log.info(
         "dataset %s/%s: %d images of %dx%dx%d%s",
         ds.name,
@@ -239,59 +57,3 @@ def build_dataset(cfg: DataConfig, split: str) -> ImageSet:
         " (streamed)" if ds.streamed else "",
     )
     return ds
-
-
-class _StreamItems(Dataset):
-    """Per-image view of a streamed set for a DataLoader: (uint8 (C,S,S), target, index)."""
-
-    def __init__(self, ds: ImageSet) -> None:
-        self.source = ds.source
-        self.targets = ds.targets
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.source.read(index), self.targets[index], index
-
-
-def iterate_batches(
-    ds: ImageSet,
-    indices: torch.Tensor | Sequence[int],
-    batch_size: int,
-    *,
-    num_workers: int = 0,
-    drop_last: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Walk ``indices`` in order, ``batch_size`` at a time.
-
-    In-memory sets are sliced directly; streamed sets go through a DataLoader with a batch
-    sampler, so files are read and resized in ``num_workers`` worker processes.
-
-    Args:
-        ds: the set.
-        indices: (N,) int64 image indices, in the order to visit them (e.g. a permutation).
-        batch_size: images per batch; the last batch may be smaller unless ``drop_last``.
-        num_workers: DataLoader workers (streamed sets only).
-        drop_last: skip a final incomplete batch.
-
-    Yields:
-        ``(images, targets, indices)``: uint8 (B, C, S, S), int64 (B,), int64 (B,), on the CPU.
-    """
-    idx = torch.as_tensor(indices, dtype=torch.long).cpu()
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not ds.streamed:
-        stop = len(idx) - len(idx) % batch_size if drop_last else len(idx)
-        for start in range(0, stop, batch_size):
-            b = idx[start : start + batch_size]
-            yield ds.images[b], ds.targets[b], b
-        return
-    sampler = BatchSampler(idx.tolist(), batch_size=batch_size, drop_last=drop_last)
-    # Its own generator: a DataLoader otherwise takes its seed from the global RNG, shifting the
-    # draws of anything else using it (drop path) between a run and its resumed copy.
-    loader = DataLoader(
-        _StreamItems(ds), batch_sampler=sampler, num_workers=num_workers, generator=torch.Generator()
-    )
-    for images, targets, b in loader:
-        yield images, targets.long(), b.long()

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from semmae import runtime
 from semmae.config import DataConfig, EvalConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet, PerImagePlan, worker_batches
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -96,15 +96,6 @@ class _Items(Dataset):
             return self.transform(im), self.targets[index], index
 
 
-class _Plan:
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for indices, seeds in self.batches:
-            yield list(zip(indices.tolist(), seeds.tolist(), strict=True))
-
-
 def iterate_finetune(
     ds: ImageSet,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -125,12 +116,8 @@ def iterate_finetune(
     Yields:
         ``(images float (B, C, S, S), targets int64 (B,), indices int64 (B,))``.
     """
-    loader = DataLoader(
-        _Items(ds, transform),
-        batch_sampler=_Plan(batches),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator(),  # a DataLoader otherwise draws its seed from the global RNG,
-    )  # which drop path also draws from: a resumed run would then diverge
-    for images, targets, indices in loader:
-        yield images, targets.long(), indices.long()
+    items = _Items(ds, transform)
+    for images, targets, indices in worker_batches(
+        items, PerImagePlan(batches), num_workers=num_workers, pin_memory=pin_memory
+    ):
+        yield images, targets.long(), indices

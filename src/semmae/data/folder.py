@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 from semmae.data.views import decode_image, eval_view, to_uint8_tensor, train_crop, whole_view
 from semmae.errors import DataError
 
@@ -45,11 +45,6 @@ _ACCEPTED = f"accepted extensions: {' '.join(e[1:] for e in EXTENSIONS)}"
 def folder_crop_pct(cfg: DataConfig) -> float:
     """``data.crop_pct`` with its default resolved: 0.875 (timm/MAE's 256 -> 224) for image folders."""
     return DEFAULT_CROP_PCT if cfg.crop_pct is None else cfg.crop_pct
-
-
-def read_image(path: Path, image_size: int, in_chans: int, crop_pct: float = 1.0) -> torch.Tensor:
-    """One image file's evaluation view as uint8 (C, S, S); raises OSError/ValueError etc. when unreadable."""
-    return to_uint8_tensor(eval_view(decode_image(path, in_chans), image_size, crop_pct))
 
 
 def _is_image(path: Path) -> bool:
@@ -144,11 +139,7 @@ class FileSource:
         try:
             return decode_image(path, self.in_chans)
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-            if self.on_corrupt == "error":
-                raise DataError(
-                    f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files"
-                ) from None
-            log.warning("unreadable image %s (%s): using a black image", path, exc)
+            _corrupt(path, exc, self.on_corrupt, "using a black image")
             return None
 
     def _black(self) -> torch.Tensor:
@@ -201,10 +192,11 @@ def whole_image_view(ds: ImageSet) -> ImageSet:
     return view
 
 
-def _corrupt(path: Path, exc: Exception, on_corrupt: str) -> None:
+def _corrupt(path: Path, exc: Exception, on_corrupt: str, instead: str) -> None:
+    """Refuse an unreadable file (``on_corrupt=error``) or warn what is done ``instead``."""
     if on_corrupt == "error":
-        raise DataError(f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files")
-    log.warning("skipping unreadable image %s (%s)", path, exc)
+        raise DataError(f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files") from None
+    log.warning("unreadable image %s (%s): %s", path, exc, instead)
 
 
 def _header_ok(path: Path) -> Exception | None:
@@ -221,7 +213,7 @@ def _verify_headers(files: list[Path], on_corrupt: str) -> list[bool]:
         results = list(tqdm(checks, total=len(files), desc="checking images", disable=None))
     for path, exc in zip(files, results, strict=True):
         if exc is not None:
-            _corrupt(path, exc, on_corrupt)
+            _corrupt(path, exc, on_corrupt, "skipped")
     return [exc is None for exc in results]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from semmae.data.transforms import labels_to_patch_grid
 from semmae.errors import DataError
 
 _VOTE_CHUNK = 256  # images per chunk of the vote
@@ -15,8 +16,9 @@ _VOTE_CHUNK = 256  # images per chunk of the vote
 def part_maps_from_masks(dataset: Any, grid: tuple[int, int]) -> np.ndarray:
     """Oracle part maps: the majority ground-truth part of every grid cell.
 
-    Pixel (y, x) of an S×S mask falls in cell (y·h // S, x·w // S); each cell takes its most
-    frequent part id, ties going to the smaller id.
+    The vote is :func:`semmae.data.transforms.labels_to_patch_grid`: pixel (y, x) of an S×S mask
+    falls in cell (y·h // S, x·w // S); each cell takes its most frequent part id, ties going to
+    the smaller id.
 
     Args:
         dataset: ImageSet-like with ``part_masks`` (N, S, S) uint8 and optionally ``num_gt_parts``.
@@ -41,14 +43,8 @@ def part_maps_from_masks(dataset: Any, grid: tuple[int, int]) -> np.ndarray:
         raise DataError(f"grid {grid} must be positive and at most the mask size {size_y}x{size_x}")
     top = int(masks.max()) + 1 if masks.numel() else 1
     k = max(int(getattr(dataset, "num_gt_parts", None) or 0), top)
-    cy = torch.arange(size_y) * h // size_y
-    cx = torch.arange(size_x) * w // size_x
-    cell = (cy[:, None] * w + cx[None, :]).reshape(1, -1)  # (1, S*S) cell id of every pixel
     out = np.empty((n, h, w), dtype=np.uint8)
-    for start in range(0, n, _VOTE_CHUNK):
-        chunk = masks[start : start + _VOTE_CHUNK].reshape(-1, size_y * size_x).long()
-        votes = torch.zeros(chunk.shape[0], h * w * k, dtype=torch.int32)
-        votes.scatter_add_(1, cell * k + chunk, torch.ones_like(chunk, dtype=torch.int32))
-        winner = votes.view(-1, h * w, k).argmax(-1)  # first maximum = smallest id on ties
-        out[start : start + chunk.shape[0]] = winner.view(-1, h, w).numpy().astype(np.uint8)
+    for start in range(0, n, _VOTE_CHUNK):  # chunks bound the (B, K, h*w) vote counts
+        winner = labels_to_patch_grid(masks[start : start + _VOTE_CHUNK], (h, w), k)
+        out[start : start + winner.shape[0]] = winner.view(-1, h, w).numpy().astype(np.uint8)
     return out

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from semmae.data.datasets import ImageSet
 from semmae.data.folder import whole_image_view
+from semmae.data.imageset import ImageSet
 from semmae.data.partmaps import PartMaps, load_part_maps
 
 

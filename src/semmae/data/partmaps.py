@@ -45,7 +45,7 @@ class PartMapManifest:
     """The JSON side of a part-map file.
 
     Attributes:
-        format_version: file format version (1).
+        format_version: file format version (:data:`FORMAT_VERSION`).
         dataset: dataset name the maps were made for.
         split: dataset split (``train``/``test``).
         num_images: N, rows of the array.
@@ -87,13 +87,16 @@ class PartMapManifest:
                 f"part-map manifest {where} has format_version {version!r} but this semmae reads "
                 f"version {FORMAT_VERSION}; re-export the part maps with this semmae"
             )
+        if version == 1:  # no view yet: image folders were labelled on a centre crop, the rest whole
+            d = {**d, "view": "center" if d.get("dataset") == "image_folder" else "whole"}
         types: dict[str, type | tuple[type, ...]] = {
             "dataset": str, "split": str, "num_images": int, "image_size": int, "grid": list,
             "num_parts": int, "fingerprint": str, "learner_hash": (str, type(None)), "created": str,
-            "source": str,
+            "source": str, "view": str,
         }  # fmt: skip
         for key, typ in types.items():
-            if key not in d or not isinstance(d[key], typ) or isinstance(d[key], bool):
+            ok = key in d and isinstance(d[key], typ) and not isinstance(d[key], bool)
+            if not ok or (key == "view" and d[key] not in VIEWS):
                 raise DataError(
                     f"part-map manifest {where} has a missing or invalid field {key!r} "
                     f"(got {d.get(key)!r}); re-export the part maps"
@@ -101,22 +104,8 @@ class PartMapManifest:
         grid = d["grid"]
         if len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid):
             raise DataError(f"part-map manifest {where} has an invalid grid {grid!r}; re-export part maps")
-        view = _manifest_view(d, version, where)
         fields = {k: d[k] for k in types if k != "grid"}
-        return cls(format_version=FORMAT_VERSION, **fields, grid=(grid[0], grid[1]), view=view)
-
-
-def _manifest_view(d: dict[str, Any], version: int, where: str) -> str:
-    """The ``view`` of a manifest; version 1 had none (image folders were labelled on a centre crop)."""
-    if version == 1:
-        return "center" if d.get("dataset") == "image_folder" else "whole"
-    view = d.get("view")
-    if view not in VIEWS:
-        raise DataError(
-            f"part-map manifest {where} has a missing or invalid field 'view' (got {view!r}); "
-            "re-export the part maps"
-        )
-    return str(view)
+        return cls(format_version=FORMAT_VERSION, **fields, grid=(grid[0], grid[1]))
 
 
 def npy_path(path: str | os.PathLike[str]) -> Path:
@@ -151,10 +140,9 @@ def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
 
 def _make_manifest(
     num_images: int, grid: tuple[int, int], *, dataset: str, split: str, image_size: int, num_parts: int,
-    fingerprint: str, learner_hash: str | None, source: str, view: str = "whole",
+    fingerprint: str, learner_hash: str | None, source: str,
 ) -> PartMapManifest:  # fmt: skip
-    if view not in VIEWS:
-        raise ValueError(f"part-map view must be one of {VIEWS}, got {view!r}")
+    """A new manifest: maps written by this semmae always cover the whole image."""
     if not 1 <= num_parts <= 256:
         raise DataError(f"part maps are stored as uint8, so num_parts must be in [1, 256], got {num_parts}")
     return PartMapManifest(
@@ -162,7 +150,6 @@ def _make_manifest(
         image_size=int(image_size), grid=(int(grid[0]), int(grid[1])), num_parts=int(num_parts),
         fingerprint=fingerprint, learner_hash=learner_hash,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), source=source,
-        view=view,
     )  # fmt: skip
 
 
@@ -410,9 +397,3 @@ def load_part_maps(path: str | os.PathLike[str], *, dataset: Any = None) -> Part
     if dataset is not None:
         _check_dataset(p, manifest, dataset)
     return PartMaps(labels=arr, manifest=manifest, path=p)
-
-
-__all__ = [
-    "FORMAT_VERSION", "PartMapManifest", "PartMapWriter", "PartMaps", "load_part_maps", "manifest_path",
-    "npy_path", "write_part_maps",
-]  # fmt: skip

@@ -58,7 +58,7 @@ import math
 import torch
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 from semmae.data.synthetic import (
     BOX,
     DIAMOND,
@@ -69,6 +69,7 @@ from semmae.data.synthetic import (
     render_in_chunks,
     split_seed,
     to_uint8,
+    toy_set,
     uniform,
 )
 
@@ -176,15 +177,6 @@ def make_toy_relations(
 
 def load_toy_relations(cfg: DataConfig, split: str) -> ImageSet:
     """``cfg.toy_size`` toy-relations images (then ``cfg.limit``) at cfg.image_size with part masks."""
-    n = cfg.toy_size if cfg.limit is None else min(cfg.toy_size, cfg.limit)
     seed = split_seed(split) + BASE_SEED_OFFSET
-    images, targets, masks, _ = make_toy_relations(cfg.toy_size, cfg.image_size, cfg.in_chans, seed)
-    return ImageSet(
-        name="toy_relations",
-        split=split,
-        classes=list(CLASSES),
-        targets=targets[:n].clone(),
-        images=images[:n].clone(),
-        part_masks=masks[:n].clone(),
-        num_gt_parts=NUM_PARTS,
-    )
+    drawn = make_toy_relations(cfg.toy_size, cfg.image_size, cfg.in_chans, seed)
+    return toy_set("toy_relations", split, cfg, drawn, CLASSES, NUM_PARTS)

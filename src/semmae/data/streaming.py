@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet, PerImagePlan, worker_batches
 
 
 class _CropItems(Dataset):
@@ -33,19 +33,6 @@ class _CropItems(Dataset):
         index, draws = item
         crop, box = self.source.read_crop(index, draws, self.scale, self.ratio)  # type: ignore[attr-defined]
         return crop, box, index
-
-
-class _Plan:
-    """The batch sampler: each batch is a list of ``(image index, its (23,) draws)``."""
-
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[list[tuple[int, list[float]]]]:
-        # Plain floats, not tensor rows: a tensor sent to a worker is moved to its own shared-memory
-        # segment, which costs more than decoding the image.
-        for indices, draws in self.batches:
-            yield list(zip(indices.tolist(), draws.tolist(), strict=True))
 
 
 def iterate_crops(
@@ -71,12 +58,6 @@ def iterate_crops(
         ``(crops uint8 (B, C, S, S), boxes float32 (B, 4), indices int64 (B,))``; a box is
         ``(top, left, h, w)`` as fractions of its image's height and width.
     """
-    loader = DataLoader(
-        _CropItems(ds, scale, ratio),
-        batch_sampler=_Plan(batches),
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator(),  # its worker seeds must not draw from the global RNG (resume)
+    yield from worker_batches(
+        _CropItems(ds, scale, ratio), PerImagePlan(batches), num_workers=num_workers, pin_memory=pin_memory
     )
-    for crops, boxes, indices in loader:
-        yield crops, boxes, indices.long()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet
+from semmae.data.imageset import ImageSet
 
 NUM_PARTS = 4
 PART_NAMES = ["background", "body", "head", "limbs"]
@@ -250,16 +250,16 @@ def split_seed(split: str) -> int:
     return BASE_SEED * 2 + (0 if split == "train" else 1)
 
 
+def toy_set(name: str, split: str, cfg: DataConfig, drawn: tuple[torch.Tensor, ...], classes: list[str],
+            num_parts: int) -> ImageSet:  # fmt: skip
+    """The first ``cfg.limit`` of ``cfg.toy_size`` drawn ``(images, targets, part masks, ...)`` as a set."""
+    n = cfg.toy_size if cfg.limit is None else min(cfg.toy_size, cfg.limit)
+    images, targets, masks = (t[:n].clone() for t in drawn[:3])
+    return ImageSet(name=name, split=split, classes=list(classes), targets=targets, images=images,
+                    part_masks=masks, num_gt_parts=num_parts)  # fmt: skip
+
+
 def load_toy_parts(cfg: DataConfig, split: str) -> ImageSet:
     """``cfg.toy_size`` toy-parts images (then ``cfg.limit``) at cfg.image_size with part masks."""
-    n = cfg.toy_size if cfg.limit is None else min(cfg.toy_size, cfg.limit)
     images, targets, masks, k = make_toy_parts(cfg.toy_size, cfg.image_size, cfg.in_chans, split_seed(split))
-    return ImageSet(
-        name="toy_parts",
-        split=split,
-        classes=list(CLASSES),
-        targets=targets[:n].clone(),
-        images=images[:n].clone(),
-        part_masks=masks[:n].clone(),
-        num_gt_parts=k,
-    )
+    return toy_set("toy_parts", split, cfg, (images, targets, masks), CLASSES, k)

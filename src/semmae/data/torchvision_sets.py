@@ -20,7 +20,8 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100, STL10
 
 from semmae.config import DataConfig
-from semmae.data.datasets import ImageSet, cache_dir, fit_images, network_available
+from semmae.data.cache import cache_dir, network_available
+from semmae.data.imageset import ImageSet, fit_images
 from semmae.errors import DataError
 
 log = logging.getLogger(__name__)

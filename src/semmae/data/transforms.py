@@ -294,34 +294,31 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
 
 
 def labels_to_patch_grid(labels: torch.Tensor, grid: tuple[int, int], num_parts: int) -> torch.Tensor:
-    """Majority vote of the part ids inside each patch cell.
+    """Majority vote of the part ids inside each grid cell: THE pixel-map -> patch-grid rule.
 
-    Ties go to the LOWER part id (``argmax`` returns the first maximum). If H or W is not a
-    multiple of the grid, the labels are first resized (nearest pixel centre) to the nearest
-    multiple. Counting scatters into (B, K, L) bins instead of pooling a (B, K, H, W) one-hot,
-    which gives the same counts with K times less memory at large H, W.
+    Pixel (y, x) of an H×W map falls in cell (y·h // H, x·w // W), so every pixel votes once and
+    cells differ by at most one pixel row or column when H or W is not a multiple of the grid.
+    Ties go to the LOWER part id (``argmax`` returns the first maximum). Counting scatters into
+    (B, K, L) bins instead of pooling a (B, K, H, W) one-hot: the same counts with K times less
+    memory at large H, W.
 
     Args:
         labels: (B, H, W) integer part ids in [0, num_parts).
-        grid: (h, w) patch grid.
+        grid: (h, w) patch grid, h <= H and w <= W.
         num_parts: K.
 
     Returns:
-        (B, h*w) long part id per patch, raster order.
+        (B, h*w) long part id per patch, raster order, on ``labels``' device.
     """
-    gh, gw = grid
+    gh, gw = int(grid[0]), int(grid[1])
     bsz, height, width = labels.shape
-    labels = labels.long()
-    if height % gh or width % gw:
-        height, width = max(gh, round(height / gh) * gh), max(gw, round(width / gw) * gw)
-        resized = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest-exact")
-        labels = resized[:, 0].long()
-    ph, pw = height // gh, width // gw
-    rows = torch.arange(height, device=labels.device) // ph
-    cols = torch.arange(width, device=labels.device) // pw
-    cell = (rows[:, None] * gw + cols[None, :]).flatten()  # (H*W,) patch index of every pixel
+    if not (0 < gh <= height and 0 < gw <= width):
+        raise ValueError(f"grid {(gh, gw)} must be positive and at most the map size {height}x{width}")
+    rows = torch.arange(height, device=labels.device) * gh // height
+    cols = torch.arange(width, device=labels.device) * gw // width
+    cell = (rows[:, None] * gw + cols[None, :]).flatten()  # (H*W,) cell index of every pixel
     num_cells = gh * gw
-    bins = labels.flatten(1) * num_cells + cell  # (B, H*W); out-of-range ids fail in scatter_add_
+    bins = labels.long().flatten(1) * num_cells + cell  # (B, H*W); out-of-range ids fail in scatter_add_
     counts = torch.zeros(bsz, num_parts * num_cells, device=labels.device)
     counts.scatter_add_(1, bins, torch.ones_like(bins, dtype=counts.dtype))
     return counts.view(bsz, num_parts, num_cells).argmax(1)

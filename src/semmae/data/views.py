@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
 
 from semmae.data.transforms import box_from_draws
 from semmae.errors import DataError
@@ -72,19 +74,10 @@ def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
 def eval_view(im: Image.Image, size: int, crop_pct: float) -> Image.Image:
     """Short side to ``floor(size / crop_pct)`` (bicubic), then the centre ``size x size``.
 
-    Sizes and offsets follow torchvision's ``Resize(int)`` and ``CenterCrop`` on PIL images.
+    torchvision's ``Resize(int)`` and ``CenterCrop``, the evaluation transform of MAE.
     """
-    short = math.floor(size / crop_pct)
-    width, height = im.size
-    if width <= height:
-        new_w, new_h = short, int(short * height / width)
-    else:
-        new_w, new_h = int(short * width / height), short
-    if (new_w, new_h) != (width, height):
-        im = im.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
-    return im.crop((left, top, left + size, top + size))
+    resized = TF.resize(im, [math.floor(size / crop_pct)], interpolation=InterpolationMode.BICUBIC)
+    return TF.center_crop(resized, [size, size])
 
 
 def whole_view(im: Image.Image, size: int) -> Image.Image:

@@ -24,7 +24,10 @@ from tqdm import tqdm
 
 from semmae import runtime
 from semmae.config import Config
+from semmae.data import build_dataset, iterate_batches
+from semmae.data.transforms import center_batch, normalize
 from semmae.errors import ConfigError, DataError
+from semmae.models.encoder import check_encoder_fits, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +118,6 @@ def eval_batches(
 
     The transform is deterministic: centre to ``out_size`` (``center_batch``), then ``normalize``.
     """
-    from semmae.data import iterate_batches
-    from semmae.data.transforms import center_batch, normalize
-
     for images_u8, targets, _ in iterate_batches(dataset, indices, batch_size, num_workers=num_workers):
         images01, _ = center_batch(images_u8, out_size=out_size)
         yield normalize(images01, mean, std), targets
@@ -233,8 +233,6 @@ class FeatureSet:
 
 def labelled_split(cfg: Config, split: str) -> Any:
     """Build ``split`` of ``cfg.data`` and refuse an unlabelled one (DataError)."""
-    from semmae.data import build_dataset
-
     ds = build_dataset(cfg.data, split)
     if len(ds) == 0 or not ds.classes or bool((ds.targets < 0).any()):
         raise DataError(
@@ -256,8 +254,6 @@ def prepare_features(
         CheckpointError: ``spec`` holds no encoder. ConfigError: the encoder does not fit the data.
         DataError: missing or unlabelled dataset.
     """
-    from semmae.models.encoder import check_encoder_fits, load_encoder
-
     device = runtime.resolve_device(cfg.train.device)
     encoder, meta = loaded if loaded is not None else load_encoder(spec, map_location=device)
     encoder = encoder.to(device)

@@ -10,6 +10,9 @@ from typing import Any
 
 from semmae.config import Config
 from semmae.engine.logging import append_result
+from semmae.eval.features import prepare_features
+from semmae.eval.knn import run_knn
+from semmae.eval.linear import run_linear
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +25,6 @@ def evaluate_encoder(cfg: Config, spec: str, *, progress: bool = True) -> dict[s
         "linear": {...}, "seconds"}``: the rows of :func:`~semmae.eval.knn.run_knn` and
         :func:`~semmae.eval.linear.run_linear`, accuracies in percent.
     """
-    from semmae.eval.features import prepare_features
-    from semmae.eval.knn import run_knn
-    from semmae.eval.linear import run_linear
-
     t0 = time.perf_counter()
     fs = prepare_features(cfg, spec, progress=progress)
     knn = run_knn(cfg, spec, progress=progress, features=fs)

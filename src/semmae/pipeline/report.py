@@ -1,4 +1,9 @@
-"""``report.md`` and a self-contained ``report.html`` for a pipeline directory."""
+"""``report.md`` and a self-contained ``report.html`` for a pipeline directory.
+
+The report is drawn from what the pipeline holds: the stage records keyed by stage id and the
+evaluation rows keyed by encoder id (``mae``, ``semmae``: the stages that trained them; ``floor``);
+the rest (curves, pictures) comes from the files the stages wrote, found through the layout.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from typing import Any
 from semmae.config import Config
 from semmae.engine.logging import read_metrics
 from semmae.pipeline.document import Document
-from semmae.pipeline.stages import STAGES, stage_done
+from semmae.pipeline.layout import PipelineLayout
 from semmae.runtime import provenance
+from semmae.viz.parts import render_part_map_file
+from semmae.viz.plots import plot_curves
 
 
 def _latest(folder: Path, pattern: str) -> Path | None:
@@ -23,23 +30,25 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def results_rows(results: dict[str, Any], times: dict[str, float]) -> list[list[str]]:
-    """One table row per encoder: kNN top1/top5, linear top1 (lr), pretraining minutes."""
-    stage_of = {"MAE": "mae", "SemMAE": "semmae"}
+    """One table row per encoder: kNN top1/top5, linear top1 (lr), pretraining minutes.
+
+    Args:
+        results: evaluation rows (each with its display ``name``) keyed by encoder id.
+        times: wall seconds keyed by stage id; an encoder trained by a stage shares its id.
+    """
     rows = []
-    for name, r in results.items():
-        stage = next((s for k, s in stage_of.items() if name.startswith(k)), None)
-        minutes = times.get(stage) if stage else None
+    for encoder, r in results.items():
+        seconds = times.get(encoder)
         rows.append([
-            name, _fmt(r["knn"]["top1"]), _fmt(r["knn"].get("top5")), _fmt(r["linear"]["top1"]),
-            f"{r['linear']['lr']:g}", _fmt(minutes / 60 if minutes else None, 1),
+            r["name"], _fmt(r["knn"]["top1"]), _fmt(r["knn"].get("top5")), _fmt(r["linear"]["top1"]),
+            f"{r['linear']['lr']:g}", _fmt(seconds / 60 if seconds else None, 1),
         ])  # fmt: skip
     return rows
 
 
 def reading(results: dict[str, Any]) -> str:
-    """A plain reading of the numbers (no claims beyond them)."""
-    get = {n.split(" ")[0]: r for n, r in results.items()}
-    mae, sem, floor = get.get("MAE"), get.get("SemMAE"), get.get("random")
+    """A plain reading of the numbers (no claims beyond them); ``results`` keyed by encoder id."""
+    mae, sem, floor = results.get("mae"), results.get("semmae"), results.get("floor")
     if not (mae and sem):
         return "The evaluation did not cover both encoders, so there is nothing to compare."
     dk = sem["knn"]["top1"] - mae["knn"]["top1"]
@@ -92,54 +101,49 @@ def _settings(cfg: Config, root: Path) -> list[list[str]]:
     ]
 
 
-def write_report(root: Path, cfg: Config) -> Path:
-    """Write ``report.md`` and ``report.html`` in ``root`` from the stage outputs; returns the .md path."""
-    root = Path(root)
-    times = {s: (stage_done(root / s) or {}).get("seconds") for s in STAGES}
-    results = (stage_done(root / "eval") or {}).get("result", {})
-    doc = Document(root)
+def write_report(
+    layout: PipelineLayout,
+    cfg: Config,
+    records: dict[str, dict[str, Any]],
+    results: dict[str, dict[str, Any]],
+) -> Path:
+    """Write ``report.md`` and ``report.html``; returns the .md path.
+
+    Args:
+        layout: the pipeline directory.
+        cfg: the pipeline's config.
+        records: ``DONE.json`` records of the completed stages, keyed by stage id, in stage order.
+        results: evaluation rows keyed by encoder id (see module docstring), in table order.
+    """
+    times = {stage: record["seconds"] for stage, record in records.items()}
+    doc = Document(layout.root)
     doc.heading("Settings")
-    doc.table(["", "value"], _settings(cfg, root))
+    doc.table(["", "value"], _settings(cfg, layout.root))
     doc.heading("Results")
     protocols = sorted({r["linear"].get("protocol", "fast") for r in results.values()}) or ["fast"]
-    doc.table(
-        [
-            "encoder",
-            "kNN top-1",
-            "kNN top-5",
-            f"linear top-1 ({'/'.join(protocols)} probe)",
-            "probe lr",
-            "pretrain min",
-        ],
-        results_rows(results, times),
-    )
+    header = ["encoder", "kNN top-1", "kNN top-5", f"linear top-1 ({'/'.join(protocols)} probe)", "probe lr"]
+    doc.table([*header, "pretrain min"], results_rows(results, times))
     doc.para(reading(results))
     doc.table(
         ["stage", "minutes"], [[s, _fmt(v / 60 if v else None, 1)] for s, v in times.items() if v is not None]
     )
-    _curves(doc, root)
-    _parts_section(doc, root, cfg)
+    _curves(doc, layout)
+    _parts_section(doc, layout, cfg)
     doc.heading("Masks over training progress")
-    doc.image(root / "semmae" / "images" / "masks_progress.png",
+    doc.image(layout.semmae.images / "masks_progress.png",
               "SemMAE masks for the same images at progress 0, .25, .5, .75, 1 (dark = hidden, colours = parts)")  # fmt: skip
     doc.heading("Reconstructions")
-    for stage, label in (("mae", "MAE"), ("semmae", "SemMAE")):
-        doc.image(_latest(root / stage / "images", "recon_epoch_*.png"),
+    for stage, label in ((layout.mae, "MAE"), (layout.semmae, "SemMAE")):
+        doc.image(_latest(stage.images, "recon_epoch_*.png"),
                   f"{label}: original | masked | reconstruction | reconstruction + visible")  # fmt: skip
-    md = root / "report.md"
-    md.write_text("# SemMAE pipeline report\n\n" + doc.markdown())
-    (root / "report.html").write_text(doc.html("SemMAE pipeline report"))
-    return md
+    layout.report(".md").write_text("# SemMAE pipeline report\n\n" + doc.markdown())
+    layout.report(".html").write_text(doc.html("SemMAE pipeline report"))
+    return layout.report(".md")
 
 
-def _curves(doc: Document, root: Path) -> None:
-    from semmae.viz.plots import plot_curves
-
-    runs = {
-        "MAE": read_metrics(root / "mae" / "metrics.jsonl"),
-        "SemMAE": read_metrics(root / "semmae" / "metrics.jsonl"),
-    }
-    fig = root / "figures"
+def _curves(doc: Document, layout: PipelineLayout) -> None:
+    runs = {"MAE": read_metrics(layout.mae.metrics), "SemMAE": read_metrics(layout.semmae.metrics)}
+    fig = layout.figures
     doc.heading("Training curves")
     doc.image(
         plot_curves(runs, "loss", fig / "loss.png", title="pretraining loss (hidden patches)"),
@@ -149,26 +153,21 @@ def _curves(doc: Document, root: Path) -> None:
               "kNN monitor (held-out subset) per epoch")  # fmt: skip
     doc.image(plot_curves({"SemMAE": runs["SemMAE"]}, "lambda", fig / "lambda.png", title="λ: 1 intra-part → 0 inter-part"),
               "SemMAE's λ schedule as trained")  # fmt: skip
-    parts = {"part learner": read_metrics(root / "parts" / "metrics.jsonl")}
+    parts = {"part learner": read_metrics(layout.parts.metrics)}
     doc.image(
         plot_curves(parts, "loss", fig / "parts_loss.png", title="part learner loss"), "part learner loss"
     )
 
 
-def _parts_section(doc: Document, root: Path, cfg: Config) -> None:
+def _parts_section(doc: Document, layout: PipelineLayout, cfg: Config) -> None:
     doc.heading("Learned parts")
-    partseg = root / "parts" / "partseg.json"
-    if partseg.is_file():
-        m = json.loads(partseg.read_text())
+    if layout.partseg.is_file():
+        m = json.loads(layout.partseg.read_text())
         rows = [[name, _fmt(v.get("nmi"), 3), _fmt(v.get("ari"), 3), _fmt(v.get("miou"), 3), str(v.get("empty_parts"))]
                 for name, v in m.items() if isinstance(v, dict) and "nmi" in v]  # fmt: skip
         doc.table(["method", "NMI", "ARI", "mIoU", "empty parts"], rows)
-    maps = root / "export" / "parts_test.npy"
+    maps = layout.part_maps("test")
     if maps.is_file():
-        from semmae.viz.parts import render_part_map_file
-
-        out = render_part_map_file(maps, cfg.data, 16, root / "figures" / "part_maps_test.png")
+        out = render_part_map_file(maps, cfg.data, 16, layout.figures / "part_maps_test.png")
         doc.image(out, "exported part maps on test images (one colour per part)")
-    doc.image(
-        _latest(root / "parts" / "images", "*.png"), "part learner: input | part overlay | reconstruction"
-    )
+    doc.image(_latest(layout.parts.images, "*.png"), "part learner: input | part overlay | reconstruction")

@@ -22,51 +22,54 @@ from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import SemmaeError
 from semmae.parts.export import export_part_maps
+from semmae.pipeline.evaluate import evaluate_encoders
+from semmae.pipeline.layout import STAGES, PipelineLayout, StageDir
+from semmae.pipeline.report import write_report
 from semmae.train.parts import run_parts_train
 from semmae.train.pretrain import run_pretrain
 
 log = logging.getLogger(__name__)
 
-STAGES = ("mae", "parts", "export", "semmae", "eval", "report")
+# The encoders the evaluation stage compares, by id (a stage's id, or ``floor``), with the labels
+# its results are stored under on disk.
+ENCODERS = {
+    "mae": "MAE (random masking)",
+    "semmae": "SemMAE (semantic masking)",
+    "floor": "random init (floor)",
+}
+StageFn = Callable[[Path, bool], dict[str, Any]]
 
 
-def stage_done(stage_dir: Path) -> dict[str, Any] | None:
-    """The stage's ``DONE.json`` content, or None when the stage has not completed."""
-    marker = stage_dir / "DONE.json"
-    return json.loads(marker.read_text()) if marker.is_file() else None
-
-
-def run_stage(stage_dir: Path, name: str, fn: Callable[[Path, bool], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``fn(stage_dir, resume)`` unless already done; record its wall time in ``DONE.json``.
+def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
+    """Run ``fn(stage directory, resume)`` unless already done; record its wall time in ``DONE.json``.
 
     ``resume`` is True when an earlier attempt left a checkpoint behind; a stage directory that
     holds no checkpoint is started afresh. An attempt that fails or is interrupted leaves its
     time in ``PARTIAL.json``, so a resumed stage's ``seconds`` counts every attempt it built on
     (a process killed with SIGKILL cannot record its time).
     """
-    done = stage_done(stage_dir)
+    done = stage.record()
     if done is not None:
         log.info("[%s] already complete (%.0fs), skipped", name, done["seconds"])
         return done
-    resume = any(stage_dir.glob("checkpoints/last.pt"))
-    if stage_dir.exists() and not resume and runtime.is_main():
-        shutil.rmtree(stage_dir)  # a stage that never reached a checkpoint has nothing worth keeping
+    resume = stage.checkpoint.exists()
+    if stage.path.exists() and not resume and runtime.is_main():
+        shutil.rmtree(stage.path)  # a stage that never reached a checkpoint has nothing worth keeping
     runtime.barrier()
-    partial = stage_dir / "PARTIAL.json"
-    earlier = (
-        json.loads(partial.read_text()) if resume and partial.is_file() else {"seconds": 0.0, "attempts": 0}
-    )
+    earlier = {"seconds": 0.0, "attempts": 0}
+    if resume and stage.partial.is_file():
+        earlier = json.loads(stage.partial.read_text())
     log.info("[%s] %s", name, "resuming" if resume else "starting")
     t0 = time.perf_counter()
     try:
-        result = fn(stage_dir, resume)
+        result = fn(stage.path, resume)
     except BaseException:
-        if runtime.is_main() and stage_dir.is_dir():
+        if runtime.is_main() and stage.path.is_dir():
             spent = {
                 "seconds": earlier["seconds"] + time.perf_counter() - t0,
                 "attempts": earlier["attempts"] + 1,
             }
-            partial.write_text(json.dumps(spent) + "\n")
+            stage.partial.write_text(json.dumps(spent) + "\n")
         raise
     seconds = earlier["seconds"] + time.perf_counter() - t0
     record = {
@@ -76,9 +79,9 @@ def run_stage(stage_dir: Path, name: str, fn: Callable[[Path, bool], dict[str, A
         "result": result,
     }
     if runtime.is_main():
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / "DONE.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        partial.unlink(missing_ok=True)
+        stage.path.mkdir(parents=True, exist_ok=True)
+        stage.done.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        stage.partial.unlink(missing_ok=True)
     return record
 
 
@@ -105,9 +108,11 @@ def parts_config(cfg: Config, backbone: Path) -> Config:
     return out
 
 
-def _pretrain(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
+def _until_complete(train: StageFn) -> StageFn:
+    """A training stage: done when the run completed; an interrupted run raises (resumed next time)."""
+
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        summary = run_pretrain(cfg, d, resume=resume)
+        summary = train(d, resume)
         if not summary.get("complete"):
             raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
         return summary
@@ -115,38 +120,52 @@ def _pretrain(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
     return fn
 
 
-def _parts_train(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
+def pretrain_stage(cfg: Config) -> StageFn:
+    """A stage pretraining with ``cfg``."""
+    return _until_complete(lambda d, resume: run_pretrain(cfg, d, resume=resume))
+
+
+def parts_stage(cfg: Config) -> StageFn:
+    """A stage training the part learner with ``cfg``."""
+    return _until_complete(lambda d, resume: run_parts_train(cfg, d, resume=resume, overwrite=False))
+
+
+def export_stage(layout: PipelineLayout, cfg: Config) -> StageFn:
+    """A stage labelling both splits with ``layout``'s part learner into ``layout.part_maps(split)``."""
+
     def fn(d: Path, resume: bool) -> dict[str, Any]:
-        summary = run_parts_train(cfg, d, resume=resume, overwrite=False)
-        if not summary.get("complete"):
-            raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
-        return summary
-
-    return fn
-
-
-def _export(parts_dir: Path, cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
-    def fn(d: Path, resume: bool) -> dict[str, Any]:
-        d.mkdir(parents=True, exist_ok=True)
         out = {}
         for split in ("train", "test"):
-            manifest = export_part_maps(parts_dir, split, d / f"parts_{split}.npy", batch_size=cfg.eval.batch_size,
+            maps = layout.part_maps(split)
+            maps.parent.mkdir(parents=True, exist_ok=True)
+            manifest = export_part_maps(layout.parts.path, split, maps, batch_size=cfg.eval.batch_size,
                                         device=cfg.train.device, progress=cfg.train.progress_bar)  # fmt: skip
-            out[split] = str(d / f"parts_{split}.npy")
+            out[split] = str(maps)
             out[f"{split}_grid"] = list(manifest.grid)
         return out
 
     return fn
 
 
-def _evaluate(cfg: Config, encoders: dict[str, str]) -> Callable[[Path, bool], dict[str, Any]]:
-    def fn(d: Path, resume: bool) -> dict[str, Any]:
-        from semmae.pipeline.evaluate import evaluate_encoders
+def _evaluate(cfg: Config, layout: PipelineLayout) -> StageFn:
+    """A stage evaluating every encoder of :data:`ENCODERS` into ``layout.results``."""
+    specs = {
+        "mae": layout.mae.checkpoint,
+        "semmae": layout.semmae.checkpoint,
+        "floor": f"random:{cfg.model.name}",
+    }
 
-        d.mkdir(parents=True, exist_ok=True)
-        return evaluate_encoders(cfg, encoders, d / "results.jsonl")
+    def fn(d: Path, resume: bool) -> dict[str, Any]:
+        layout.results.parent.mkdir(parents=True, exist_ok=True)
+        return evaluate_encoders(cfg, {label: str(specs[e]) for e, label in ENCODERS.items()}, layout.results)
 
     return fn
+
+
+def by_encoder(eval_record: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The evaluation stage's result rows keyed by encoder id (those evaluated), in :data:`ENCODERS` order."""
+    result = (eval_record or {}).get("result", {})
+    return {e: result[label] for e, label in ENCODERS.items() if label in result}
 
 
 def run_pipeline(
@@ -154,34 +173,29 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run every stage in ``cfg.pipeline.stages`` (see module docstring) into ``out_dir``.
 
+    The report is written from the records of this run's stages and of the stages an earlier
+    run completed (their ``DONE.json``).
+
     Returns:
-        Per-stage records (``DONE.json`` contents) and the report path.
+        Per-stage records (``DONE.json`` contents) of the stages run, and the report path.
     """
-    root = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
+    layout = PipelineLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite))
     wanted = set(cfg.pipeline.stages)
-    records: dict[str, Any] = {}
-    mae_ckpt = root / "mae" / "checkpoints" / "last.pt"
-    maps = root / "export" / "parts_train.npy"
-    plan: list[tuple[str, Callable[[Path, bool], dict[str, Any]]]] = [
-        ("mae", _pretrain(mae_config(cfg))),
-        ("parts", _parts_train(parts_config(cfg, mae_ckpt))),
-        ("export", _export(root / "parts", cfg)),
-        ("semmae", _pretrain(semmae_config(cfg, maps))),
-        ("eval", _evaluate(cfg, _encoders(root, cfg))),
-    ]
-    for name, fn in plan:
-        if name in wanted:
-            records[name] = run_stage(root / name, name, fn)
-    if "report" in wanted and runtime.is_main():
-        from semmae.pipeline.report import write_report
-
-        records["report"] = {"path": str(write_report(root, cfg))}
-    return records
-
-
-def _encoders(root: Path, cfg: Config) -> dict[str, str]:
-    return {
-        "MAE (random masking)": str(root / "mae" / "checkpoints" / "last.pt"),
-        "SemMAE (semantic masking)": str(root / "semmae" / "checkpoints" / "last.pt"),
-        "random init (floor)": f"random:{cfg.model.name}",
+    plan: dict[str, StageFn] = {
+        "mae": pretrain_stage(mae_config(cfg)),
+        "parts": parts_stage(parts_config(cfg, layout.mae.checkpoint)),
+        "export": export_stage(layout, cfg),
+        "semmae": pretrain_stage(semmae_config(cfg, layout.part_maps("train"))),
+        "eval": _evaluate(cfg, layout),
     }
+    records: dict[str, Any] = {}
+    held: dict[str, dict[str, Any]] = {}  # every completed stage's record, in stage order
+    for name in STAGES[:-1]:
+        if name in wanted:
+            records[name] = held[name] = run_stage(layout.stage(name), name, plan[name])
+        elif (done := layout.stage(name).record()) is not None:
+            held[name] = done
+    if "report" in wanted and runtime.is_main():
+        path = write_report(layout, cfg, held, by_encoder(held.get("eval")))
+        records["report"] = {"path": str(path)}
+    return records

@@ -21,7 +21,6 @@ import json
 import logging
 import resource
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,23 @@ import torch
 
 from semmae import runtime
 from semmae.config import Config
-from semmae.data import build_dataset
-from semmae.data.oracle import part_maps_from_masks
-from semmae.data.partmaps import write_part_maps
 from semmae.engine.build import build_model
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.models.checkpoint import save_checkpoint
-from semmae.pipeline.stages import _export, _parts_train, _pretrain, mae_config, parts_config, run_stage
+from semmae.parts.export import maps_from_masks
+from semmae.pipeline.evaluate import evaluate_encoder
+from semmae.pipeline.layout import PipelineLayout, StageDir, StudyLayout
+from semmae.pipeline.stages import (
+    StageFn,
+    export_stage,
+    mae_config,
+    parts_config,
+    parts_stage,
+    pretrain_stage,
+    run_stage,
+)
+from semmae.pipeline.study_report import compare, write_study_report
 from semmae.runtime import provenance
 
 log = logging.getLogger(__name__)
@@ -100,20 +108,18 @@ def method_config(cfg: Config, method: str, seed: int, learned: Path, oracle: Pa
     return out
 
 
-def _oracle_maps(cfg: Config, root: Path, grid: list[int]) -> Path | None:
+def _oracle_maps(cfg: Config, prefix: PipelineLayout, grid: list[int]) -> Path | None:
+    """Ground-truth part maps of the train split at the learned maps' grid, for the ``oracle`` method."""
     if cfg.data.name not in PART_MASK_SETS:
         return None
-
-    path = root / "prefix" / "oracle_train.npy"
-    if not path.is_file():
-        ds = build_dataset(cfg.data, "train")
-        labels = part_maps_from_masks(ds, (grid[0], grid[1]))
-        write_part_maps(path, labels, dataset=ds.name, split="train", image_size=ds.image_size,
-                        num_parts=int(ds.num_gt_parts), fingerprint=ds.fingerprint(), source="oracle")  # fmt: skip
+    path = prefix.oracle_maps("train")
+    if not path.is_file() and runtime.is_main():  # the learned maps' grid is square: images are S x S
+        maps_from_masks(cfg, "train", grid[0], path)
+    runtime.barrier()  # every rank reads the file rank 0 wrote
     return path
 
 
-def _initial_weights(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
+def _initial_weights(cfg: Config) -> StageFn:
     """A stage writing the untrained network of ``cfg`` at ``cfg.train.seed`` as a pretraining checkpoint.
 
     Pretraining seeds the global generator with ``train.seed`` right before building its model,
@@ -126,7 +132,7 @@ def _initial_weights(cfg: Config) -> Callable[[Path, bool], dict[str, Any]]:
             model = build_model(cfg)
         state = {"kind": "mae", "model": model.state_dict(), "arch": dict(model.arch), "step": 0,
                  "config": cfg.to_dict()}  # fmt: skip
-        save_checkpoint(d / "checkpoints" / "last.pt", state)
+        save_checkpoint(StageDir(d).checkpoint, state)
         return {"complete": True, "step": 0, "final_loss": None}
 
     return fn
@@ -151,30 +157,28 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return table
 
 
-def timed_stage(stage_dir: Path, name: str, fn: Callable[[Path, bool], dict[str, Any]]) -> dict[str, Any]:
+def timed_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
     """:func:`run_stage` that also records the CPU seconds this process spent on it (``cpu.json``).
 
     The record gains ``cpu_s``: what the attempt that completed the stage cost (a stage resumed
     after an interruption counts only its last attempt), read back when the stage is skipped.
     """
-    marker = stage_dir / "cpu.json"
     c0 = cpu_seconds()
-    record = run_stage(stage_dir, name, fn)
-    if not marker.is_file() and runtime.is_main():
-        marker.write_text(json.dumps({"cpu_s": round(cpu_seconds() - c0, 1)}) + "\n")
-    return {**record, "cpu_s": json.loads(marker.read_text())["cpu_s"] if marker.is_file() else None}
+    record = run_stage(stage, name, fn)
+    if not stage.cpu.is_file() and runtime.is_main():
+        stage.cpu.write_text(json.dumps({"cpu_s": round(cpu_seconds() - c0, 1)}) + "\n")
+    return {**record, "cpu_s": json.loads(stage.cpu.read_text())["cpu_s"] if stage.cpu.is_file() else None}
 
 
-def _prefix(cfg: Config, root: Path) -> tuple[dict[str, Any], Path, Path | None, list[dict[str, Any]]]:
+def _prefix(
+    cfg: Config, prefix: PipelineLayout
+) -> tuple[dict[str, Any], Path, Path | None, list[dict[str, Any]]]:
     """MAE seed ``train.seed`` → part learner → export → oracle maps: (MAE record, learned maps, oracle, records)."""
-    prefix = root / "prefix"
-    mae = timed_stage(prefix / "mae", "mae", _pretrain(mae_config(cfg)))
-    parts = timed_stage(
-        prefix / "parts", "parts", _parts_train(parts_config(cfg, prefix / "mae" / "checkpoints" / "last.pt"))
-    )
-    export = timed_stage(prefix / "export", "export", _export(prefix / "parts", cfg))
-    oracle = _oracle_maps(cfg, root, export["result"]["train_grid"])
-    return mae, prefix / "export" / "parts_train.npy", oracle, [parts, export]
+    mae = timed_stage(prefix.mae, "mae", pretrain_stage(mae_config(cfg)))
+    parts = timed_stage(prefix.parts, "parts", parts_stage(parts_config(cfg, prefix.mae.checkpoint)))
+    export = timed_stage(prefix.export, "export", export_stage(prefix, cfg))
+    oracle = _oracle_maps(cfg, prefix, export["result"]["train_grid"])
+    return mae, prefix.part_maps("train"), oracle, [parts, export]
 
 
 def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume: bool = False,
@@ -188,11 +192,9 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     Returns:
         The per-method table of :func:`summarise`.
     """
-    from semmae.pipeline.evaluate import evaluate_encoder
-
-    root = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
+    layout = StudyLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite))
     prov = provenance()  # the code this process started with, not the tree when it finishes
-    mae, learned, oracle, prefix_records = _prefix(cfg, root)
+    mae, learned, oracle, prefix_records = _prefix(cfg, layout.prefix)
     methods = list(cfg.pipeline.study_methods) + (
         ["oracle"] if oracle and "oracle" not in cfg.pipeline.study_methods else []
     )
@@ -202,14 +204,14 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     for seed in cfg.pipeline.seeds:
         for method in [FLOOR, *methods]:
             if method == "random" and seed == mae_config(cfg).train.seed:
-                run_dir, record = root / "prefix" / "mae", mae
+                run, record = layout.prefix.mae, mae
             else:
-                run_dir = root / "runs" / f"{method}_s{seed}"
+                run = layout.run(method, seed)
                 run_cfg = method_config(cfg, "random" if method == FLOOR else method, seed, learned, oracle)
-                stage = _initial_weights(run_cfg) if method == FLOOR else _pretrain(run_cfg)
-                record = timed_stage(run_dir, f"{method} seed {seed}", stage)
-            rows.append(_evaluate_run(cfg, run_dir, method, seed, record, evaluate_encoder))
-            table = write_study(root, cfg, budget, rows, prov, overhead_cpu_s=overhead)
+                stage = _initial_weights(run_cfg) if method == FLOOR else pretrain_stage(run_cfg)
+                record = timed_stage(run, f"{method} seed {seed}", stage)
+            rows.append(_evaluate_run(cfg, run, method, seed, record))
+            table = write_study(layout.root, cfg, budget, rows, prov, overhead_cpu_s=overhead)
     return table
 
 
@@ -227,8 +229,6 @@ def write_study(
     ``prov`` is :func:`~semmae.runtime.provenance` taken when the study started (now when None);
     ``overhead_cpu_s`` the CPU seconds of the shared prefix (part learner, export).
     """
-    from semmae.pipeline.study_report import compare, write_study_report
-
     table = summarise(rows)
     cpu = [r.get("pretrain_cpu_s") for r in rows] + [r.get("eval_cpu_s") for r in rows]
     result = {
@@ -239,7 +239,7 @@ def write_study(
         "cpu_minutes": round((overhead_cpu_s + sum(c for c in cpu if c)) / 60, 2),
         "table": table, "comparison": compare(rows), "runs": rows,
     }  # fmt: skip
-    (root / "study.json").write_text(json.dumps(result, indent=2) + "\n")
+    StudyLayout(root).table(".json").write_text(json.dumps(result, indent=2) + "\n")
     write_study_report(root, result)
     return table
 
@@ -250,13 +250,13 @@ def _model_overrides(cfg: Config) -> dict[str, Any]:
 
 
 def _evaluate_run(
-    cfg: Config, run_dir: Path, method: str, seed: int, record: dict[str, Any], evaluate: Any
+    cfg: Config, run: StageDir, method: str, seed: int, record: dict[str, Any]
 ) -> dict[str, Any]:
-    cache = run_dir / "eval.json"
+    cache = run.evaluation
     if cache.is_file():
         return json.loads(cache.read_text())
     c0 = cpu_seconds()
-    res = evaluate(cfg, str(run_dir / "checkpoints" / "last.pt"), progress=cfg.train.progress_bar)
+    res = evaluate_encoder(cfg, str(run.checkpoint), progress=cfg.train.progress_bar)
     row = {"method": method, "seed": seed, "pretrain_s": record["seconds"], "pretrain_cpu_s": record.get("cpu_s"),
            "eval_cpu_s": round(cpu_seconds() - c0, 1), "knn": res["knn"], "linear": res["linear"],
            "final_loss": record["result"].get("final_loss")}  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from semmae.pipeline.document import Document
+from semmae.pipeline.layout import StudyLayout
 from semmae.pipeline.stats import describe, paired_difference, t_interval, verdict
 from semmae.viz.plots import plot_interval_bars
 
@@ -103,8 +104,8 @@ def table_rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _document(root: Path, result: dict[str, Any]) -> Document:
-    doc = Document(root)
+def _document(layout: StudyLayout, result: dict[str, Any]) -> Document:
+    doc = Document(layout.root)
     n_seeds = len(result["seeds"])
     arch = ", ".join(f"{k} {v}" for k, v in result.get("model_overrides", {}).items())
     doc.para(
@@ -141,10 +142,10 @@ def _document(root: Path, result: dict[str, Any]) -> Document:
             for m, e in entries.items()
             if e["vs_random"] is not None
         }
-        path = plot_interval_bars(means, root / "plots" / f"{metric}.png", title=f"{label}: mean, 95% CI",
+        path = plot_interval_bars(means, layout.plots / f"{metric}.png", title=f"{label}: mean, 95% CI",
                                   ylabel=f"{label} (%)")  # fmt: skip
         doc.image(path, f"{label} per method (bars: mean over seeds; whiskers: 95% t-interval)")
-        path = plot_interval_bars(diffs, root / "plots" / f"{metric}_vs_random.png",
+        path = plot_interval_bars(diffs, layout.plots / f"{metric}_vs_random.png",
                                   title=f"{label}: method − random, paired by seed", ylabel="Δ points",
                                   zero_line=True)  # fmt: skip
         doc.image(path, f"{label}: paired difference to random masking with its 95% t-interval")
@@ -153,9 +154,10 @@ def _document(root: Path, result: dict[str, Any]) -> Document:
 
 def write_study_report(root: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``study.md`` and the self-contained ``study.html`` of a study result into ``root``."""
-    doc = _document(root, result)
+    layout = StudyLayout(Path(root))
+    doc = _document(layout, result)
     title = f"Masking study: {result['dataset']} ({result['budget']} budget)"
-    md, page = root / "study.md", root / "study.html"
+    md, page = layout.table(".md"), layout.table(".html")
     md.write_text(f"# {title}\n\n" + doc.markdown())
     page.write_text(doc.html(title))
     return md, page

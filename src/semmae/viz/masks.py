@@ -25,6 +25,7 @@ _BASE_PALETTE = (
 _HIDDEN_DARK = 0.08  # hidden patches are near-black ...
 _HIDDEN_STRIPE = 0.75  # ... with diagonal stripes of their part colour at this brightness
 _STRIPE_PERIOD = 4  # pixels between stripes
+_PAD = 2  # pixels of white between tiles
 
 
 def part_colors(num_parts: int) -> torch.Tensor:
@@ -44,11 +45,11 @@ def part_colors(num_parts: int) -> torch.Tensor:
     return torch.tensor(colors, dtype=torch.float32).reshape(num_parts, 3)
 
 
-def _rgb(images01: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) with C in {1, 3} -> (N, 3, H, W) float in [0, 1]."""
+def to_rgb(images01: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) with C in {1, 3} -> (N, 3, H, W) float in [0, 1] on the CPU."""
     if images01.dim() != 4 or images01.shape[1] not in (1, 3):
         raise ValueError(f"images must be (N, 1|3, H, W), got {tuple(images01.shape)}")
-    return images01.float().clamp(0, 1).expand(-1, 3, -1, -1)
+    return images01.detach().cpu().float().clamp(0, 1).expand(-1, 3, -1, -1)
 
 
 def _upsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -70,7 +71,7 @@ def overlay_parts(
     Returns:
         (N, 3, H, W) float in [0, 1] on the CPU.
     """
-    img = _rgb(images01.detach().cpu())
+    img = to_rgb(images01)
     lab = _upsample_labels(labels.detach().cpu(), tuple(img.shape[-2:]))
     color = part_colors(num_parts)[lab].permute(0, 3, 1, 2)  # (N, 3, H, W)
     return (1.0 - alpha) * img + alpha * color
@@ -146,7 +147,7 @@ def mask_overlay_grid(
         raise ValueError(f"part_labels and masks must be (N, L) = ({n}, {h * w})")
     if titles is not None and len(titles) != 1 + len(masks):
         raise ValueError(f"need {1 + len(masks)} titles (parts + one per mask), got {len(titles)}")
-    images = _rgb(images01.detach().cpu())
+    images = to_rgb(images01)
     if scale > 1:
         images = F.interpolate(images, scale_factor=scale, mode="nearest")
     labels = part_labels.detach().cpu().long()
@@ -154,15 +155,26 @@ def mask_overlay_grid(
     panels = [overlay] + [_masked_panel(overlay, labels, m.detach().cpu(), grid, num_parts) for m in masks]
     cols = len(panels)
     tiles = torch.stack(panels, dim=1).reshape(n * cols, 3, *overlay.shape[-2:])  # row-major
-    pad = 2
+    if titles is None:
+        return save_tiles(tiles, path, cols)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if titles is None:
-        save_image(tiles, out, nrow=cols, padding=pad, pad_value=1.0)
-    else:
-        grid_img = make_grid(tiles, nrow=cols, padding=pad, pad_value=1.0)
-        _save_with_titles(grid_img, out, titles, cell=overlay.shape[-1], pad=pad)
+    grid_img = make_grid(tiles, nrow=cols, padding=_PAD, pad_value=1.0)
+    _save_with_titles(grid_img, out, titles, cell=overlay.shape[-1], pad=_PAD)
     return out
 
 
-__all__ = ["mask_overlay_grid", "overlay_parts", "part_colors"]
+def save_tiles(tiles: torch.Tensor, path: str | os.PathLike[str], nrow: int, upscale: int = 1) -> Path:
+    """Write (N, 3|1, H, W) tiles in [0, 1] as a PNG grid, ``nrow`` a row, enlarged ``upscale`` times.
+
+    Parent folders are created; tiles are enlarged by nearest neighbour so small images stay crisp.
+    """
+    if upscale > 1:
+        tiles = F.interpolate(tiles, scale_factor=upscale, mode="nearest")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(tiles, out, nrow=nrow, padding=_PAD, pad_value=1.0)
+    return out
+
+
+__all__ = ["mask_overlay_grid", "overlay_parts", "part_colors", "save_tiles", "to_rgb"]

@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from semmae.config import DataConfig
+from semmae.data import build_dataset
+from semmae.data.partmaps import load_part_maps
+from semmae.data.transforms import center_batch
 from semmae.errors import ConfigError
-from semmae.viz.masks import overlay_parts
-
-
-def _to_rgb(images01: torch.Tensor) -> torch.Tensor:
-    x = images01.detach().float().cpu().clamp(0.0, 1.0)
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+from semmae.viz.masks import overlay_parts, save_tiles, to_rgb
 
 
 def part_grid(
@@ -38,17 +35,11 @@ def part_grid(
     Returns:
         The path written.
     """
-    panels = [_to_rgb(images01), overlay_parts(images01, labels.long(), num_parts)]
+    panels = [to_rgb(images01), overlay_parts(images01, labels.long(), num_parts)]
     if recon is not None:
-        panels.append(_to_rgb(recon))
+        panels.append(to_rgb(recon))
     rows = torch.stack(panels, dim=1).flatten(0, 1)  # (B * panels, 3, H, W), row-major
-    scale = max(1, 96 // rows.shape[-1])
-    if scale > 1:
-        rows = torch.nn.functional.interpolate(rows, scale_factor=scale, mode="nearest")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(rows, path, nrow=len(panels) * per_row, padding=2, pad_value=1.0)
-    return path
+    return save_tiles(rows, path, len(panels) * per_row, upscale=max(1, 96 // rows.shape[-1]))
 
 
 def render_part_map_file(maps_path: str | Path, data_cfg: DataConfig, n: int, out: str | Path) -> Path:
@@ -67,10 +58,6 @@ def render_part_map_file(maps_path: str | Path, data_cfg: DataConfig, n: int, ou
         ConfigError: the config names another dataset than the manifest.
         DataError: the file does not fit the dataset (raised by ``load_part_maps``).
     """
-    from semmae.data import build_dataset
-    from semmae.data.partmaps import load_part_maps
-    from semmae.data.transforms import center_batch
-
     manifest = load_part_maps(maps_path).manifest
     if manifest.dataset != data_cfg.name:
         raise ConfigError(

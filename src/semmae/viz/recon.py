@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from semmae.layers import patchify, unpatchify
+from semmae.viz.masks import save_tiles
 
 
 def predictions_to_pixels(
@@ -66,10 +66,4 @@ def reconstruction_panels(
 def save_reconstruction_grid(panels01: torch.Tensor, path: str | Path, upscale: int = 1) -> Path:
     """Save (B, 4, C, H, W) panels in [0, 1] as a PNG with one image per row."""
     b, k, c, h, w = panels01.shape
-    x = panels01.reshape(b * k, c, h, w).clamp(0, 1)
-    if upscale > 1:
-        x = torch.nn.functional.interpolate(x, scale_factor=upscale, mode="nearest")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(x, path, nrow=k, padding=2, pad_value=1.0)
-    return path
+    return save_tiles(panels01.reshape(b * k, c, h, w).clamp(0, 1), path, k, upscale)
