@@ -15,7 +15,7 @@ from scipy import stats as sps
 from semmae import config as config_lib
 from semmae.errors import ConfigError
 from semmae.pipeline.stats import paired_difference, t_interval, verdict
-from semmae.pipeline.study import _initial_weights, budget_overrides, write_study
+from semmae.pipeline.study import _initial_weights, budget_overrides, run_study, write_study
 from semmae.pipeline.study_report import compare, verdicts
 
 ROOT = Path(__file__).parents[2]
@@ -73,6 +73,13 @@ def test_budgets() -> None:
     gpu = config_lib.load(ROOT / "configs" / "study_relations.yaml", budget_overrides("gpu", cfg))
     assert gpu.data.toy_size == 4 * cfg.data.toy_size and gpu.train.epochs > cfg.train.epochs
     assert gpu.train.device == "cuda" and len(gpu.pipeline.seeds) == 5
+
+
+def test_oracle_without_part_masks_is_refused_before_any_run(tmp_path: Path) -> None:
+    cfg = config_lib.load(ROOT / "configs" / "debug_tiny.yaml", ["pipeline.study_methods=[random,oracle]"])
+    with pytest.raises(ConfigError, match="'oracle', which needs ground-truth part masks"):
+        run_study(cfg, tmp_path / "study")
+    assert not (tmp_path / "study").exists()
 
 
 def test_floor_weights_are_the_seeds_initialisation(tmp_path: Path) -> None:

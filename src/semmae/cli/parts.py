@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from semmae.cli.common import add_config_args, check_out, load_config, stopped_exit_code
+from semmae.errors import RunDirError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from semmae.parts.export import export_part_maps
+    from semmae.parts.export import export_part_maps  # heavy: torch, timm
     from semmae.runtime import is_main
 
     check_out(args, None, ("the --run", args.run))
@@ -96,14 +98,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from semmae.errors import RunDirError
-    from semmae.viz.parts import render_part_map_file
-
     if Path(args.out).exists() and not args.overwrite:
         raise RunDirError(f"{args.out!r} exists; pass --overwrite to replace it")
     cfg = load_config(args)
+    from semmae.viz.parts import render_part_map_file  # heavy: torch, matplotlib
+
     check_out(args, cfg, ("the --maps file", args.maps))
     path = render_part_map_file(args.maps, cfg.data, args.n, args.out)
     print(f"wrote {path}")

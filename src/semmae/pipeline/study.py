@@ -192,6 +192,11 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     Returns:
         The per-method table of :func:`summarise`.
     """
+    if "oracle" in cfg.pipeline.study_methods and cfg.data.name not in PART_MASK_SETS:
+        raise ConfigError(
+            f"pipeline.study_methods lists 'oracle', which needs ground-truth part masks: use data.name "
+            f"{' or '.join(PART_MASK_SETS)} (got {cfg.data.name!r}), or drop 'oracle'"
+        )
     layout = StudyLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite))
     prov = provenance()  # the code this process started with, not the tree when it finishes
     mae, learned, oracle, prefix_records = _prefix(cfg, layout.prefix)
