@@ -20,7 +20,6 @@ so they run inside a block that seeds those from the batch key and restores them
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,13 +37,13 @@ from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none, make_plan
+from semmae.engine.loop import LoopResult, Plan, TrainLoop, finite_or_none, make_plan
 from semmae.engine.optim import adamw
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
-from semmae.eval.features import evaluate_classifier, labelled_split
-from semmae.models.encoder import check_encoder_fits, load_encoder
 from semmae.models.vit import build_classifier, layer_decay_groups
+from semmae.models.vit_encoder import ViTEncoder
+from semmae.train.classify import ClassifierParts, ClassifierTask, Head, load_classifier, score_on_test
 
 
 def make_mixup(cfg: Config, num_classes: int) -> Any | None:
@@ -164,17 +163,16 @@ class FinetuneBatches:
             yield images, targets
 
 
-def _build(cfg: Config, spec: str, device: torch.device) -> dict[str, Any]:
-    """Encoder, data splits and classifier of a fine-tune (refusing data the encoder cannot take)."""
-    encoder, meta = load_encoder(spec, map_location=device)
-    check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
-    train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
+def _classifier_head(cfg: Config) -> Head:
     e = cfg.eval
-    model = build_classifier(encoder, len(train.classes), global_pool=e.ft_global_pool,
-                             drop_path_rate=e.ft_drop_path)  # fmt: skip
-    arch = {**encoder.arch, "num_classes": len(train.classes), "global_pool": e.ft_global_pool,
-            "drop_path_rate": e.ft_drop_path}  # fmt: skip
-    return dict(encoder=encoder, meta=meta, train=train, test=test, model=model, arch=arch)
+
+    def head(encoder: ViTEncoder, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+        model = build_classifier(
+            encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
+        )
+        return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
+
+    return head
 
 
 def run_finetune(
@@ -211,11 +209,11 @@ def run_finetune(
         t0 = time.perf_counter()
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed + runtime.rank())  # drop path draws from the global RNG
-        parts = _build(cfg, checkpoint_spec, device)
-        e, model = cfg.eval, parts["model"]
-        plan = finetune_plan(cfg, len(parts["train"]), runtime.world_size())
+        parts = load_classifier(cfg, checkpoint_spec, device, _classifier_head(cfg), t0)
+        e, model = cfg.eval, parts.model
+        plan = finetune_plan(cfg, len(parts.train), runtime.world_size())
         groups = layer_decay_groups(
-            model, depth=parts["encoder"].depth, layer_decay=e.ft_layer_decay, weight_decay=e.ft_weight_decay
+            model, depth=parts.encoder.depth, layer_decay=e.ft_layer_decay, weight_decay=e.ft_weight_decay
         )
         optimizer = adamw(groups, plan.peak_lr, (0.9, 0.999))
         task = FinetuneTask(cfg, checkpoint_spec, parts, plan, device)
@@ -228,24 +226,22 @@ def run_finetune(
                 loop.resume()
             result = loop.run(stop_at_step)
             early = result.early_summary(run_dir)
-            return early if early is not None else _score(task, plan, result, logger, t0)
+            return early if early is not None else _score(task, plan, result, logger)
 
 
-class FinetuneTask(Task):
-    """The classifier's step on augmented, mixed batches (``parts`` from :func:`_build`)."""
+class FinetuneTask(ClassifierTask):
+    """The classifier's step on augmented, mixed batches."""
 
     kind = "finetune"
     nonfinite_hint = "lower eval.ft_base_lr or use train.precision=fp32"
 
     def __init__(
-        self, cfg: Config, spec: str, parts: dict[str, Any], plan: Plan, device: torch.device
+        self, cfg: Config, spec: str, parts: ClassifierParts, plan: Plan, device: torch.device
     ) -> None:
-        self.cfg, self.spec, self.parts, self.device = cfg, spec, parts, device
-        self.model, self.arch = parts["model"], parts["arch"]
-        self.norm = {"mean": list(parts["meta"]["mean"]), "std": list(parts["meta"]["std"])}
+        super().__init__(cfg, spec, parts, device)
         self.data = FinetuneBatches(
-            parts["train"], cfg, parts["encoder"].img_size, **self.norm, device=device,
-            num_classes=parts["arch"]["num_classes"],
+            parts.train, cfg, parts.encoder.img_size, **self.norm, device=device,
+            num_classes=parts.arch["num_classes"],
         )  # fmt: skip
         self.loss_fn = make_loss(cfg, self.data.mixup)
         self.steps_per_epoch = plan.steps_per_epoch
@@ -259,32 +255,11 @@ class FinetuneTask(Task):
             logits = net(images)
         return self.loss_fn(logits.float(), targets), images.shape[0]
 
-    def extra_state(self) -> dict[str, Any]:
-        return {
-            "encoder": self.spec,
-            "normalization": self.norm,
-            "classes": list(self.parts["train"].classes),
-        }
 
-
-def _score(
-    task: FinetuneTask, plan: Plan, result: LoopResult, logger: MetricsLogger, t0: float
-) -> dict[str, Any]:
-    """Top-1 (and top-5) on the test split; the result dict, also written to ``summary.json``."""
-    cfg, p, e = task.cfg, task.parts, task.cfg.eval
-    scores = evaluate_classifier(  # the bare module: ranks see different batch counts here
-        task.model, p["test"], num_classes=p["arch"]["num_classes"], batch_size=e.batch_size,
-        device=task.device, precision=cfg.train.precision, out_size=p["encoder"].img_size,
-        num_workers=cfg.data.num_workers, **task.norm,
-    )  # fmt: skip
-    logger.log(result.step, epoch=e.ft_epochs, **{f"test_{k}": v for k, v in scores.items()})
-    out = {
-        "eval": "finetune", **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
-        "out": str(logger.path.parent), "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
-        "layer_decay": e.ft_layer_decay, "epochs": e.ft_epochs, "steps": result.step,
-        "effective_batch": plan.effective_batch, "n_train": len(p["train"]), "n_test": len(p["test"]),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }  # fmt: skip
-    if runtime.is_main():
-        (logger.path.parent / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
-    return out
+def _score(task: FinetuneTask, plan: Plan, result: LoopResult, logger: MetricsLogger) -> dict[str, Any]:
+    """The test-split score with the fine-tune's settings."""
+    e = task.cfg.eval
+    return score_on_test(task, result, logger, e.ft_epochs, {
+        "eval": "finetune", "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
+        "layer_decay": e.ft_layer_decay, "effective_batch": plan.effective_batch,
+    })  # fmt: skip

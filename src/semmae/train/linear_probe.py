@@ -13,7 +13,6 @@ under the evaluation view. The result names its protocol (``"protocol": "mae"``)
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,28 +25,26 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.engine.batches import PretrainBatches
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, make_plan
+from semmae.engine.loop import LoopResult, Plan, TrainLoop, make_plan
 from semmae.engine.rundir import prepare_run_dir
-from semmae.eval.features import evaluate_classifier, labelled_split
 from semmae.eval.linear_mae import FrozenProbe, lars_optimizer, probe_data, probe_plan
-from semmae.models.encoder import check_encoder_fits, load_encoder
+from semmae.models.vit_encoder import ViTEncoder
+from semmae.train.classify import ClassifierParts, ClassifierTask, Head, load_classifier, score_on_test
 
 
-class LinearProbeTask(Task):
+class LinearProbeTask(ClassifierTask):
     """Cross-entropy of the probe head on freshly cropped micro-batches of the train split."""
 
     kind = "linear_probe"
     nonfinite_hint = "lower eval.linear_blr or use train.precision=fp32"
 
     def __init__(
-        self, cfg: Config, spec: str, parts: dict[str, Any], micro_batch: int, device: torch.device
+        self, cfg: Config, spec: str, parts: ClassifierParts, micro_batch: int, device: torch.device
     ) -> None:
-        self.cfg, self.spec, self.parts, self.device = cfg, spec, parts, device
-        self.model, self.arch = parts["model"], parts["arch"]
-        self.norm = {"mean": list(parts["meta"]["mean"]), "std": list(parts["meta"]["std"])}
+        super().__init__(cfg, spec, parts, device)
         data = dataclasses.replace(probe_data(cfg), **self.norm)
         self.data = PretrainBatches(
-            parts["train"], data, micro_batch, cfg.train.seed, runtime.rank(), runtime.world_size(), device
+            parts.train, data, micro_batch, cfg.train.seed, runtime.rank(), runtime.world_size(), device
         )
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -59,22 +56,13 @@ class LinearProbeTask(Task):
             logits = net(batch.images)
         return self.loss_fn(logits.float(), batch.targets.to(self.device)), batch.images.shape[0]
 
-    def extra_state(self) -> dict[str, Any]:
-        return {
-            "encoder": self.spec,
-            "normalization": self.norm,
-            "classes": list(self.parts["train"].classes),
-        }
 
+def _probe_head(cfg: Config, device: torch.device) -> Head:
+    def head(encoder: ViTEncoder, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+        probe = FrozenProbe(encoder, int(encoder.arch["embed_dim"]), num_classes, feature=cfg.eval.feature)
+        return probe.to(device), {"feature": cfg.eval.feature}
 
-def _build(cfg: Config, spec: str, device: torch.device) -> dict[str, Any]:
-    encoder, meta = load_encoder(spec, map_location=device)
-    check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
-    train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
-    dim = int(encoder.arch["embed_dim"])
-    model = FrozenProbe(encoder, dim, len(train.classes), feature=cfg.eval.feature).to(device)
-    arch = {**encoder.arch, "num_classes": len(train.classes), "feature": cfg.eval.feature}
-    return dict(encoder=encoder, meta=meta, train=train, test=test, model=model, arch=arch)
+    return head
 
 
 def run_linear_probe(
@@ -110,15 +98,15 @@ def run_linear_probe(
         t0 = time.perf_counter()
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed + runtime.rank())
-        parts = _build(cfg, checkpoint_spec, device)
+        parts = load_classifier(cfg, checkpoint_spec, device, _probe_head(cfg, device), t0)
         e = cfg.eval
-        pp = probe_plan(cfg, len(parts["train"]), runtime.world_size())
+        pp = probe_plan(cfg, len(parts.train), runtime.world_size())
         plan = make_plan(
             steps_per_epoch=pp.steps_per_epoch, epochs=e.linear_epochs, max_steps=None,
             warmup_epochs=e.linear_warmup_epochs, peak_lr=pp.peak_lr, min_lr=0.0,
             effective_batch=pp.effective_batch, accum=pp.accum_steps,
         )  # fmt: skip
-        optimizer = lars_optimizer(parts["model"].head, plan.peak_lr, e.linear_weight_decay)
+        optimizer = lars_optimizer(parts.model.head, plan.peak_lr, e.linear_weight_decay)
         task = LinearProbeTask(cfg, checkpoint_spec, parts, pp.micro_batch, device)
         with MetricsLogger(run_dir) as logger:
             loop = TrainLoop(
@@ -129,27 +117,14 @@ def run_linear_probe(
                 loop.resume()
             result = loop.run(stop_at_step)
             early = result.early_summary(run_dir)
-            return early if early is not None else _score(task, plan, result, logger, t0)
+            return early if early is not None else _score(task, plan, result, logger)
 
 
-def _score(
-    task: LinearProbeTask, plan: Plan, result: LoopResult, logger: MetricsLogger, t0: float
-) -> dict[str, Any]:
-    """Top-1 (and top-5) on the test split under the evaluation view; also written to ``summary.json``."""
-    cfg, p, e = task.cfg, task.parts, task.cfg.eval
-    scores = evaluate_classifier(
-        task.model, p["test"], num_classes=p["arch"]["num_classes"], batch_size=e.batch_size,
-        device=task.device, precision=cfg.train.precision, out_size=p["encoder"].img_size,
-        num_workers=cfg.data.num_workers, **task.norm,
-    )  # fmt: skip
-    logger.log(result.step, epoch=e.linear_epochs, **{f"test_{k}": v for k, v in scores.items()})
-    out = {
-        "eval": "linear", "protocol": "mae", **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
-        "feature": e.feature, "out": str(logger.path.parent), "train_loss": result.last_loss,
+def _score(task: LinearProbeTask, plan: Plan, result: LoopResult, logger: MetricsLogger) -> dict[str, Any]:
+    """The test-split score under the evaluation view, with the probe's settings."""
+    e = task.cfg.eval
+    return score_on_test(task, result, logger, e.linear_epochs, {
+        "eval": "linear", "protocol": "mae", "feature": e.feature, "train_loss": result.last_loss,
         "lr": plan.peak_lr, "blr": e.linear_blr, "effective_batch": plan.effective_batch,
-        "accum_steps": plan.accum, "optimizer": "lars", "epochs": e.linear_epochs, "steps": result.step,
-        "n_train": len(p["train"]), "n_test": len(p["test"]), "seconds": round(time.perf_counter() - t0, 2),
-    }  # fmt: skip
-    if runtime.is_main():
-        (logger.path.parent / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
-    return out
+        "accum_steps": plan.accum, "optimizer": "lars",
+    })  # fmt: skip

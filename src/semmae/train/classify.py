@@ -1,0 +1,117 @@
+"""What the two classifiers on a pretrained encoder share: fine-tuning and MAE's linear probe.
+
+Both load an encoder and the labelled splits (refusing data the encoder cannot take), put a head
+on it, train on the one loop with a checkpoint that names the encoder, its normalisation and the
+class list, and are scored once on the test split under the evaluation view, with the score also
+written to ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from semmae import runtime
+from semmae.config import Config
+from semmae.data import ImageSet
+from semmae.engine.logging import MetricsLogger
+from semmae.engine.loop import LoopResult, Task
+from semmae.eval.features import evaluate_classifier, labelled_split
+from semmae.models.encoder import check_encoder_fits, load_encoder
+from semmae.models.vit_encoder import ViTEncoder
+
+
+@dataclass
+class ClassifierParts:
+    """An encoder with its head and data.
+
+    Attributes:
+        encoder: the pretrained ViT encoder (inside ``model``).
+        meta: :func:`~semmae.models.encoder.load_encoder`'s metadata (``mean``, ``std``, ...).
+        train, test: the labelled splits.
+        model: encoder + head, taking (B, C, S, S) images to (B, classes) logits.
+        arch: the checkpoint's architecture record (the encoder's, the class count, the head's).
+        norm: ``{"mean", "std"}`` lists the encoder expects.
+        started: ``time.perf_counter()`` when the run began (for ``seconds``).
+    """
+
+    encoder: ViTEncoder
+    meta: dict[str, Any]
+    train: ImageSet
+    test: ImageSet
+    model: nn.Module
+    arch: dict[str, Any]
+    norm: dict[str, list[float]] = field(init=False)
+    started: float
+
+    def __post_init__(self) -> None:
+        self.norm = {"mean": list(self.meta["mean"]), "std": list(self.meta["std"])}
+
+
+Head = Callable[[ViTEncoder, int], tuple[nn.Module, dict[str, Any]]]
+"""(encoder, number of classes) -> (classifier, the head's fields of the arch record)."""
+
+
+def load_classifier(
+    cfg: Config, spec: str, device: torch.device, head: Head, started: float
+) -> ClassifierParts:
+    """The encoder of ``spec`` with ``head`` on it, and the labelled splits of ``cfg.data``.
+
+    ``started`` is the run's ``time.perf_counter()`` at its start.
+
+    Raises:
+        CheckpointError: ``spec`` names no usable encoder. DataError/ConfigError: data the encoder
+            cannot take (channels, image size) or a split without labels.
+    """
+    encoder, meta = load_encoder(spec, map_location=device)
+    check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
+    train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
+    model, head_arch = head(encoder, len(train.classes))
+    arch = {**encoder.arch, "num_classes": len(train.classes), **head_arch}
+    return ClassifierParts(encoder, meta, train, test, model, arch, started)
+
+
+class ClassifierTask(Task):
+    """A :class:`Task` training ``parts.model``; its checkpoint names the encoder, normalisation and classes."""
+
+    def __init__(self, cfg: Config, spec: str, parts: ClassifierParts, device: torch.device) -> None:
+        self.cfg, self.spec, self.parts, self.device = cfg, spec, parts, device
+        self.model, self.arch, self.norm = parts.model, parts.arch, parts.norm
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"encoder": self.spec, "normalization": self.norm, "classes": list(self.parts.train.classes)}
+
+
+def score_on_test(
+    task: ClassifierTask, result: LoopResult, logger: MetricsLogger, epochs: int, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Top-1 (and top-5) of ``task.model`` on the test split; the result, also in ``summary.json``.
+
+    Args:
+        task: the trained task.
+        result: the loop's result (its last step is where the score is logged).
+        logger: the run's metrics logger (its folder is the run directory).
+        epochs: the schedule's epochs, logged with the score.
+        fields: what this trainer adds to the result (``eval``, its settings, ``train_loss``, ...).
+    """
+    cfg, p = task.cfg, task.parts
+    scores = evaluate_classifier(  # the bare module: ranks see different batch counts here
+        task.model, p.test, num_classes=p.arch["num_classes"], batch_size=cfg.eval.batch_size,
+        device=task.device, precision=cfg.train.precision, out_size=p.encoder.img_size,
+        num_workers=cfg.data.num_workers, **task.norm,
+    )  # fmt: skip
+    logger.log(result.step, epoch=epochs, **{f"test_{k}": v for k, v in scores.items()})
+    out = {
+        **fields, **scores, "checkpoint": task.spec, "dataset": cfg.data.name, "out": str(logger.path.parent),
+        "epochs": epochs, "steps": result.step, "n_train": len(p.train), "n_test": len(p.test),
+        "seconds": round(time.perf_counter() - p.started, 2),
+    }  # fmt: skip
+    if runtime.is_main():
+        (logger.path.parent / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
