@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from semmae.data.transforms import (
     affine_grid,
     augment_batch,
+    boxes_from_uniforms,
     center_batch,
-    crop_boxes,
+    crop_uniforms,
     denormalize,
     labels_to_patch_grid,
     normalize,
@@ -139,9 +140,15 @@ def test_same_seed_same_output_and_other_seed_differs() -> None:
     assert not torch.equal(a[0], c[0])
 
 
+def _crop_boxes(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> torch.Tensor:
+    return boxes_from_uniforms(crop_uniforms(n, gen, hflip=False), 28, 28, scale, ratio)
+
+
 def test_crop_boxes_follow_random_resized_crop_semantics() -> None:
     gen = torch.Generator().manual_seed(0)
-    boxes = crop_boxes(4000, 28, 28, (0.2, 1.0), (0.75, 4 / 3), gen)
+    boxes = _crop_boxes(4000, (0.2, 1.0), (0.75, 4 / 3), gen)
     top, left, h, w = boxes.unbind(1)
     assert bool(((top >= 0) & (left >= 0) & (top + h <= 28) & (left + w <= 28) & (h >= 1) & (w >= 1)).all())
     area = h * w / 784.0
@@ -149,7 +156,7 @@ def test_crop_boxes_follow_random_resized_crop_semantics() -> None:
     assert math.log(0.75) - 0.2 < torch.log(w / h).min() and torch.log(w / h).max() < math.log(4 / 3) + 0.2
     assert area.mean() == pytest.approx(0.6, abs=0.05)  # uniform area in [0.2, 1] (slightly biased by tries)
     # no try can fit: centre fallback, whole width, height cut to the smallest allowed ratio
-    fb = crop_boxes(5, 28, 28, (0.9, 1.0), (3.0, 4.0), gen)
+    fb = _crop_boxes(5, (0.9, 1.0), (3.0, 4.0), gen)
     assert torch.equal(fb, torch.tensor([[9.0, 0.0, 9.0, 28.0]]).expand(5, 4))
 
 

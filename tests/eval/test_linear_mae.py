@@ -8,7 +8,8 @@ from torch import nn
 
 from semmae import config as config_lib
 from semmae.errors import ConfigError
-from semmae.eval.linear_mae import FrozenProbe, ProbeHead, lars_optimizer, probe_data, probe_lr, probe_plan
+from semmae.eval.linear_mae import FrozenProbe, ProbeHead, lars_optimizer, probe_data, probe_plan
+from semmae.train.linear_probe import probe_schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -75,9 +76,10 @@ def test_plan_follows_mae_batch_and_lr_arithmetic() -> None:
     plan = probe_plan(cfg, num_train=1_281_167, world=8)
     assert (plan.micro_batch, plan.accum_steps, plan.effective_batch) == (256, 8, 16384)
     assert plan.peak_lr == pytest.approx(0.1 * 16384 / 256) and plan.steps_per_epoch == 78
-    assert plan.total_steps == 90 * 78 and plan.warmup_steps == 10 * 78
-    assert probe_lr(0, plan) == pytest.approx(6.4 / 780) and probe_lr(779, plan) == pytest.approx(6.4)
-    assert probe_lr(plan.total_steps - 1, plan) < 1e-3
+    schedule = probe_schedule(cfg, plan)  # what the trainer runs
+    assert schedule.total_steps == 90 * 78 and schedule.warmup_steps == 10 * 78
+    assert schedule.lr(0) == pytest.approx(6.4 / 780) and schedule.lr(779) == pytest.approx(6.4)
+    assert schedule.lr(schedule.total_steps - 1) < 1e-3
     small = config_lib.load(None, ["eval.linear_batch_size=32", "eval.batch_size=256"])
     assert probe_plan(small, num_train=100, world=1).accum_steps == 1
     with pytest.raises(ConfigError, match="multiple of eval.batch_size"):

@@ -68,24 +68,3 @@ def test_part_maps_of_another_split_are_refused(tmp_path: Path, capsys: pytest.C
         ["pretrain", "--config", str(cfg_file), "--out", str(tmp_path / "run2"), "masking.name=semantic"]
     )
     assert code == 2 and "masking.parts" in capsys.readouterr().err
-
-
-def test_paired_dataset_yields_image_labels_and_target(tmp_path: Path) -> None:
-    import torch
-
-    from semmae.data import build_dataset
-    from semmae.data.oracle import part_maps_from_masks
-    from semmae.data.paired import PartLabelledImages
-    from semmae.data.partmaps import write_part_maps
-
-    cfg = config_lib.load(None, TOY)
-    ds = build_dataset(cfg.data, "train")
-    labels = part_maps_from_masks(ds, (8, 8))
-    write_part_maps(tmp_path / "m.npy", labels, dataset=ds.name, split="train", image_size=32,
-                    num_parts=int(ds.num_gt_parts), fingerprint=ds.fingerprint(), source="oracle")  # fmt: skip
-    paired = PartLabelledImages(ds, tmp_path / "m.npy")
-    image, part, target = paired[5]
-    assert torch.equal(image, ds.images[5]) and int(target) == int(ds.targets[5])
-    assert torch.equal(part, torch.from_numpy(labels[5]))
-    imgs, parts, targets = paired.batch(torch.tensor([1, 3]))
-    assert imgs.shape == (2, 3, 32, 32) and parts.shape == (2, 8, 8) and paired.num_parts == ds.num_gt_parts

@@ -125,23 +125,6 @@ def box_from_draws(
     return fallback_box(height, width, ratio)
 
 
-def crop_boxes(
-    batch_size: int,
-    height: int,
-    width: int,
-    scale: Sequence[float],
-    ratio: Sequence[float],
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """RandomResizedCrop boxes for a batch of same-size images (see :func:`boxes_from_uniforms`).
-
-    Returns:
-        (B, 4) float ``(top, left, h, w)`` in pixels, on the CPU.
-    """
-    uniforms = crop_uniforms(batch_size, generator, hflip=False)
-    return boxes_from_uniforms(uniforms, height, width, scale, ratio)
-
-
 def crop_theta(boxes: torch.Tensor, height: int, width: int, flip: torch.Tensor) -> torch.Tensor:
     """(B, 2, 3) affine maps from output to input normalised coordinates (``align_corners=False``).
 

@@ -23,7 +23,6 @@ from timm.optim import Lars
 from torch import nn
 
 from semmae.config import Config, DataConfig
-from semmae.engine.schedule import warmup_cosine
 from semmae.errors import ConfigError
 from semmae.eval.features import TokenEncoder, pool_tokens
 
@@ -97,7 +96,6 @@ class ProbePlan:
         accum_steps: micro-batches per optimiser step.
         effective_batch: ``micro_batch x accum_steps x world`` (= ``eval.linear_batch_size``).
         steps_per_epoch: optimiser steps per epoch (the last partial batch is dropped).
-        total_steps, warmup_steps: schedule length and its linear warm-up (per step).
         peak_lr: ``eval.linear_blr x effective_batch / 256``.
     """
 
@@ -105,8 +103,6 @@ class ProbePlan:
     accum_steps: int
     effective_batch: int
     steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
     peak_lr: float
 
 
@@ -130,21 +126,13 @@ def probe_plan(cfg: Config, num_train: int, world: int) -> ProbePlan:
             f"one MAE-probe step needs eval.linear_batch_size={e.linear_batch_size} images but the train "
             f"split has {num_train}; lower eval.linear_batch_size"
         )
-    total = steps * e.linear_epochs
     return ProbePlan(
         micro_batch=micro,
         accum_steps=e.linear_batch_size // (micro * world),
         effective_batch=e.linear_batch_size,
         steps_per_epoch=steps,
-        total_steps=total,
-        warmup_steps=min(total, round(e.linear_warmup_epochs * steps)),
         peak_lr=e.linear_blr * e.linear_batch_size / 256,
     )
-
-
-def probe_lr(step: int, plan: ProbePlan) -> float:
-    """Per-step linear warm-up to ``plan.peak_lr``, then a half cosine to 0 (MAE's schedule)."""
-    return warmup_cosine(step, plan.total_steps, plan.warmup_steps, plan.peak_lr, 0.0)
 
 
 def probe_data(cfg: Config) -> DataConfig:

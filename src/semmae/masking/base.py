@@ -57,14 +57,6 @@ class MaskOutput:
     ids_restore: torch.Tensor
     mask: torch.Tensor
 
-    @property
-    def num_keep(self) -> int:
-        return self.ids_keep.shape[1]
-
-    @property
-    def num_mask(self) -> int:
-        return self.ids_mask.shape[1]
-
     def to(self, device: torch.device | str) -> MaskOutput:
         """Move every tensor to ``device``."""
         return MaskOutput(

@@ -27,7 +27,7 @@ from semmae.engine.batches import PretrainBatches
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import LoopResult, Plan, TrainLoop, make_plan
 from semmae.engine.rundir import prepare_run_dir
-from semmae.eval.linear_mae import FrozenProbe, lars_optimizer, probe_data, probe_plan
+from semmae.eval.linear_mae import FrozenProbe, ProbePlan, lars_optimizer, probe_data, probe_plan
 from semmae.models.vit_encoder import ViTEncoder
 from semmae.train.classify import ClassifierParts, ClassifierTask, Head, load_classifier, score_on_test
 
@@ -55,6 +55,17 @@ class LinearProbeTask(ClassifierTask):
         with runtime.autocast(self.device, self.cfg.train.precision):
             logits = net(batch.images)
         return self.loss_fn(logits.float(), batch.targets.to(self.device)), batch.images.shape[0]
+
+
+def probe_schedule(cfg: Config, pp: ProbePlan) -> Plan:
+    """MAE's probe schedule on the loop: ``eval.linear_warmup_epochs`` of linear warm-up, then a
+    half cosine to 0 over ``eval.linear_epochs``, one lr per optimiser step."""
+    e = cfg.eval
+    return make_plan(
+        steps_per_epoch=pp.steps_per_epoch, epochs=e.linear_epochs, max_steps=None,
+        warmup_epochs=e.linear_warmup_epochs, peak_lr=pp.peak_lr, min_lr=0.0,
+        effective_batch=pp.effective_batch, accum=pp.accum_steps,
+    )  # fmt: skip
 
 
 def _probe_head(cfg: Config, device: torch.device) -> Head:
@@ -101,11 +112,7 @@ def run_linear_probe(
         parts = load_classifier(cfg, checkpoint_spec, device, _probe_head(cfg, device), t0)
         e = cfg.eval
         pp = probe_plan(cfg, len(parts.train), runtime.world_size())
-        plan = make_plan(
-            steps_per_epoch=pp.steps_per_epoch, epochs=e.linear_epochs, max_steps=None,
-            warmup_epochs=e.linear_warmup_epochs, peak_lr=pp.peak_lr, min_lr=0.0,
-            effective_batch=pp.effective_batch, accum=pp.accum_steps,
-        )  # fmt: skip
+        plan = probe_schedule(cfg, pp)
         optimizer = lars_optimizer(parts.model.head, plan.peak_lr, e.linear_weight_decay)
         task = LinearProbeTask(cfg, checkpoint_spec, parts, pp.micro_batch, device)
         with MetricsLogger(run_dir) as logger:
