@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +22,8 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.data import ImageSet
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Task
+from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop
+from semmae.engine.rundir import prepare_run_dir
 from semmae.eval.features import evaluate_classifier, labelled_split
 from semmae.models.encoder import check_encoder_fits, load_encoder
 from semmae.models.vit_encoder import ViTEncoder
@@ -78,14 +80,91 @@ def load_classifier(
 
 
 class ClassifierTask(Task):
-    """A :class:`Task` training ``parts.model``; its checkpoint names the encoder, normalisation and classes."""
+    """A :class:`Task` training ``parts.model``; its checkpoint names the encoder, normalisation and classes.
+
+    A trainer subclasses it with its head (:meth:`head`), its plan and optimiser (:meth:`build`),
+    its step, and the settings its result reports (:meth:`result_fields`); :func:`train_classifier`
+    runs it.
+    """
+
+    desc: str = "classifier"  # the progress bar's label
 
     def __init__(self, cfg: Config, spec: str, parts: ClassifierParts, device: torch.device) -> None:
         self.cfg, self.spec, self.parts, self.device = cfg, spec, parts, device
         self.model, self.arch, self.norm = parts.model, parts.arch, parts.norm
 
+    @staticmethod
+    def head(cfg: Config, device: torch.device) -> Head:
+        """The head this trainer puts on the encoder."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(
+        cls, cfg: Config, spec: str, parts: ClassifierParts, device: torch.device
+    ) -> tuple[ClassifierTask, Plan, torch.optim.Optimizer]:
+        """The task, its plan and its optimiser."""
+        raise NotImplementedError
+
+    def result_fields(self, plan: Plan, result: LoopResult) -> tuple[int, dict[str, Any]]:
+        """``(epochs of the schedule, what the result reports besides the scores)``."""
+        raise NotImplementedError
+
     def extra_state(self) -> dict[str, Any]:
         return {"encoder": self.spec, "normalization": self.norm, "classes": list(self.parts.train.classes)}
+
+
+def train_classifier(
+    task_type: type[ClassifierTask],
+    cfg: Config,
+    spec: str,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+) -> dict[str, Any]:
+    """Train ``task_type``'s classifier on the encoder of ``spec`` on the one loop; score it on the test split.
+
+    Writes a run directory (``config.yaml``, ``metrics.jsonl``, ``tb/``, ``checkpoints/last.pt`` of
+    the task's kind, ``summary.json``); runs under torchrun with DDP (indices sharded by rank).
+
+    Args:
+        task_type: the trainer (:class:`~semmae.train.finetune.FinetuneTask`,
+            :class:`~semmae.train.linear_probe.LinearProbeTask`).
+        cfg: resolved config (``data``, the trainer's ``eval.*`` keys, ``train.device/precision/seed/
+            log_every/ckpt_every_steps/progress_bar``).
+        spec: the encoder (see :func:`~semmae.models.encoder.load_encoder`).
+        out_dir: the run directory.
+        resume: continue from ``out_dir/checkpoints/last.pt``.
+        overwrite: replace a non-empty ``out_dir``.
+        progress: show a progress bar (also needs ``train.progress_bar``).
+        stop_at_step: checkpoint and return after this step, as if interrupted (resume drills).
+
+    Returns:
+        ``{"eval", "top1", ["top5"], "train_loss", "lr", "epochs", "steps", ...}`` (see
+        :func:`score_on_test`); a stopped run returns ``{"interrupted": signum or -1, "step", "out"}``.
+    """
+    device = runtime.resolve_device(cfg.train.device)
+    with runtime.distributed_session(device):
+        t0 = time.perf_counter()
+        run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
+        runtime.seed_everything(cfg.train.seed + runtime.rank())  # heads and drop path draw from it
+        parts = load_classifier(cfg, spec, device, task_type.head(cfg, device), t0)
+        task, plan, optimizer = task_type.build(cfg, spec, parts, device)
+        with MetricsLogger(run_dir) as logger:
+            loop = TrainLoop(
+                task, plan, optimizer, run_dir, logger, config=cfg.to_dict(), train=cfg.train, device=device,
+                desc=task.desc, show_bar=progress,
+            )  # fmt: skip
+            if resume:
+                loop.resume()
+            result = loop.run(stop_at_step)
+            early = result.early_summary(run_dir)
+            if early is not None:
+                return early
+            epochs, fields = task.result_fields(plan, result)
+            return score_on_test(task, result, logger, epochs, fields)
 
 
 def score_on_test(

@@ -20,7 +20,6 @@ so they run inside a block that seeds those from the batch key and restores them
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,12 @@ from semmae.config import Config
 from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
-from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Plan, TrainLoop, finite_or_none, make_plan
+from semmae.engine.loop import LoopResult, Plan, finite_or_none, make_plan
 from semmae.engine.optim import adamw
-from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.models.vit_encoder import ViTEncoder
-from semmae.train.classify import ClassifierParts, ClassifierTask, Head, load_classifier, score_on_test
+from semmae.train.classify import ClassifierParts, ClassifierTask, Head, train_classifier
 
 
 def make_mixup(cfg: Config, num_classes: int) -> Any | None:
@@ -163,77 +160,51 @@ class FinetuneBatches:
             yield images, targets
 
 
-def _classifier_head(cfg: Config) -> Head:
-    e = cfg.eval
-
-    def head(encoder: ViTEncoder, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-        model = build_classifier(
-            encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
-        )
-        return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
-
-    return head
-
-
-def run_finetune(
-    cfg: Config,
-    checkpoint_spec: str,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    stop_at_step: int | None = None,
-) -> dict[str, Any]:
-    """Fine-tune the encoder of ``checkpoint_spec`` on ``cfg.data`` and score it on the test split.
-
-    Writes a run directory (``config.yaml``, ``metrics.jsonl``, ``tb/``, ``checkpoints/last.pt`` of
-    kind ``finetune``, ``summary.json``). Runs under torchrun with DDP (indices sharded by rank).
-
-    Args:
-        cfg: resolved config (``data``, ``eval.ft_*``, ``train.device/precision/seed/log_every/
-            ckpt_every_steps/progress_bar``).
-        checkpoint_spec: the encoder (see :func:`~semmae.models.encoder.load_encoder`).
-        out_dir: the run directory.
-        resume: continue from ``out_dir/checkpoints/last.pt``.
-        overwrite: replace a non-empty ``out_dir``.
-        progress: show a progress bar (also needs ``train.progress_bar``).
-        stop_at_step: checkpoint and return after this step, as if interrupted (resume drills).
-
-    Returns:
-        ``{"eval": "finetune", "top1", ["top5"], "train_loss", "lr", "epochs", "steps", ...}``; an
-        interrupted run returns ``{"interrupted": signum or -1, "step": ...}`` without scores.
-    """
-    device = runtime.resolve_device(cfg.train.device)
-    with runtime.distributed_session(device):
-        t0 = time.perf_counter()
-        run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
-        runtime.seed_everything(cfg.train.seed + runtime.rank())  # drop path draws from the global RNG
-        parts = load_classifier(cfg, checkpoint_spec, device, _classifier_head(cfg), t0)
-        e, model = cfg.eval, parts.model
-        plan = finetune_plan(cfg, len(parts.train), runtime.world_size())
-        groups = layer_decay_groups(
-            model, depth=parts.encoder.depth, layer_decay=e.ft_layer_decay, weight_decay=e.ft_weight_decay
-        )
-        optimizer = adamw(groups, plan.peak_lr, (0.9, 0.999))
-        task = FinetuneTask(cfg, checkpoint_spec, parts, plan, device)
-        with MetricsLogger(run_dir) as logger:
-            loop = TrainLoop(
-                task, plan, optimizer, run_dir, logger, config=cfg.to_dict(), train=cfg.train, device=device,
-                desc="finetune", show_bar=progress,
-            )  # fmt: skip
-            if resume:
-                loop.resume()
-            result = loop.run(stop_at_step)
-            early = result.early_summary(run_dir)
-            return early if early is not None else _score(task, plan, result, logger)
+def run_finetune(cfg: Config, checkpoint_spec: str, out_dir: str | Path, **run: Any) -> dict[str, Any]:
+    """Fine-tune the encoder of ``checkpoint_spec`` on ``cfg.data`` (``eval.ft_*``) and score it on the
+    test split: :func:`~semmae.train.classify.train_classifier` with :class:`FinetuneTask`."""
+    return train_classifier(FinetuneTask, cfg, checkpoint_spec, out_dir, **run)
 
 
 class FinetuneTask(ClassifierTask):
     """The classifier's step on augmented, mixed batches."""
 
     kind = "finetune"
+    desc = "finetune"
     nonfinite_hint = "lower eval.ft_base_lr or use train.precision=fp32"
+
+    @staticmethod
+    def head(cfg: Config, device: torch.device) -> Head:
+        e = cfg.eval
+
+        def classifier(encoder: ViTEncoder, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+            model = build_classifier(
+                encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
+            )
+            return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
+
+        return classifier
+
+    @classmethod
+    def build(
+        cls, cfg: Config, spec: str, parts: ClassifierParts, device: torch.device
+    ) -> tuple[FinetuneTask, Plan, torch.optim.Optimizer]:
+        e = cfg.eval
+        plan = finetune_plan(cfg, len(parts.train), runtime.world_size())
+        groups = layer_decay_groups(
+            parts.model,
+            depth=parts.encoder.depth,
+            layer_decay=e.ft_layer_decay,
+            weight_decay=e.ft_weight_decay,
+        )
+        return cls(cfg, spec, parts, plan, device), plan, adamw(groups, plan.peak_lr, (0.9, 0.999))
+
+    def result_fields(self, plan: Plan, result: LoopResult) -> tuple[int, dict[str, Any]]:
+        e = self.cfg.eval
+        return e.ft_epochs, {
+            "eval": "finetune", "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
+            "layer_decay": e.ft_layer_decay, "effective_batch": plan.effective_batch,
+        }  # fmt: skip
 
     def __init__(
         self, cfg: Config, spec: str, parts: ClassifierParts, plan: Plan, device: torch.device
@@ -254,12 +225,3 @@ class FinetuneTask(ClassifierTask):
         with runtime.autocast(self.device, self.cfg.train.precision):
             logits = net(images)
         return self.loss_fn(logits.float(), targets), images.shape[0]
-
-
-def _score(task: FinetuneTask, plan: Plan, result: LoopResult, logger: MetricsLogger) -> dict[str, Any]:
-    """The test-split score with the fine-tune's settings."""
-    e = task.cfg.eval
-    return score_on_test(task, result, logger, e.ft_epochs, {
-        "eval": "finetune", "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
-        "layer_decay": e.ft_layer_decay, "effective_batch": plan.effective_batch,
-    })  # fmt: skip
