@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import socket
 import struct
@@ -177,6 +178,24 @@ def test_cifar10_from_real_format_files(tmp_path: Path, monkeypatch: pytest.Monk
     assert test.images.shape == (3, 1, 16, 16)
     rgb = torch.from_numpy(raw["test_batch"][:3].reshape(3, 3, 32, 32))
     assert torch.equal(test.images, fit_images(rgb, 16, 1))
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_cifar_pickle_that_asks_to_run_code_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _offline(monkeypatch, torchvision_sets)
+    _write_cifar10(tmp_path)
+    with (tmp_path / "cifar-10-batches-py" / "data_batch_3").open("wb") as f:
+        pickle.dump({"data": _RunsCode(), "labels": []}, f)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"asks to import (posix|os|nt)\.system"):
+        build_dataset(DataConfig(name="cifar10", root=str(tmp_path), in_chans=3, image_size=32), "train")
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_cifar100_and_stl10_from_real_format_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

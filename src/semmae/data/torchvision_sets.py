@@ -1,11 +1,13 @@
-"""CIFAR-10, CIFAR-100 and STL-10 through torchvision's readers.
+"""CIFAR-10, CIFAR-100 and STL-10 in torchvision's on-disk layout.
 
 Files are read from ``data.root`` (default ``$SEMMAE_CACHE/<name>``) in torchvision's on-disk
 layout (``cifar-10-batches-py/``, ``cifar-100-python/``, ``stl10_binary/``). A download is tried
 only when the files are missing and the host answers within 3 s; otherwise the error says where to
 put them. Local files are not checked against torchvision's MD5 sums (STL-10's would need the
 2.6 GB unlabelled file even for the labelled splits); they are parsed and their shapes checked
-instead. STL-10 uses its labelled ``train`` (5k) and ``test`` (8k) splits only.
+instead. STL-10 uses its labelled ``train`` (5k) and ``test`` (8k) splits only. CIFAR's pickles
+are read by an unpickler that can rebuild arrays and nothing else, so a tampered file runs no code;
+STL-10's binary files are read by torchvision.
 """
 
 from __future__ import annotations
@@ -27,35 +29,45 @@ from semmae.errors import DataError
 log = logging.getLogger(__name__)
 
 
-class _LocalFilesMixin:
-    """Accept a CIFAR folder when the split's files exist (no MD5 check); see the module docstring."""
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR's python batches (dicts, lists, strings, numpy arrays) and nothing else.
 
-    root: str
-    base_folder: str
-    train: bool
-    train_list: list[list[str]]
-    test_list: list[list[str]]
-    meta: dict[str, str]
+    CIFAR ships as pickles, and a pickle may name any callable to run while it loads (DESIGN.md §7
+    rule 13). This one resolves only what rebuilding a numpy array needs and refuses every other
+    name, so a tampered file cannot run code.
+    """
 
-    def _check_integrity(self) -> bool:
-        names = [n for n, _ in (self.train_list if self.train else self.test_list)]
-        return all((Path(self.root) / self.base_folder / n).is_file() for n in names)
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
-    def _load_meta(self) -> None:
-        path = Path(self.root) / self.base_folder / self.meta["filename"]
-        if not path.is_file():
-            raise RuntimeError(f"metadata file {path} not found")
-        with path.open("rb") as f:
-            self.classes = list(pickle.load(f, encoding="latin1")[self.meta["key"]])
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"it asks to import {module}.{name}, which a CIFAR batch never needs; not loading it")
 
 
-class _LocalCIFAR10(_LocalFilesMixin, CIFAR10):
-    pass
+def _unpickle(path: Path) -> dict:
+    """A CIFAR pickle (Python 2 strings read as latin-1) through :class:`_ArraysOnly`."""
+    with path.open("rb") as f:
+        return _ArraysOnly(f, encoding="latin1").load()
 
 
-class _LocalCIFAR100(_LocalFilesMixin, CIFAR100):
-    pass
+def _read_cifar(stock: type, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """CIFAR-10/100 in torchvision's layout, without MD5 checks; RuntimeError when files are missing."""
+    folder = root / stock.base_folder
+    names = [n for n, _ in (stock.train_list if split == "train" else stock.test_list)]
+    meta = folder / stock.meta["filename"]
+    if not meta.is_file() or not all((folder / n).is_file() for n in names):
+        raise RuntimeError(f"{folder} is incomplete")
+    batches = [_unpickle(folder / n) for n in names]
+    rows = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(b["labels"] if "labels" in b else b["fine_labels"]) for b in batches])
+    images = torch.from_numpy(np.ascontiguousarray(rows.reshape(-1, 3, 32, 32)))  # rows are R, G, B planes
+    return images, torch.from_numpy(labels.astype(np.int64)), list(_unpickle(meta)[stock.meta["key"]])
 
 
 class _LocalSTL10(STL10):
@@ -69,7 +81,6 @@ class _LocalSTL10(STL10):
 @dataclass(frozen=True)
 class _Spec:
     title: str
-    reader: type
     stock: type
     folder: str
     url: str
@@ -77,11 +88,10 @@ class _Spec:
 
 
 _SPECS = {
-    "cifar10": _Spec("CIFAR-10", _LocalCIFAR10, CIFAR10, CIFAR10.base_folder, CIFAR10.url),
-    "cifar100": _Spec("CIFAR-100", _LocalCIFAR100, CIFAR100, CIFAR100.base_folder, CIFAR100.url),
+    "cifar10": _Spec("CIFAR-10", CIFAR10, CIFAR10.base_folder, CIFAR10.url),
+    "cifar100": _Spec("CIFAR-100", CIFAR100, CIFAR100.base_folder, CIFAR100.url),
     "stl10": _Spec(
         "STL-10",
-        _LocalSTL10,
         STL10,
         STL10.base_folder,
         STL10.url,
@@ -98,15 +108,13 @@ def _open(spec: _Spec, cls: type, root: Path, split: str, download: bool) -> obj
 
 def _read(spec: _Spec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images uint8 (N, 3, H, W), targets int64 (N,), classes); RuntimeError when files are missing."""
-    tv = _open(spec, spec.reader, root, split, download=False)
-    data = np.asarray(tv.data)
-    if spec.stock is STL10:
-        images = torch.from_numpy(np.ascontiguousarray(data))
+    if spec.stock is STL10:  # plain binary files, read by torchvision
+        tv = _open(spec, _LocalSTL10, root, split, download=False)
+        images = torch.from_numpy(np.ascontiguousarray(tv.data))
         targets = torch.from_numpy(tv.labels.astype(np.int64))
-    else:  # CIFAR stores HWC
-        images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
-        targets = torch.as_tensor(tv.targets, dtype=torch.int64)
-    classes = list(getattr(tv, "classes", None) or spec.default_classes)
+        classes = list(getattr(tv, "classes", None) or spec.default_classes)
+    else:
+        images, targets, classes = _read_cifar(spec.stock, root, split)
     if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(targets):
         raise ValueError(f"unexpected shapes: images {tuple(images.shape)}, targets {tuple(targets.shape)}")
     return images, targets, classes

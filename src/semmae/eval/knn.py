@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from semmae import runtime
 from semmae.config import Config
-from semmae.eval.features import prepare_features
-
-if TYPE_CHECKING:
-    from semmae.eval.features import FeatureSet
+from semmae.eval.features import FeatureSet, prepare_features
 
 log = logging.getLogger(__name__)
 

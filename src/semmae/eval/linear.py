@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +32,8 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.engine.schedule import warmup_cosine
 from semmae.errors import ConfigError
-from semmae.eval.features import prepare_features
+from semmae.eval.features import FeatureSet, prepare_features
 from semmae.eval.knn import topk_accuracy
-
-if TYPE_CHECKING:
-    from semmae.eval.features import FeatureSet
 
 log = logging.getLogger(__name__)
 

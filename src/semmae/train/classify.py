@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,20 +95,20 @@ class ClassifierTask(Task):
         self.model, self.arch, self.norm = parts.model, parts.arch, parts.norm
 
     @staticmethod
+    @abstractmethod
     def head(cfg: Config, device: torch.device) -> Head:
         """The head this trainer puts on the encoder."""
-        raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def build(
         cls, cfg: Config, spec: str, parts: ClassifierParts, device: torch.device
     ) -> tuple[ClassifierTask, Plan, torch.optim.Optimizer]:
         """The task, its plan and its optimiser."""
-        raise NotImplementedError
 
+    @abstractmethod
     def result_fields(self, plan: Plan, result: LoopResult) -> tuple[int, dict[str, Any]]:
         """``(epochs of the schedule, what the result reports besides the scores)``."""
-        raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
         return {"encoder": self.spec, "normalization": self.norm, "classes": list(self.parts.train.classes)}
