@@ -40,7 +40,7 @@ from semmae.engine.optim import adamw
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.models.vit_encoder import ViTEncoder
-from semmae.train.classify import ClassifierParts, ClassifierTask, Head, train_classifier
+from semmae.train.classify import ClassifierParts, ClassifierTask, train_classifier
 
 
 def make_mixup(cfg: Config, num_classes: int) -> Any | None:
@@ -174,16 +174,14 @@ class FinetuneTask(ClassifierTask):
     nonfinite_hint = "lower eval.ft_base_lr or use train.precision=fp32"
 
     @staticmethod
-    def head(cfg: Config, device: torch.device) -> Head:
+    def head(
+        cfg: Config, encoder: ViTEncoder, num_classes: int, device: torch.device
+    ) -> tuple[nn.Module, dict[str, Any]]:
         e = cfg.eval
-
-        def classifier(encoder: ViTEncoder, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-            model = build_classifier(
-                encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
-            )
-            return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
-
-        return classifier
+        model = build_classifier(
+            encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
+        )
+        return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
 
     @classmethod
     def build(
@@ -199,9 +197,9 @@ class FinetuneTask(ClassifierTask):
         )
         return cls(cfg, spec, parts, plan, device), plan, adamw(groups, plan.peak_lr, (0.9, 0.999))
 
-    def result_fields(self, plan: Plan, result: LoopResult) -> tuple[int, dict[str, Any]]:
+    def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
         e = self.cfg.eval
-        return e.ft_epochs, {
+        return {
             "eval": "finetune", "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
             "layer_decay": e.ft_layer_decay, "effective_batch": plan.effective_batch,
         }  # fmt: skip

@@ -37,7 +37,7 @@ from semmae.engine.loop import LoopResult, Plan, make_plan
 from semmae.errors import ConfigError
 from semmae.eval.features import TokenEncoder, pool_tokens
 from semmae.models.vit_encoder import ViTEncoder
-from semmae.train.classify import ClassifierParts, ClassifierTask, Head, train_classifier
+from semmae.train.classify import ClassifierParts, ClassifierTask, train_classifier
 
 BN_EPS = 1e-6
 HEAD_INIT_STD = 0.01  # a small head: the standardised features start near a uniform prediction
@@ -142,14 +142,11 @@ class LinearProbeTask(ClassifierTask):
     nonfinite_hint = "lower eval.linear_blr or use train.precision=fp32"
 
     @staticmethod
-    def head(cfg: Config, device: torch.device) -> Head:
-        def probe(encoder: ViTEncoder, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-            model = FrozenProbe(
-                encoder, int(encoder.arch["embed_dim"]), num_classes, feature=cfg.eval.feature
-            )
-            return model.to(device), {"feature": cfg.eval.feature}
-
-        return probe
+    def head(
+        cfg: Config, encoder: ViTEncoder, num_classes: int, device: torch.device
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        model = FrozenProbe(encoder, int(encoder.arch["embed_dim"]), num_classes, feature=cfg.eval.feature)
+        return model.to(device), {"feature": cfg.eval.feature}
 
     @classmethod
     def build(
@@ -160,9 +157,9 @@ class LinearProbeTask(ClassifierTask):
         optimizer = lars_optimizer(parts.model.head, plan.peak_lr, cfg.eval.linear_weight_decay)
         return cls(cfg, spec, parts, plan.effective_batch // (plan.accum * world), device), plan, optimizer
 
-    def result_fields(self, plan: Plan, result: LoopResult) -> tuple[int, dict[str, Any]]:
+    def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
         e = self.cfg.eval
-        return e.linear_epochs, {
+        return {
             "eval": "linear", "protocol": "mae", "feature": e.feature, "train_loss": result.last_loss,
             "lr": plan.peak_lr, "blr": e.linear_blr, "effective_batch": plan.effective_batch,
             "accum_steps": plan.accum, "optimizer": "lars",
