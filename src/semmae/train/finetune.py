@@ -65,18 +65,16 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
     """Steps, warm-up and peak lr (``ft_base_lr`` x effective batch / 256) from ``cfg.eval``.
 
     Raises:
-        ConfigError: a step needs more images than the data has, or fewer than one epoch.
+        ConfigError: a step needs more images than the data has.
     """
     e = cfg.eval
-    per_epoch = num_train // (e.ft_batch_size * world)
+    eff = e.ft_batch_size * world
+    per_epoch = num_train // eff
     if per_epoch < 1:
         raise ConfigError(
-            f"one fine-tuning step needs {e.ft_batch_size * world} images but the data has "
-            f"{num_train}; lower eval.ft_batch_size or raise data.limit"
+            f"one fine-tuning step needs {eff} images but the data has {num_train}; "
+            "lower eval.ft_batch_size or raise data.limit"
         )
-    if e.ft_epochs < 1:
-        raise ConfigError(f"config key 'eval.ft_epochs' must be at least 1, got {e.ft_epochs}")
-    eff = e.ft_batch_size * world
     return make_plan(
         steps_per_epoch=per_epoch, epochs=e.ft_epochs, max_steps=None, warmup_epochs=e.ft_warmup_epochs,
         peak_lr=e.ft_base_lr * eff / 256.0, min_lr=e.ft_min_lr, effective_batch=eff,
