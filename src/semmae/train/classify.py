@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ class ClassifierParts:
 
     Attributes:
         encoder: the pretrained ViT encoder (inside ``model``).
-        meta: :func:`~semmae.models.encoder.load_encoder`'s metadata (``mean``, ``std``, ...).
         train, test: the labelled splits.
         model: encoder + head, taking (B, C, S, S) images to (B, classes) logits.
         arch: the checkpoint's architecture record (the encoder's, the class count, the head's).
@@ -44,16 +43,12 @@ class ClassifierParts:
     """
 
     encoder: ViTEncoder
-    meta: dict[str, Any]
     train: ImageSet
     test: ImageSet
     model: nn.Module
     arch: dict[str, Any]
-    norm: dict[str, list[float]] = field(init=False)
+    norm: dict[str, list[float]]
     started: float
-
-    def __post_init__(self) -> None:
-        self.norm = {"mean": list(self.meta["mean"]), "std": list(self.meta["std"])}
 
 
 def load_classifier(
@@ -72,7 +67,8 @@ def load_classifier(
     train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
     model, head_arch = task_type.head(cfg, encoder, len(train.classes), device)
     arch = {**encoder.arch, "num_classes": len(train.classes), **head_arch}
-    return ClassifierParts(encoder, meta, train, test, model, arch, started)
+    norm = {"mean": list(meta["mean"]), "std": list(meta["std"])}
+    return ClassifierParts(encoder, train, test, model, arch, norm, started)
 
 
 class ClassifierTask(Task):
