@@ -39,7 +39,6 @@ class ClassifierParts:
         model: encoder + head, taking (B, C, S, S) images to (B, classes) logits.
         arch: the checkpoint's architecture record (the encoder's, the class count, the head's).
         norm: ``{"mean", "std"}`` lists the encoder expects.
-        started: ``time.perf_counter()`` when the run began (for ``seconds``).
     """
 
     encoder: ViTEncoder
@@ -48,15 +47,12 @@ class ClassifierParts:
     model: nn.Module
     arch: dict[str, Any]
     norm: dict[str, list[float]]
-    started: float
 
 
 def load_classifier(
-    cfg: Config, spec: str, device: torch.device, task_type: type[ClassifierTask], started: float
+    cfg: Config, spec: str, device: torch.device, task_type: type[ClassifierTask]
 ) -> ClassifierParts:
     """The encoder of ``spec`` with ``task_type``'s head on it, and the labelled splits of ``cfg.data``.
-
-    ``started`` is the run's ``time.perf_counter()`` at its start.
 
     Raises:
         CheckpointError: ``spec`` names no usable encoder. DataError/ConfigError: data the encoder
@@ -68,7 +64,7 @@ def load_classifier(
     model, head_arch = task_type.head(cfg, encoder, len(train.classes), device)
     arch = {**encoder.arch, "num_classes": len(train.classes), **head_arch}
     norm = {"mean": list(meta["mean"]), "std": list(meta["std"])}
-    return ClassifierParts(encoder, train, test, model, arch, norm, started)
+    return ClassifierParts(encoder, train, test, model, arch, norm)
 
 
 class ClassifierTask(Task):
@@ -144,7 +140,7 @@ def train_classifier(
         t0 = time.perf_counter()
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed + runtime.rank())  # heads and drop path draw from it
-        parts = load_classifier(cfg, spec, device, task_type, t0)
+        parts = load_classifier(cfg, spec, device, task_type)
         task, plan, optimizer = task_type.build(cfg, spec, parts, device)
         with MetricsLogger(run_dir) as logger:
             loop = TrainLoop(
@@ -157,11 +153,11 @@ def train_classifier(
             early = result.early_summary(run_dir)
             if early is not None:
                 return early
-            return score_on_test(task, plan, result, logger)
+            return score_on_test(task, plan, result, logger, t0)
 
 
 def score_on_test(
-    task: ClassifierTask, plan: Plan, result: LoopResult, logger: MetricsLogger
+    task: ClassifierTask, plan: Plan, result: LoopResult, logger: MetricsLogger, started: float
 ) -> dict[str, Any]:
     """Top-1 (and top-5) of ``task.model`` on the test split; the result, also in ``summary.json``.
 
@@ -170,6 +166,7 @@ def score_on_test(
         plan: the run's plan (its epochs are logged with the score).
         result: the loop's result (its last step is where the score is logged).
         logger: the run's metrics logger (its folder is the run directory).
+        started: ``time.perf_counter()`` when the run began (for ``seconds``).
     """
     cfg, p, epochs = task.cfg, task.parts, plan.epochs
     scores = evaluate_classifier(  # the bare module: ranks see different batch counts here
@@ -179,9 +176,9 @@ def score_on_test(
     )  # fmt: skip
     logger.log(result.step, epoch=epochs, **{f"test_{k}": v for k, v in scores.items()})
     out = {
-        **task.result_fields(plan, result), **scores, "checkpoint": task.spec, "dataset": cfg.data.name, "out": str(logger.path.parent),
-        "epochs": epochs, "steps": result.step, "n_train": len(p.train), "n_test": len(p.test),
-        "seconds": round(time.perf_counter() - p.started, 2),
+        **task.result_fields(plan, result), **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
+        "out": str(logger.path.parent), "epochs": epochs, "steps": result.step, "n_train": len(p.train),
+        "n_test": len(p.test), "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
     if runtime.is_main():
         (logger.path.parent / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
