@@ -36,11 +36,10 @@ from semmae.engine.batches import PretrainBatches
 from semmae.engine.loop import LoopResult, Plan, make_plan
 from semmae.errors import ConfigError
 from semmae.eval.features import TokenEncoder, pool_tokens
+from semmae.eval.linear import BN_EPS, HEAD_INIT_STD
 from semmae.models.vit_encoder import ViTEncoder
 from semmae.train.classify import ClassifierParts, ClassifierTask, train_classifier
 
-BN_EPS = 1e-6
-HEAD_INIT_STD = 0.01  # a small head: the standardised features start near a uniform prediction
 MOMENTUM = 0.9
 
 
