@@ -146,9 +146,8 @@ class PretrainMonitor:
         ``digests`` holds every rank's parameter digest (identical under correct DDP). A ``--resume``
         of a finished run keeps the summary it already has and reports ``already_complete``.
         """
-        prev = self.run_dir / "summary.json"
-        if result.already_complete and prev.is_file():
-            return {**json.loads(prev.read_text()), "already_complete": True}
+        if result.already_complete and (kept := result.early_summary(self.run_dir)) is not None:
+            return kept
         done = result.interrupted is None and result.step >= plan.total_steps
         summary = {
             "complete": done, "step": result.step, "total_steps": plan.total_steps, "epochs": plan.epochs,
@@ -158,5 +157,5 @@ class PretrainMonitor:
             "world_size": runtime.world_size(), "rank_param_digests": digests,
         }  # fmt: skip
         if done and runtime.is_main():
-            prev.write_text(json.dumps(summary, indent=2) + "\n")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
