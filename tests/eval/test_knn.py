@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from semmae.eval.knn import knn_accuracy, knn_classify, topk_accuracy
+from semmae.eval.knn import knn_classify, topk_accuracy
 
 # Four training points on the plane: cosine similarities to the query (1, 0) are 1, 0, 1/sqrt(2), -1.
 TRAIN = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
@@ -50,7 +50,9 @@ def test_scale_and_chunking_do_not_matter() -> None:
 
 def test_accuracy_top1_and_top5() -> None:
     q = torch.tensor([[1.0, 0.1], [-1.0, 0.1], [0.1, 1.0]])
-    acc = knn_accuracy(TRAIN, LABELS, q, torch.tensor([0, 2, 0]), k=1, temperature=0.1, num_classes=3)
+    acc = topk_accuracy(
+        knn_classify(TRAIN, LABELS, q, k=1, temperature=0.1, num_classes=3), torch.tensor([0, 2, 0])
+    )
     assert acc == pytest.approx({"top1": 200 / 3})  # the third query's nearest point is class 1
     assert "top5" not in acc
     scores = torch.tensor([[0.0, 1, 2, 3, 4, 5], [5.0, 4, 3, 2, 1, 0]])

@@ -71,10 +71,10 @@ def test_kmeans_recovers_separated_clusters() -> None:
     truth = torch.randint(0, 3, (6, 16), generator=g)
     centers = torch.eye(8)[:3] * 5
     tokens = centers[truth] + 0.05 * torch.randn(6, 16, 8, generator=g)
-    labels = kmeans_part_baseline(tokens, 3, seed=0)
+    labels = kmeans_part_baseline(tokens, 3, seed=0, grid=(4, 4))
     assert labels.shape == (6, 4, 4)
     assert part_nmi(labels, truth.view(6, 4, 4)) == pytest.approx(1.0)
-    small = kmeans_part_baseline(tokens, 3, seed=0, minibatch_above=10)  # MiniBatchKMeans path
+    small = kmeans_part_baseline(tokens, 3, seed=0, grid=(4, 4), minibatch_above=10)  # MiniBatchKMeans path
     assert part_nmi(small, truth.view(6, 4, 4)) > 0.9
 
 
@@ -85,7 +85,7 @@ def test_centred_kmeans_ignores_a_per_image_offset() -> None:
     truth[:, :3] = torch.arange(3)  # every image shows every part
     tokens = torch.eye(8)[:3][truth] + 0.05 * torch.randn(6, 16, 8, generator=g)
     tokens = tokens + 20 * torch.randn(6, 1, 8, generator=g)
-    raw = kmeans_part_baseline(tokens, 3, seed=0)
-    centred = kmeans_part_baseline(tokens, 3, seed=0, center=True)
+    raw = kmeans_part_baseline(tokens, 3, seed=0, grid=(4, 4))
+    centred = kmeans_part_baseline(tokens, 3, seed=0, grid=(4, 4), center=True)
     assert part_nmi(centred, truth.view(6, 4, 4)) == pytest.approx(1.0)
     assert part_nmi(raw, truth.view(6, 4, 4)) < 0.5

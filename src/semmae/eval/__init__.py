@@ -8,7 +8,7 @@ from semmae.eval.features import (
     pool_tokens,
     prepare_features,
 )
-from semmae.eval.knn import knn_accuracy, knn_classify, run_knn, topk_accuracy
+from semmae.eval.knn import knn_classify, run_knn, topk_accuracy
 from semmae.eval.linear import ProbeGrid, linear_probe, run_linear
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "encode_batches",
     "extract_features",
     "evaluate_classifier",
-    "knn_accuracy",
     "knn_classify",
     "linear_probe",
     "pool_tokens",

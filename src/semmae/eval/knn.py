@@ -87,30 +87,6 @@ def topk_accuracy(
     return out
 
 
-def knn_accuracy(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-    *,
-    k: int = 20,
-    temperature: float = 0.07,
-    num_classes: int,
-    chunk_size: int = 1024,
-) -> dict[str, float]:
-    """Top-1 (and top-5 when C >= 5) accuracy in percent of :func:`knn_classify`."""
-    scores = knn_classify(
-        train_feats,
-        train_labels,
-        test_feats,
-        k=k,
-        temperature=temperature,
-        num_classes=num_classes,
-        chunk_size=chunk_size,
-    )
-    return topk_accuracy(scores, test_labels)
-
-
 def run_knn(
     cfg: Config,
     spec: str,
@@ -136,16 +112,16 @@ def run_knn(
     t0 = time.perf_counter()
     fs = features if features is not None else prepare_features(cfg, spec, progress=progress, loaded=loaded)
     device = runtime.resolve_device(cfg.train.device)
-    acc = knn_accuracy(
+    scores = knn_classify(
         fs.train_feats.to(device),
         fs.train_labels,
         fs.test_feats.to(device),
-        fs.test_labels,
         k=cfg.eval.knn_k,
         temperature=cfg.eval.knn_t,
         num_classes=fs.num_classes,
         chunk_size=cfg.eval.knn_chunk_size,
     )
+    acc = topk_accuracy(scores, fs.test_labels)
     seconds = time.perf_counter() - t0
     log.info("kNN (k=%d, T=%g): top1 %.2f%%", cfg.eval.knn_k, cfg.eval.knn_t, acc["top1"])
     return {

@@ -89,8 +89,7 @@ def part_metrics(
         ``nmi``, ``ari``, ``miou`` (floats), ``area_hist`` (list of K_pred shares summing to 1),
         ``empty_parts`` (int).
     """
-    pred_t = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred).long()
-    gt_t = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt).long()
+    pred_t, gt_t = torch.as_tensor(pred).long(), torch.as_tensor(gt).long()
     if gt_t.shape[0] != pred_t.shape[0]:
         raise ValueError(f"pred has {pred_t.shape[0]} images and gt {gt_t.shape[0]}")
     gt_t = _to_pred_grid(gt_t, tuple(pred_t.shape[-2:]), num_gt)
@@ -110,7 +109,7 @@ def kmeans_part_baseline(
     num_parts: int,
     seed: int = 0,
     *,
-    grid: tuple[int, int] | None = None,
+    grid: tuple[int, int],
     center: bool = False,
     minibatch_above: int = 50_000,
 ) -> torch.Tensor:
@@ -120,7 +119,7 @@ def kmeans_part_baseline(
         patch_tokens: (N, L, D) backbone patch tokens.
         num_parts: K.
         seed: k-means seed.
-        grid: (h, w) with h * w = L; None = square.
+        grid: (h, w) with h * w = L.
         center: subtract each image's mean patch token first (as the part learner does with
             ``parts.center_tokens``), so clusters follow differences inside an image rather than
             between images.
@@ -132,11 +131,6 @@ def kmeans_part_baseline(
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     n, length, _ = patch_tokens.shape
-    if grid is None:
-        side = int(round(length**0.5))
-        if side * side != length:
-            raise ValueError(f"{length} patches are not a square grid; pass grid=(h, w)")
-        grid = (side, side)
     tokens = patch_tokens.float()
     if center:
         tokens = tokens - tokens.mean(dim=1, keepdim=True)

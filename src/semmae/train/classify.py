@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import time
 from abc import abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,37 +35,24 @@ class ClassifierParts:
 
     Attributes:
         encoder: the pretrained ViT encoder (inside ``model``).
-        meta: :func:`~semmae.models.encoder.load_encoder`'s metadata (``mean``, ``std``, ...).
         train, test: the labelled splits.
         model: encoder + head, taking (B, C, S, S) images to (B, classes) logits.
         arch: the checkpoint's architecture record (the encoder's, the class count, the head's).
         norm: ``{"mean", "std"}`` lists the encoder expects.
-        started: ``time.perf_counter()`` when the run began (for ``seconds``).
     """
 
     encoder: ViTEncoder
-    meta: dict[str, Any]
     train: ImageSet
     test: ImageSet
     model: nn.Module
     arch: dict[str, Any]
-    norm: dict[str, list[float]] = field(init=False)
-    started: float
-
-    def __post_init__(self) -> None:
-        self.norm = {"mean": list(self.meta["mean"]), "std": list(self.meta["std"])}
-
-
-Head = Callable[[ViTEncoder, int], tuple[nn.Module, dict[str, Any]]]
-"""(encoder, number of classes) -> (classifier, the head's fields of the arch record)."""
+    norm: dict[str, list[float]]
 
 
 def load_classifier(
-    cfg: Config, spec: str, device: torch.device, head: Head, started: float
+    cfg: Config, spec: str, device: torch.device, task_type: type[ClassifierTask]
 ) -> ClassifierParts:
-    """The encoder of ``spec`` with ``head`` on it, and the labelled splits of ``cfg.data``.
-
-    ``started`` is the run's ``time.perf_counter()`` at its start.
+    """The encoder of ``spec`` with ``task_type``'s head on it, and the labelled splits of ``cfg.data``.
 
     Raises:
         CheckpointError: ``spec`` names no usable encoder. DataError/ConfigError: data the encoder
@@ -75,9 +61,10 @@ def load_classifier(
     encoder, meta = load_encoder(spec, map_location=device)
     check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
     train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
-    model, head_arch = head(encoder, len(train.classes))
+    model, head_arch = task_type.head(cfg, encoder, len(train.classes), device)
     arch = {**encoder.arch, "num_classes": len(train.classes), **head_arch}
-    return ClassifierParts(encoder, meta, train, test, model, arch, started)
+    norm = {"mean": list(meta["mean"]), "std": list(meta["std"])}
+    return ClassifierParts(encoder, train, test, model, arch, norm)
 
 
 class ClassifierTask(Task):
@@ -96,8 +83,10 @@ class ClassifierTask(Task):
 
     @staticmethod
     @abstractmethod
-    def head(cfg: Config, device: torch.device) -> Head:
-        """The head this trainer puts on the encoder."""
+    def head(
+        cfg: Config, encoder: ViTEncoder, num_classes: int, device: torch.device
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """The classifier this trainer puts on ``encoder``, on ``device``, and its fields of the arch record."""
 
     @classmethod
     @abstractmethod
@@ -107,8 +96,8 @@ class ClassifierTask(Task):
         """The task, its plan and its optimiser."""
 
     @abstractmethod
-    def result_fields(self, plan: Plan, result: LoopResult) -> tuple[int, dict[str, Any]]:
-        """``(epochs of the schedule, what the result reports besides the scores)``."""
+    def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
+        """What the result reports besides the scores (``eval``, the trainer's settings, ...)."""
 
     def extra_state(self) -> dict[str, Any]:
         return {"encoder": self.spec, "normalization": self.norm, "classes": list(self.parts.train.classes)}
@@ -151,7 +140,7 @@ def train_classifier(
         t0 = time.perf_counter()
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed + runtime.rank())  # heads and drop path draw from it
-        parts = load_classifier(cfg, spec, device, task_type.head(cfg, device), t0)
+        parts = load_classifier(cfg, spec, device, task_type)
         task, plan, optimizer = task_type.build(cfg, spec, parts, device)
         with MetricsLogger(run_dir) as logger:
             loop = TrainLoop(
@@ -164,23 +153,22 @@ def train_classifier(
             early = result.early_summary(run_dir)
             if early is not None:
                 return early
-            epochs, fields = task.result_fields(plan, result)
-            return score_on_test(task, result, logger, epochs, fields)
+            return score_on_test(task, plan, result, logger, t0)
 
 
 def score_on_test(
-    task: ClassifierTask, result: LoopResult, logger: MetricsLogger, epochs: int, fields: dict[str, Any]
+    task: ClassifierTask, plan: Plan, result: LoopResult, logger: MetricsLogger, started: float
 ) -> dict[str, Any]:
     """Top-1 (and top-5) of ``task.model`` on the test split; the result, also in ``summary.json``.
 
     Args:
-        task: the trained task.
+        task: the trained task (its :meth:`~ClassifierTask.result_fields` join the scores).
+        plan: the run's plan (its epochs are logged with the score).
         result: the loop's result (its last step is where the score is logged).
         logger: the run's metrics logger (its folder is the run directory).
-        epochs: the schedule's epochs, logged with the score.
-        fields: what this trainer adds to the result (``eval``, its settings, ``train_loss``, ...).
+        started: ``time.perf_counter()`` when the run began (for ``seconds``).
     """
-    cfg, p = task.cfg, task.parts
+    cfg, p, epochs = task.cfg, task.parts, plan.epochs
     scores = evaluate_classifier(  # the bare module: ranks see different batch counts here
         task.model, p.test, num_classes=p.arch["num_classes"], batch_size=cfg.eval.batch_size,
         device=task.device, precision=cfg.train.precision, out_size=p.encoder.img_size,
@@ -188,9 +176,9 @@ def score_on_test(
     )  # fmt: skip
     logger.log(result.step, epoch=epochs, **{f"test_{k}": v for k, v in scores.items()})
     out = {
-        **fields, **scores, "checkpoint": task.spec, "dataset": cfg.data.name, "out": str(logger.path.parent),
-        "epochs": epochs, "steps": result.step, "n_train": len(p.train), "n_test": len(p.test),
-        "seconds": round(time.perf_counter() - p.started, 2),
+        **task.result_fields(plan, result), **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
+        "out": str(logger.path.parent), "epochs": epochs, "steps": result.step, "n_train": len(p.train),
+        "n_test": len(p.test), "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip
     if runtime.is_main():
         (logger.path.parent / "summary.json").write_text(json.dumps(out, indent=2) + "\n")

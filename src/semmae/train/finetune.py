@@ -40,7 +40,7 @@ from semmae.engine.optim import adamw
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.models.vit_encoder import ViTEncoder
-from semmae.train.classify import ClassifierParts, ClassifierTask, Head, train_classifier
+from semmae.train.classify import ClassifierParts, ClassifierTask, train_classifier
 
 
 def make_mixup(cfg: Config, num_classes: int) -> Any | None:
@@ -65,18 +65,16 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
     """Steps, warm-up and peak lr (``ft_base_lr`` x effective batch / 256) from ``cfg.eval``.
 
     Raises:
-        ConfigError: a step needs more images than the data has, or fewer than one epoch.
+        ConfigError: a step needs more images than the data has.
     """
     e = cfg.eval
-    per_epoch = num_train // (e.ft_batch_size * world)
+    eff = e.ft_batch_size * world
+    per_epoch = num_train // eff
     if per_epoch < 1:
         raise ConfigError(
-            f"one fine-tuning step needs {e.ft_batch_size * world} images but the data has "
-            f"{num_train}; lower eval.ft_batch_size or raise data.limit"
+            f"one fine-tuning step needs {eff} images but the data has {num_train}; "
+            "lower eval.ft_batch_size or raise data.limit"
         )
-    if e.ft_epochs < 1:
-        raise ConfigError(f"config key 'eval.ft_epochs' must be at least 1, got {e.ft_epochs}")
-    eff = e.ft_batch_size * world
     return make_plan(
         steps_per_epoch=per_epoch, epochs=e.ft_epochs, max_steps=None, warmup_epochs=e.ft_warmup_epochs,
         peak_lr=e.ft_base_lr * eff / 256.0, min_lr=e.ft_min_lr, effective_batch=eff,
@@ -174,16 +172,14 @@ class FinetuneTask(ClassifierTask):
     nonfinite_hint = "lower eval.ft_base_lr or use train.precision=fp32"
 
     @staticmethod
-    def head(cfg: Config, device: torch.device) -> Head:
+    def head(
+        cfg: Config, encoder: ViTEncoder, num_classes: int, device: torch.device
+    ) -> tuple[nn.Module, dict[str, Any]]:
         e = cfg.eval
-
-        def classifier(encoder: ViTEncoder, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-            model = build_classifier(
-                encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
-            )
-            return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
-
-        return classifier
+        model = build_classifier(
+            encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
+        )
+        return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
 
     @classmethod
     def build(
@@ -199,9 +195,9 @@ class FinetuneTask(ClassifierTask):
         )
         return cls(cfg, spec, parts, plan, device), plan, adamw(groups, plan.peak_lr, (0.9, 0.999))
 
-    def result_fields(self, plan: Plan, result: LoopResult) -> tuple[int, dict[str, Any]]:
+    def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
         e = self.cfg.eval
-        return e.ft_epochs, {
+        return {
             "eval": "finetune", "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
             "layer_decay": e.ft_layer_decay, "effective_batch": plan.effective_batch,
         }  # fmt: skip

@@ -16,7 +16,7 @@ from semmae.data import build_dataset
 from semmae.data.transforms import center_batch, denormalize, labels_to_patch_grid, normalize
 from semmae.engine.loop import LoopResult, Plan, finite_or_none
 from semmae.eval.features import encode_batches, eval_batches
-from semmae.eval.knn import knn_accuracy
+from semmae.eval.knn import knn_classify, topk_accuracy
 from semmae.masking import MaskingStrategy
 from semmae.masking import build as build_strategy
 from semmae.models import MaskedAutoencoderViT
@@ -130,10 +130,11 @@ class PretrainMonitor:
         tr_idx = torch.arange(min(tc.knn_train, len(train)))
         te_idx = torch.arange(min(tc.knn_test, len(test)))
         ftr, fte = (self.encode(ds, idx) for ds, idx in ((train, tr_idx), (test, te_idx)))
-        res = knn_accuracy(
-            ftr, train.targets[tr_idx].to(self.device), fte, test.targets[te_idx].to(self.device),
-            k=ec.knn_k, temperature=ec.knn_t, num_classes=len(train.classes),
-        )  # fmt: skip
+        tr_labels = train.targets[tr_idx].to(self.device)
+        scores = knn_classify(
+            ftr, tr_labels, fte, k=ec.knn_k, temperature=ec.knn_t, num_classes=len(train.classes)
+        )
+        res = topk_accuracy(scores, test.targets[te_idx].to(self.device))
         self.last_knn = float(res["top1"])
         log.info("kNN top1 %.2f%% (%d train / %d test, %.1fs)", self.last_knn, len(tr_idx), len(te_idx),
                  time.perf_counter() - t0)  # fmt: skip
@@ -145,9 +146,8 @@ class PretrainMonitor:
         ``digests`` holds every rank's parameter digest (identical under correct DDP). A ``--resume``
         of a finished run keeps the summary it already has and reports ``already_complete``.
         """
-        prev = self.run_dir / "summary.json"
-        if result.already_complete and prev.is_file():
-            return {**json.loads(prev.read_text()), "already_complete": True}
+        if result.already_complete and (kept := result.early_summary(self.run_dir)) is not None:
+            return kept
         done = result.interrupted is None and result.step >= plan.total_steps
         summary = {
             "complete": done, "step": result.step, "total_steps": plan.total_steps, "epochs": plan.epochs,
@@ -157,5 +157,5 @@ class PretrainMonitor:
             "world_size": runtime.world_size(), "rank_param_digests": digests,
         }  # fmt: skip
         if done and runtime.is_main():
-            prev.write_text(json.dumps(summary, indent=2) + "\n")
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary

@@ -22,7 +22,6 @@ from semmae import config as config_lib
 from semmae.data import build_dataset, iterate_batches
 from semmae.data.folder import whole_image_view
 from semmae.data.transforms import augment_batch, center_batch, denormalize, normalize
-from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import Plan, Task, TrainLoop, finite_or_none, make_plan
 from semmae.engine.optim import adamw
@@ -158,7 +157,7 @@ class PartsTask(Task):
         backbone: dict[str, Any] = {
             "spec": self.meta["spec"], "hash": self.meta["hash"], "global_token": self.backbone.global_token,
         }  # fmt: skip
-        if parse_encoder_spec(str(self.meta["spec"])).kind == "random":
+        if self.meta.get("kind") == "random":
             # A random-init backbone cannot be rebuilt from its spec; keep its weights.
             backbone["state"] = self.backbone.encoder.state_dict()
         return {"backbone": backbone, "norm": {"mean": self.mean, "std": self.std}}
@@ -230,14 +229,13 @@ def write_image_grid(run: PartsTask, path: Path) -> Path:
     )
 
 
-def evaluate_parts(
-    run: PartsTask, logger: MetricsLogger | None = None, step: int = 0
-) -> dict[str, Any] | None:
+def evaluate_parts(run: PartsTask, logger: MetricsLogger, step: int) -> dict[str, Any] | None:
     """Part metrics of the learner and of a k-means baseline on the test split's ground truth.
 
     Returns:
         ``{"learner": metrics, "kmeans": metrics | None, "num_images", "num_gt_parts", ...}`` or
-        None when the dataset has no ground-truth part masks. Also written to ``partseg.json``.
+        None when the dataset has no ground-truth part masks. Also written to ``partseg.json`` and
+        logged to ``logger`` at ``step``.
     """
     ds = build_dataset(run.cfg.data, "test")
     if ds.part_masks is None or ds.num_gt_parts is None:
@@ -269,10 +267,9 @@ def evaluate_parts(
         )  # fmt: skip
         result["kmeans"] = part_metrics(km, gt, k, k_gt, min_share=p.min_part_share)
     (run.run_dir / "partseg.json").write_text(json.dumps(result, indent=2) + "\n")
-    if logger is not None:
-        flat = {f"partseg/{who}_{m}": result[who][m] for who in ("learner", "kmeans") if result[who]
-                for m in ("nmi", "ari", "miou", "empty_parts")}  # fmt: skip
-        logger.log(step, **flat)
+    flat = {f"partseg/{who}_{m}": result[who][m] for who in ("learner", "kmeans") if result[who]
+            for m in ("nmi", "ari", "miou", "empty_parts")}  # fmt: skip
+    logger.log(step, **flat)
     return result
 
 

@@ -1,4 +1,4 @@
-"""MAE's linear-probe parts: the head, the frozen encoder, LARS, the batch/lr plan, the augmentation."""
+"""MAE's linear probe: the head, the frozen encoder, LARS, the batch/lr plan, the augmentation."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from torch import nn
 
 from semmae import config as config_lib
 from semmae.errors import ConfigError
-from semmae.eval.linear_mae import FrozenProbe, ProbeHead, lars_optimizer, probe_data, probe_plan
-from semmae.train.linear_probe import probe_schedule
+from semmae.train.linear_probe import FrozenProbe, ProbeHead, lars_optimizer, probe_data, probe_plan
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,15 +72,14 @@ def test_plan_follows_mae_batch_and_lr_arithmetic() -> None:
             "eval.linear_warmup_epochs=10",
         ],
     )
-    plan = probe_plan(cfg, num_train=1_281_167, world=8)
-    assert (plan.micro_batch, plan.accum_steps, plan.effective_batch) == (256, 8, 16384)
+    plan = probe_plan(cfg, num_train=1_281_167, world=8)  # micro-batches of 256 on 8 processes
+    assert (plan.accum, plan.effective_batch) == (8, 16384)
     assert plan.peak_lr == pytest.approx(0.1 * 16384 / 256) and plan.steps_per_epoch == 78
-    schedule = probe_schedule(cfg, plan)  # what the trainer runs
-    assert schedule.total_steps == 90 * 78 and schedule.warmup_steps == 10 * 78
-    assert schedule.lr(0) == pytest.approx(6.4 / 780) and schedule.lr(779) == pytest.approx(6.4)
-    assert schedule.lr(schedule.total_steps - 1) < 1e-3
+    assert plan.total_steps == 90 * 78 and plan.warmup_steps == 10 * 78
+    assert plan.lr(0) == pytest.approx(6.4 / 780) and plan.lr(779) == pytest.approx(6.4)
+    assert plan.lr(plan.total_steps - 1) < 1e-3
     small = config_lib.load(None, ["eval.linear_batch_size=32", "eval.batch_size=256"])
-    assert probe_plan(small, num_train=100, world=1).accum_steps == 1
+    assert probe_plan(small, num_train=100, world=1).accum == 1
     with pytest.raises(ConfigError, match="multiple of eval.batch_size"):
         probe_plan(config_lib.load(None, ["eval.linear_batch_size=300", "eval.batch_size=256"]), 10_000, 1)
     with pytest.raises(ConfigError, match="lower eval.linear_batch_size"):
