@@ -22,7 +22,7 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.data import ImageSet
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop
+from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none
 from semmae.engine.rundir import prepare_run_dir
 from semmae.eval.features import evaluate_classifier, labelled_split
 from semmae.models.encoder import check_encoder_fits, load_encoder
@@ -176,7 +176,7 @@ def score_on_test(
     )  # fmt: skip
     logger.log(result.step, epoch=epochs, **{f"test_{k}": v for k, v in scores.items()})
     out = {
-        **task.result_fields(plan, result), **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
+        **task.result_fields(plan, result), "train_loss": finite_or_none(result.last_loss), **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
         "out": str(logger.path.parent), "epochs": epochs, "steps": result.step, "n_train": len(p.train),
         "n_test": len(p.test), "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip

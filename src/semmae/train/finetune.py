@@ -35,7 +35,7 @@ from semmae.config import Config
 from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
-from semmae.engine.loop import LoopResult, Plan, finite_or_none, make_plan
+from semmae.engine.loop import LoopResult, Plan, make_plan
 from semmae.engine.optim import adamw
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
@@ -198,7 +198,7 @@ class FinetuneTask(ClassifierTask):
     def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
         e = self.cfg.eval
         return {
-            "eval": "finetune", "train_loss": finite_or_none(result.last_loss), "lr": plan.peak_lr,
+            "eval": "finetune", "lr": plan.peak_lr,
             "layer_decay": e.ft_layer_decay, "effective_batch": plan.effective_batch,
         }  # fmt: skip
 

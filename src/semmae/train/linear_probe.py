@@ -159,7 +159,7 @@ class LinearProbeTask(ClassifierTask):
     def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
         e = self.cfg.eval
         return {
-            "eval": "linear", "protocol": "mae", "feature": e.feature, "train_loss": result.last_loss,
+            "eval": "linear", "protocol": "mae", "feature": e.feature,
             "lr": plan.peak_lr, "blr": e.linear_blr, "effective_batch": plan.effective_batch,
             "accum_steps": plan.accum, "optimizer": "lars",
         }  # fmt: skip
