@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from semmae import config as config_lib
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from semmae.errors import RunDirError
+from semmae.models.checkpoint import atomic_path
 from semmae.runtime import barrier, is_main
 
 log = logging.getLogger(__name__)
@@ -196,15 +196,9 @@ def check_out_holds_no_inputs(out: str | Path, inputs: Inputs) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file and ``os.replace``: never a torn or 0-byte file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    """Write ``text`` to ``path`` via :func:`~semmae.models.checkpoint.atomic_path`: never a torn file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def remove_stale_temps(path: Path) -> None:
