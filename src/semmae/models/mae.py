@@ -97,10 +97,6 @@ class MaskedAutoencoderViT(ViTEncoder):
             self.decoder_pos_embed.copy_(sincos_pos_embed_2d(dec_dim, self.grid).unsqueeze(0))
             nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward_encoder(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode the visible patches (all of them when ``ids_keep`` is None): (B, 1 + n_keep, D)."""
-        return self.forward_features(images, ids_keep)
-
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict every patch's pixels.
 
@@ -157,6 +153,6 @@ class MaskedAutoencoderViT(ViTEncoder):
             raise ValueError("ids_restore is required when ids_keep is a tensor")
         n_keep = ids_keep.shape[1]
         mask = ids_restore >= n_keep  # positions placed after the kept block are hidden
-        latent = self.forward_encoder(images, ids_keep)
+        latent = self.forward_features(images, ids_keep)
         pred = self.forward_decoder(latent, ids_restore)
         return MAEOutput(loss=self.loss(images, pred, mask), pred=pred, mask=mask)

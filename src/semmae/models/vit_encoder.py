@@ -123,11 +123,3 @@ class ViTEncoder(nn.Module):
     def from_arch(cls, arch: dict[str, Any]) -> ViTEncoder:
         """Build from an MAE or encoder ``arch`` dict (decoder fields are ignored)."""
         return cls(**{k: arch[k] for k in ARCH_FIELDS if k in arch})
-
-    @classmethod
-    def from_mae(cls, mae: nn.Module) -> ViTEncoder:
-        """The encoder of a :class:`~semmae.models.mae.MaskedAutoencoderViT`, weights copied."""
-        enc = cls.from_arch(mae.arch).to(next(mae.parameters()).device)
-        state = {k: v for k, v in mae.state_dict().items() if k.startswith(ENCODER_KEYS)}
-        enc.load_state_dict(state, strict=True)
-        return enc
