@@ -73,6 +73,15 @@ def _known_file(path: Path) -> bool:
     return name.endswith(".json") and _is_part_map_manifest(path)
 
 
+def _stray_file(folder: Path) -> Path | None:
+    """The first entry of a :data:`FILE_DIRS` folder that is not a plain file of its kind or a temp file."""
+    patterns = (*FILE_DIRS[folder.name], TEMP_PATTERN)
+    for sub in sorted(folder.iterdir()):
+        if sub.is_symlink() or not sub.is_file() or not any(fnmatch.fnmatch(sub.name, p) for p in patterns):
+            return sub
+    return None
+
+
 def first_foreign_entry(path: Path) -> Path | None:
     """The first entry under the directory ``path`` that the toolkit does not write, or None.
 
@@ -82,19 +91,15 @@ def first_foreign_entry(path: Path) -> Path | None:
         if entry.is_symlink():
             return entry
         if entry.is_dir():
-            patterns = FILE_DIRS.get(entry.name)
-            if patterns is not None:
-                for sub in sorted(entry.iterdir()):
-                    ok = sub.is_file() and not sub.is_symlink()
-                    if not (ok and any(fnmatch.fnmatch(sub.name, p) for p in (*patterns, TEMP_PATTERN))):
-                        return sub
-                continue
-            if entry.name in STAGE_DIRS or path.name == "runs" or (entry / MARKER).is_file():
+            if entry.name in FILE_DIRS:
+                found = _stray_file(entry)
+            elif entry.name in STAGE_DIRS or path.name == "runs" or (entry / MARKER).is_file():
                 found = first_foreign_entry(entry)
-                if found is not None:
-                    return found
-                continue
-            return entry
+            else:
+                return entry
+            if found is not None:
+                return found
+            continue
         if not (entry.is_file() and _known_file(entry)):
             return entry
     return None
@@ -116,8 +121,7 @@ def _early_log(entry: Path) -> bool:
         return False
     if entry.is_file():
         return entry.name == "metrics.jsonl"
-    patterns = (*FILE_DIRS[entry.name], TEMP_PATTERN)
-    return all(e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in patterns) for e in entry.iterdir())
+    return _stray_file(entry) is None
 
 
 def _only_a_failed_start(path: Path) -> bool:
