@@ -25,14 +25,11 @@ class MetricsLogger:
     Args:
         run_dir: the run directory; writes ``metrics.jsonl`` and ``tb/`` under it.
         tensorboard: also write TensorBoard event files.
-        filename: name of the JSONL file.
     """
 
-    def __init__(
-        self, run_dir: str | Path, tensorboard: bool = True, filename: str = "metrics.jsonl"
-    ) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
         self.active = is_main()
-        self.path = Path(run_dir) / filename
+        self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if self.active and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
