@@ -19,8 +19,6 @@ import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
 from semmae import __version__
 from semmae import config as config_lib
 from semmae.encoder_spec import parse_encoder_spec
@@ -199,12 +197,6 @@ def check_out_holds_no_inputs(out: str | Path, inputs: Inputs) -> None:
             )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via :func:`~semmae.models.checkpoint.atomic_path`: never a torn file."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def remove_stale_temps(path: Path) -> None:
     """Delete temp files left by atomic writes of a killed process (``.last.pt.*.tmp``, ...)."""
     for folder in (path, path / "checkpoints"):
@@ -261,9 +253,11 @@ def _prepare_locked(
     remove_stale_temps(path)
     if not (path / MARKER).is_file():
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        _write_atomic(path / MARKER, json.dumps({"semmae": __version__, "created": stamp}) + "\n")
+        with atomic_path(path / MARKER) as tmp:
+            tmp.write_text(json.dumps({"semmae": __version__, "created": stamp}) + "\n")
     if cfg is not None and not (resume and not fresh and (path / "config.yaml").exists()):
-        _write_atomic(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with atomic_path(path / "config.yaml") as tmp:
+            config_lib.dump(cfg, tmp)
 
 
 def _undo_start(path: Path, exc: BaseException, *, took: bool, lock_existed: bool, created: bool) -> None:
