@@ -64,7 +64,7 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl`` file (empty list if it does not exist)."""
+    """All rows of a JSON-lines file such as ``metrics.jsonl`` or ``results.jsonl`` ([] if it does not exist)."""
     p = Path(path)
     if not p.exists():
         return []

@@ -208,7 +208,7 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     table: dict[str, Any] = {}
     for seed in cfg.pipeline.seeds:
         for method in [FLOOR, *methods]:
-            if method == "random" and seed == mae_config(cfg).train.seed:
+            if method == "random" and seed == cfg.train.seed:  # the prefix's MAE is this run
                 run, record = layout.prefix.mae, mae
             else:
                 run = layout.run(method, seed)
