@@ -23,6 +23,7 @@ from semmae import __version__
 from semmae import config as config_lib
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
+from semmae.engine.state import LAST
 from semmae.errors import RunDirError
 from semmae.models.checkpoint import atomic_path
 from semmae.runtime import barrier, is_main
@@ -157,7 +158,7 @@ def _drop_early_logs(path: Path) -> None:
 def has_checkpoint(path: str | Path) -> bool:
     """Whether the run directory ``path`` holds ``checkpoints/last.pt``, i.e. a run ``--resume`` can
     continue (trainers given ``resume=True`` start from scratch, as :func:`prepare_run_dir` logs, when not)."""
-    return (Path(path) / "checkpoints" / "last.pt").is_file()
+    return (Path(path) / LAST).is_file()
 
 
 def config_inputs(cfg: config_lib.Config | None) -> dict[str, str | None]:
