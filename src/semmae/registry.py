@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from semmae.errors import ConfigError
@@ -57,12 +57,6 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Sorted registered names."""
         return sorted(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
 
 MODELS: Registry[Any] = Registry("model", typing.get_args(ModelPreset))

@@ -1,7 +1,7 @@
 """Process-level plumbing: device choice, seeding, autocast, torch.distributed helpers.
 
 Everything here is a no-op or a cheap query in a single CPU process, so library code can call it
-unconditionally. Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) :func:`init_distributed`
+unconditionally. Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) :func:`distributed_session`
 starts a process group: gloo on CPU, nccl on CUDA.
 """
 
@@ -87,9 +87,7 @@ def seeded_global_rngs(seed: int, device: torch.device | None = None) -> Iterato
     py_state, np_state = random.getstate(), np.random.get_state()
     devices = [device] if device is not None and device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_everything(seed)
         try:
             yield
         finally:
@@ -164,19 +162,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_distributed(device: torch.device) -> bool:
-    """Join the torchrun process group if launched by torchrun; returns whether distributed."""
-    if is_distributed():
-        return True
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
-    return True
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -211,8 +196,12 @@ def all_gather_object(obj: object) -> list[object]:
 
 @contextlib.contextmanager
 def distributed_session(device: torch.device) -> Iterator[bool]:
-    """Initialise torch.distributed if under torchrun and tear it down afterwards."""
-    started = not is_distributed() and init_distributed(device)
+    """Join the torchrun process group if launched by torchrun (and not yet in it), leave it afterwards."""
+    started = not is_distributed() and int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if started:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield is_distributed()
     finally:

@@ -168,10 +168,10 @@ def test_stale_temp_files_go_when_a_run_is_resumed(tmp_path: Path) -> None:
 def test_a_write_refused_at_start_is_one_line_and_leaves_nothing(
     tmp_path: Path, capsys, monkeypatch, code: int, needle: str
 ) -> None:
-    def refuse(path: Path, text: str) -> None:
+    def refuse(path: Path) -> None:
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(rundir, "_write_atomic", refuse)
+    monkeypatch.setattr(rundir, "atomic_path", refuse)
     err = _one_line(capsys, ["pretrain", "--out", str(tmp_path / "run"), *TOY], needle)
     assert str(tmp_path / "run") in err
     assert not (tmp_path / "run").exists()  # created by this start, so removed with it

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from semmae.errors import ConfigError, RunDirError
 from semmae.models.encoder import load_encoder
-from semmae.models.export import export_encoder, export_onnx, export_timm, run_export, timm_vit_kwargs
+from semmae.models.export import export_onnx, export_timm, run_export, timm_vit_kwargs
 from semmae.models.vit import build_classifier
 
 
@@ -61,9 +61,7 @@ def test_onnx_export_matches_in_onnxruntime(encoder, tmp_path) -> None:
         assert (torch.from_numpy(out) - encoder.forward_features(x)).abs().max().item() <= 1e-4
 
 
-def test_unknown_format_is_a_config_error(encoder, tmp_path) -> None:
-    with pytest.raises(ConfigError, match="timm, onnx"):
-        export_encoder(encoder, tmp_path / "x", "tflite")
+def test_unknown_format_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="timm, onnx"):
         run_export("random:mae_debug", "torchscript", tmp_path / "x")
 

@@ -59,12 +59,12 @@ def test_hidden_pixels_do_not_leak_into_the_encoder() -> None:
     model = build_mae("mae_debug").eval()
     x = torch.randn(1, 1, 28, 28)
     m = _mask(1, 49)
-    latent = model.forward_encoder(x, m.ids_keep)
+    latent = model.forward_features(x, m.ids_keep)
     x2 = x.clone()
     hidden = int(m.ids_mask[0, 0])
     r, c = divmod(hidden, 7)
     x2[..., r * 4 : (r + 1) * 4, c * 4 : (c + 1) * 4] += 10.0
-    assert torch.equal(latent, model.forward_encoder(x2, m.ids_keep))
+    assert torch.equal(latent, model.forward_features(x2, m.ids_keep))
 
 
 def test_official_mae_state_dict_names() -> None:

@@ -94,25 +94,16 @@ def _run(name: str, args: argparse.Namespace) -> int:
         from semmae.eval.linear import run_linear
 
         result = run_linear(cfg, args.checkpoint, loaded=loaded)
-    elif name == "linear":
+    else:  # a trained probe or a fine-tune: a run directory of its own, stoppable and resumable
+        from semmae.train.finetune import run_finetune
         from semmae.train.linear_probe import run_linear_probe
 
         if not args.out:
             raise ConfigError("eval.linear_protocol=mae trains a probe: pass --out DIR for its run directory")
         check_out(args, cfg, ("the --checkpoint", args.checkpoint))
-        result = run_linear_probe(
-            cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite
-        )
-        command = f"semmae eval linear --checkpoint {args.checkpoint} --out {args.out}"
-        code = stopped_exit_code(result, command)
-        if code is not None:
-            return code
-    else:
-        from semmae.train.finetune import run_finetune
-
-        check_out(args, cfg, ("the --checkpoint", args.checkpoint))
-        result = run_finetune(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
-        command = f"semmae eval finetune --checkpoint {args.checkpoint} --out {args.out}"
+        trainer = run_linear_probe if name == "linear" else run_finetune
+        result = trainer(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
+        command = f"semmae eval {name} --checkpoint {args.checkpoint} --out {args.out}"
         code = stopped_exit_code(result, command)
         if code is not None:
             return code

@@ -51,10 +51,11 @@ class MicroBatch:
     targets: torch.Tensor | None = None
 
 
+@dataclass(eq=False)
 class PretrainBatches:
     """Yields :class:`MicroBatch` objects for one epoch of one rank.
 
-    Args:
+    Attributes:
         dataset: the training images.
         data: augmentation and normalisation settings.
         batch_size: images per micro-batch (per rank).
@@ -66,29 +67,16 @@ class PretrainBatches:
         num_parts: K of the part maps.
     """
 
-    def __init__(
-        self,
-        dataset: ImageSet,
-        data: DataConfig,
-        batch_size: int,
-        seed: int,
-        rank: int,
-        world: int,
-        device: torch.device,
-        part_maps: object | None = None,
-        grid: tuple[int, int] | None = None,
-        num_parts: int | None = None,
-    ) -> None:
-        self.dataset = dataset
-        self.data = data
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world = world
-        self.device = device
-        self.part_maps = part_maps
-        self.grid = grid
-        self.num_parts = num_parts
+    dataset: ImageSet
+    data: DataConfig
+    batch_size: int
+    seed: int
+    rank: int
+    world: int
+    device: torch.device
+    part_maps: object | None = None
+    grid: tuple[int, int] | None = None
+    num_parts: int | None = None
 
     def micro_batches_per_epoch(self) -> int:
         """Full micro-batches each rank sees per epoch (the last partial one is dropped)."""

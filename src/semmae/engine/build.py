@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any
 
 from semmae import runtime
 from semmae.config import Config
@@ -14,27 +13,16 @@ from semmae.models import MaskedAutoencoderViT, build_mae
 from semmae.registry import MASKINGS
 
 
-def model_kwargs(cfg: Config) -> dict[str, Any]:
-    """MAE constructor overrides from ``cfg.model`` plus the data's image size and channels."""
-    m = cfg.model
-    fields = (
-        "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
-        "decoder_depth", "decoder_num_heads", "mlp_ratio",
-    )  # fmt: skip
-    kwargs: dict[str, Any] = {f: getattr(m, f) for f in fields if getattr(m, f) is not None}
-    kwargs.update(img_size=cfg.data.image_size, in_chans=cfg.data.in_chans, norm_pix_loss=m.norm_pix_loss)
-    return kwargs
-
-
 def build_model(cfg: Config) -> MaskedAutoencoderViT:
     """The MAE of ``cfg.model`` sized for ``cfg.data``, compiled when ``cfg.train.compile``.
 
     Raises:
         ConfigError: unknown preset, or a patch size that does not divide the image size.
     """
-    kwargs = model_kwargs(cfg)
+    # Every model field but the preset's name overrides a constructor argument (None keeps the preset's).
+    kwargs = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "name"}
     try:
-        model = build_mae(cfg.model.name, **kwargs)
+        model = build_mae(cfg.model.name, **kwargs, img_size=cfg.data.image_size, in_chans=cfg.data.in_chans)
     except ValueError as exc:
         raise ConfigError(
             f"model {cfg.model.name!r} does not fit data.image_size={cfg.data.image_size}: {exc}"

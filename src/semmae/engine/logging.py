@@ -25,14 +25,11 @@ class MetricsLogger:
     Args:
         run_dir: the run directory; writes ``metrics.jsonl`` and ``tb/`` under it.
         tensorboard: also write TensorBoard event files.
-        filename: name of the JSONL file.
     """
 
-    def __init__(
-        self, run_dir: str | Path, tensorboard: bool = True, filename: str = "metrics.jsonl"
-    ) -> None:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
         self.active = is_main()
-        self.path = Path(run_dir) / filename
+        self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if self.active and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -67,7 +64,7 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl`` file (empty list if it does not exist)."""
+    """All rows of a JSON-lines file such as ``metrics.jsonl`` or ``results.jsonl`` ([] if it does not exist)."""
     p = Path(path)
     if not p.exists():
         return []

@@ -38,19 +38,15 @@ def scaled_lr(base_lr: float, effective_batch: int) -> float:
     return base_lr * effective_batch / 256.0
 
 
-def fused_supported(groups: list[dict[str, Any]]) -> bool:
-    """Whether every parameter is a floating CUDA tensor, where the fused AdamW kernel runs.
+def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``groups``, fused (one kernel for all parameters) on CUDA.
 
-    On CPU PyTorch's default (foreach) stays: the fused CPU kernel rounds differently, and CPU
-    results must not change.
+    The fused kernel runs where every parameter is a floating CUDA tensor. On CPU PyTorch's default
+    (foreach) stays: the fused CPU kernel rounds differently, and CPU results must not change.
     """
     params = [p for g in groups for p in g["params"]]
-    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
-
-
-def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """``torch.optim.AdamW`` over ``groups``, fused (one kernel for all parameters) on CUDA."""
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True if fused_supported(groups) else None)
+    fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True if fused else None)
 
 
 def build_adamw(

@@ -16,17 +16,16 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-
-import yaml
 
 from semmae import __version__
 from semmae import config as config_lib
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
+from semmae.engine.state import LAST
 from semmae.errors import RunDirError
+from semmae.models.checkpoint import atomic_path
 from semmae.runtime import barrier, is_main
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,15 @@ def _known_file(path: Path) -> bool:
     return name.endswith(".json") and _is_part_map_manifest(path)
 
 
+def _stray_file(folder: Path) -> Path | None:
+    """The first entry of a :data:`FILE_DIRS` folder that is not a plain file of its kind or a temp file."""
+    patterns = (*FILE_DIRS[folder.name], TEMP_PATTERN)
+    for sub in sorted(folder.iterdir()):
+        if sub.is_symlink() or not sub.is_file() or not any(fnmatch.fnmatch(sub.name, p) for p in patterns):
+            return sub
+    return None
+
+
 def first_foreign_entry(path: Path) -> Path | None:
     """The first entry under the directory ``path`` that the toolkit does not write, or None.
 
@@ -82,19 +90,15 @@ def first_foreign_entry(path: Path) -> Path | None:
         if entry.is_symlink():
             return entry
         if entry.is_dir():
-            patterns = FILE_DIRS.get(entry.name)
-            if patterns is not None:
-                for sub in sorted(entry.iterdir()):
-                    ok = sub.is_file() and not sub.is_symlink()
-                    if not (ok and any(fnmatch.fnmatch(sub.name, p) for p in (*patterns, TEMP_PATTERN))):
-                        return sub
-                continue
-            if entry.name in STAGE_DIRS or path.name == "runs" or (entry / MARKER).is_file():
+            if entry.name in FILE_DIRS:
+                found = _stray_file(entry)
+            elif entry.name in STAGE_DIRS or path.name == "runs" or (entry / MARKER).is_file():
                 found = first_foreign_entry(entry)
-                if found is not None:
-                    return found
-                continue
-            return entry
+            else:
+                return entry
+            if found is not None:
+                return found
+            continue
         if not (entry.is_file() and _known_file(entry)):
             return entry
     return None
@@ -116,8 +120,7 @@ def _early_log(entry: Path) -> bool:
         return False
     if entry.is_file():
         return entry.name == "metrics.jsonl"
-    patterns = (*FILE_DIRS[entry.name], TEMP_PATTERN)
-    return all(e.is_file() and any(fnmatch.fnmatch(e.name, p) for p in patterns) for e in entry.iterdir())
+    return _stray_file(entry) is None
 
 
 def _only_a_failed_start(path: Path) -> bool:
@@ -155,7 +158,7 @@ def _drop_early_logs(path: Path) -> None:
 def has_checkpoint(path: str | Path) -> bool:
     """Whether the run directory ``path`` holds ``checkpoints/last.pt``, i.e. a run ``--resume`` can
     continue (trainers given ``resume=True`` start from scratch, as :func:`prepare_run_dir` logs, when not)."""
-    return (Path(path) / "checkpoints" / "last.pt").is_file()
+    return (Path(path) / LAST).is_file()
 
 
 def config_inputs(cfg: config_lib.Config | None) -> dict[str, str | None]:
@@ -193,18 +196,6 @@ def check_out_holds_no_inputs(out: str | Path, inputs: Inputs) -> None:
                 f"--out {str(out)!r} holds {what} {os.fspath(spec)!r}, which this command reads; "
                 "--overwrite would delete it: choose another --out"
             )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file and ``os.replace``: never a torn or 0-byte file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def remove_stale_temps(path: Path) -> None:
@@ -263,9 +254,11 @@ def _prepare_locked(
     remove_stale_temps(path)
     if not (path / MARKER).is_file():
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        _write_atomic(path / MARKER, json.dumps({"semmae": __version__, "created": stamp}) + "\n")
+        with atomic_path(path / MARKER) as tmp:
+            tmp.write_text(json.dumps({"semmae": __version__, "created": stamp}) + "\n")
     if cfg is not None and not (resume and not fresh and (path / "config.yaml").exists()):
-        _write_atomic(path / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with atomic_path(path / "config.yaml") as tmp:
+            config_lib.dump(cfg, tmp)
 
 
 def _undo_start(path: Path, exc: BaseException, *, took: bool, lock_existed: bool, created: bool) -> None:

@@ -94,6 +94,11 @@ def check_encoder_fits(encoder: ViTEncoder, image_size: int, in_chans: int) -> N
     raise ConfigError(f"{reason}; set {' '.join(fixes)}")
 
 
+def _is_number(x: Any) -> bool:
+    """A finite int or float (bools, which are ints to Python, are not numbers in a checkpoint)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _key_list(state: dict[str, Any], n: int = 6) -> str:
     keys = list(state)
     more = f", ... ({len(keys)} keys)" if len(keys) > n else ""
@@ -158,19 +163,14 @@ def infer_arch(
     if heads is None:
         heads = _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
     ratio = hidden / dim if hint.get("mlp_ratio") is None else hint["mlp_ratio"]
-    if isinstance(heads, bool) or not isinstance(heads, (int, float)) or heads != int(heads) or heads < 1:
+    if not _is_number(heads) or heads != int(heads) or heads < 1:
         raise CheckpointError(f"checkpoint {where} gives num_heads={heads!r}; it must be a positive integer")
     if dim % int(heads):
         raise CheckpointError(
             f"checkpoint {where} gives num_heads={heads!r}, which does not divide its width {dim}; "
             "correct the head count it records (e.g. timm_kwargs)"
         )
-    if (
-        isinstance(ratio, bool)
-        or not isinstance(ratio, (int, float))
-        or not math.isfinite(ratio)
-        or ratio <= 0
-    ):
+    if not _is_number(ratio) or ratio <= 0:
         raise CheckpointError(f"checkpoint {where} gives mlp_ratio={ratio!r}; it must be a positive number")
     return dict(img_size=side * patch, patch_size=patch, in_chans=chans, embed_dim=dim, depth=depth,
                 num_heads=int(heads), mlp_ratio=float(ratio))  # fmt: skip
@@ -246,9 +246,7 @@ def check_normalization(mean: Any, std: Any, in_chans: int, where: str) -> tuple
     """
 
     def numbers(v: Any) -> bool:
-        return isinstance(v, (list, tuple)) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
-        )
+        return isinstance(v, (list, tuple)) and all(_is_number(x) for x in v)
 
     if (
         not (numbers(mean) and numbers(std))
@@ -340,7 +338,7 @@ def _load_encoder(
         return enc, {**meta, "via": spec}
     enc_state = _encoder_state(state, where)
     enc = _build(enc_state, where, {**hint, **(desc["arch"] or {})}).to(map_location)
-    data = (desc["config"] or {}).get("data") if isinstance(desc["config"], dict) else None
+    data = desc["config"].get("data") if isinstance(desc["config"], dict) else None
     mean, std = default_normalization(enc.in_chans)
     norm = desc.get("norm") or {}
     if norm.get("mean") is not None or norm.get("std") is not None:

@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from semmae import __version__
 from semmae.errors import ConfigError, RunDirError
+from semmae.models.checkpoint import atomic_path
 from semmae.models.encoder import ViTEncoder, load_encoder
 
 log = logging.getLogger(__name__)
@@ -45,13 +41,7 @@ def timm_vit_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
     ``num_classes=0`` keeps the final token norm and no head, so the state dicts match one-to-one.
     """
     return dict(
-        img_size=encoder.img_size,
-        patch_size=encoder.patch_size,
-        in_chans=encoder.in_chans,
-        embed_dim=encoder.embed_dim,
-        depth=encoder.depth,
-        num_heads=encoder.num_heads,
-        mlp_ratio=float(encoder.arch["mlp_ratio"]),
+        **encoder.arch,
         qkv_bias=True,
         class_token=True,
         no_embed_class=False,
@@ -64,20 +54,6 @@ def timm_vit_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
 def encoder_to_timm_state_dict(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
     """The encoder's weights under timm ``VisionTransformer`` names (identical to ours), on CPU."""
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in encoder.state_dict().items()}
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path`` that replaces it only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, Any] | None = None) -> Path:
@@ -100,20 +76,9 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
     }
     meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         save_file(encoder_to_timm_state_dict(encoder), str(tmp), metadata=meta)
     return path
-
-
-class _FeaturesModule(nn.Module):
-    """``forward = encoder.forward_features`` so the exporter traces the features, not a head."""
-
-    def __init__(self, encoder: ViTEncoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_features(images)
 
 
 def export_onnx(encoder: ViTEncoder, path: str | Path, opset: int = 17) -> Path:
@@ -125,17 +90,16 @@ def export_onnx(encoder: ViTEncoder, path: str | Path, opset: int = 17) -> Path:
     import onnx
 
     path = Path(path)
-    module = _FeaturesModule(encoder).eval()
     example = torch.zeros(
         2, encoder.in_chans, encoder.img_size, encoder.img_size, device=next(encoder.parameters()).device
     )
-    with _atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path, suffix=path.suffix) as tmp, torch.no_grad(), warnings.catch_warnings():
         # the shape check in forward_features is a trace-time constant, as intended; the legacy
         # exporter is chosen on purpose (the dynamo one needs onnxscript), so its notice is noise
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            module,
+            encoder.eval(),  # its forward is forward_features
             (example,),
             str(tmp),
             input_names=["images"],
@@ -148,29 +112,9 @@ def export_onnx(encoder: ViTEncoder, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-_EXPORTERS: dict[str, Callable[..., Path]] = {"timm": export_timm, "onnx": export_onnx}
-
-
-def check_format(fmt: str) -> None:
-    """Raises ConfigError unless ``fmt`` is an export format."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-
-
-def export_encoder(
-    encoder: ViTEncoder, path: str | Path, fmt: str, *, metadata: dict[str, Any] | None = None
-) -> Path:
-    """Export in format ``fmt`` (``timm`` or ``onnx``); metadata is stored by the timm format only."""
-    check_format(fmt)
-    if fmt == "timm":
-        return export_timm(encoder, path, metadata=metadata)
-    return export_onnx(encoder, path)
-
-
 @torch.no_grad()
 def export_max_abs_diff(encoder: ViTEncoder, path: str | Path, fmt: str) -> float | None:
     """Max |exported - ours| of ``forward_features`` on two fixed random images (None if untestable)."""
-    check_format(fmt)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, encoder.in_chans, encoder.img_size, encoder.img_size, generator=gen)
     was_training = encoder.training
@@ -212,7 +156,8 @@ def run_export(
     Raises:
         ConfigError: unknown format. RunDirError: ``out`` exists. CheckpointError: bad ``spec``.
     """
-    check_format(fmt)
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise RunDirError(f"output file {str(out)!r} exists; pass --overwrite to replace it")
@@ -220,7 +165,10 @@ def run_export(
         raise RunDirError(f"output path {str(out)!r} is a directory; give a file name")
     encoder, meta = load_encoder(spec)
     extra = {"mean": meta["mean"], "std": meta["std"], "source": meta["source"], "data": meta.get("data")}
-    export_encoder(encoder, out, fmt, metadata=extra)
+    if fmt == "timm":
+        export_timm(encoder, out, metadata=extra)
+    else:  # an ONNX graph has no place for the metadata
+        export_onnx(encoder, out)
     diff = export_max_abs_diff(encoder, out, fmt) if verify else None
     if diff is not None:
         log.info("export %s: max |exported - ours| on random images = %.2e", fmt, diff)

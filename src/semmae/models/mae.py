@@ -10,15 +10,13 @@ supplies the mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from semmae.layers import patchify, sincos_pos_embed_2d, unshuffle_tokens
 from semmae.masking.base import MaskOutput
-from semmae.models.vit_encoder import ViTEncoder
+from semmae.models.vit_encoder import NORM_LAYER, ViTEncoder, vit_blocks
 
 
 @dataclass
@@ -67,7 +65,6 @@ class MaskedAutoencoderViT(ViTEncoder):
         norm_pix_loss: bool = False,
     ) -> None:
         super().__init__(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.norm_pix_loss = norm_pix_loss
         self.arch.update(
             decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
@@ -78,13 +75,8 @@ class MaskedAutoencoderViT(ViTEncoder):
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, self.num_patches + 1, decoder_embed_dim), requires_grad=False
         )
-        self.decoder_blocks = nn.ModuleList(
-            [
-                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-                for _ in range(decoder_depth)
-            ]
-        )
-        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_blocks = vit_blocks(decoder_embed_dim, decoder_num_heads, mlp_ratio, decoder_depth)
+        self.decoder_norm = NORM_LAYER(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
         self.reset_parameters()
 
@@ -96,10 +88,6 @@ class MaskedAutoencoderViT(ViTEncoder):
             dec_dim = self.decoder_pos_embed.shape[-1]
             self.decoder_pos_embed.copy_(sincos_pos_embed_2d(dec_dim, self.grid).unsqueeze(0))
             nn.init.normal_(self.mask_token, std=0.02)
-
-    def forward_encoder(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode the visible patches (all of them when ``ids_keep`` is None): (B, 1 + n_keep, D)."""
-        return self.forward_features(images, ids_keep)
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict every patch's pixels.
@@ -157,6 +145,6 @@ class MaskedAutoencoderViT(ViTEncoder):
             raise ValueError("ids_restore is required when ids_keep is a tensor")
         n_keep = ids_keep.shape[1]
         mask = ids_restore >= n_keep  # positions placed after the kept block are hidden
-        latent = self.forward_encoder(images, ids_keep)
+        latent = self.forward_features(images, ids_keep)
         pred = self.forward_decoder(latent, ids_restore)
         return MAEOutput(loss=self.loss(images, pred, mask), pred=pred, mask=mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from semmae.models.mae import MaskedAutoencoderViT
@@ -33,20 +34,12 @@ def preset(name: str) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _make(name: str):  # noqa: ANN202 - returns a constructor
-    def build(**overrides: Any) -> MaskedAutoencoderViT:
-        kwargs = preset(name)
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return MaskedAutoencoderViT(**kwargs)
-
-    build.__doc__ = f"Build the ``{name}`` MAE; keyword arguments override the preset."
-    return build
+def build_mae(name: str, **overrides: Any) -> MaskedAutoencoderViT:
+    """Build a registered MAE preset with overrides (None values keep the preset)."""
+    kwargs = preset(name)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return MaskedAutoencoderViT(**kwargs)
 
 
 for _name in _PRESETS:
-    MODELS.register(_name)(_make(_name))
-
-
-def build_mae(name: str, **overrides: Any) -> MaskedAutoencoderViT:
-    """Build a registered MAE preset with overrides (None values keep the preset)."""
-    return MODELS.build(name, **overrides)
+    MODELS.register(_name)(partial(build_mae, _name))

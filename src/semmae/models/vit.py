@@ -27,22 +27,6 @@ POOLS = ("avg", "token")
 NO_WEIGHT_DECAY = ("*cls_token", "*mask_token", "*pos_embed", "*dist_token")
 
 
-def classifier_kwargs(
-    encoder: ViTEncoder, num_classes: int, *, global_pool: str, drop_path_rate: float
-) -> dict:
-    """timm ``VisionTransformer`` arguments of the classifier (JSON-serialisable)."""
-    if global_pool not in POOLS:
-        raise ConfigError(f"global pool {global_pool!r} must be one of {', '.join(POOLS)}")
-    if num_classes < 1:
-        raise ConfigError(f"a classifier needs at least one class, got {num_classes}")
-    return {
-        **timm_vit_kwargs(encoder),
-        "num_classes": num_classes,
-        "global_pool": global_pool,
-        "drop_path_rate": drop_path_rate,
-    }
-
-
 def build_classifier(
     encoder: ViTEncoder, num_classes: int, *, global_pool: str = "avg", drop_path_rate: float = 0.1
 ) -> VisionTransformer:
@@ -62,9 +46,16 @@ def build_classifier(
 
     Returns:
         The classifier on the encoder's device, in train mode; ``model(x)`` gives (B, num_classes).
+
+    Raises:
+        ConfigError: an unknown ``global_pool`` or fewer than one class.
     """
-    kwargs = classifier_kwargs(encoder, num_classes, global_pool=global_pool, drop_path_rate=drop_path_rate)
-    model = VisionTransformer(**kwargs)
+    if global_pool not in POOLS:
+        raise ConfigError(f"global pool {global_pool!r} must be one of {', '.join(POOLS)}")
+    if num_classes < 1:
+        raise ConfigError(f"a classifier needs at least one class, got {num_classes}")
+    kwargs = {**timm_vit_kwargs(encoder), "num_classes": num_classes, "global_pool": global_pool}
+    model = VisionTransformer(**kwargs, drop_path_rate=drop_path_rate)
     state = encoder_to_timm_state_dict(encoder)
     if global_pool == "avg":
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}

@@ -18,6 +18,14 @@ from semmae.layers import gather_tokens, sincos_pos_embed_2d
 
 ENCODER_KEYS = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
 ARCH_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+NORM_LAYER = partial(nn.LayerNorm, eps=1e-6)  # the MAE's (and timm's ViT) LayerNorm
+
+
+def vit_blocks(dim: int, num_heads: int, mlp_ratio: float, depth: int) -> nn.ModuleList:
+    """``depth`` timm transformer blocks of width ``dim`` as the MAE uses them (qkv bias, :data:`NORM_LAYER`)."""
+    return nn.ModuleList(
+        [Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=NORM_LAYER) for _ in range(depth)]
+    )
 
 
 class ViTEncoder(nn.Module):
@@ -46,7 +54,6 @@ class ViTEncoder(nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"patch size {patch_size} does not divide image size {img_size}")
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.grid = (img_size // patch_size, img_size // patch_size)
@@ -64,13 +71,8 @@ class ViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # Fixed sin-cos positions as in the MAE (a buffer-like parameter keeps the state-dict name).
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim), requires_grad=False)
-        self.blocks = nn.ModuleList(
-            [
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-                for _ in range(depth)
-            ]
-        )
-        self.norm = norm_layer(embed_dim)
+        self.blocks = vit_blocks(embed_dim, num_heads, mlp_ratio, depth)
+        self.norm = NORM_LAYER(embed_dim)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -123,11 +125,3 @@ class ViTEncoder(nn.Module):
     def from_arch(cls, arch: dict[str, Any]) -> ViTEncoder:
         """Build from an MAE or encoder ``arch`` dict (decoder fields are ignored)."""
         return cls(**{k: arch[k] for k in ARCH_FIELDS if k in arch})
-
-    @classmethod
-    def from_mae(cls, mae: nn.Module) -> ViTEncoder:
-        """The encoder of a :class:`~semmae.models.mae.MaskedAutoencoderViT`, weights copied."""
-        enc = cls.from_arch(mae.arch).to(next(mae.parameters()).device)
-        state = {k: v for k, v in mae.state_dict().items() if k.startswith(ENCODER_KEYS)}
-        enc.load_state_dict(state, strict=True)
-        return enc

@@ -10,64 +10,44 @@ from pathlib import Path
 
 @dataclass
 class Document:
-    """Blocks of a report: headings, paragraphs, tables and images (paths relative to ``root``)."""
+    """Blocks of a report (headings, paragraphs, tables, images), each rendered as it is added both
+    as Markdown (images by their path relative to ``root``) and as HTML (images inlined)."""
 
     root: Path
-    blocks: list[tuple[str, object]] = field(default_factory=list)
+    _md: list[str] = field(default_factory=list, init=False)
+    _html: list[str] = field(default_factory=list, init=False)
 
     def heading(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("h", (level, text)))
+        self._md.append(f"{'#' * level} {text}\n")
+        self._html.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def para(self, text: str) -> None:
-        self.blocks.append(("p", text))
+        self._md.append(f"{text}\n")
+        self._html.append(f"<p>{_inline(text)}</p>")
 
     def table(self, header: list[str], rows: list[list[str]]) -> None:
-        self.blocks.append(("table", (header, rows)))
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        self._md.append("\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows), ""]))
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+        self._html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
 
     def image(self, path: Path | None, caption: str) -> None:
         """Add an image if it exists (missing outputs are left out, not faked)."""
-        if path is not None and Path(path).is_file():
-            self.blocks.append(("img", (Path(path), caption)))
+        if path is None or not Path(path).is_file():
+            return
+        self._md.append(f"![{caption}]({Path(path).relative_to(self.root).as_posix()})\n\n*{caption}*\n")
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        self._html.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
 
     def markdown(self) -> str:
-        out: list[str] = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                level, text = value  # type: ignore[misc]
-                out.append(f"{'#' * level} {text}\n")
-            elif kind == "p":
-                out.append(f"{value}\n")
-            elif kind == "table":
-                header, rows = value  # type: ignore[misc]
-                out.append("| " + " | ".join(header) + " |")
-                out.append("|" + "|".join("---" for _ in header) + "|")
-                out.extend("| " + " | ".join(r) + " |" for r in rows)
-                out.append("")
-            elif kind == "img":
-                path, caption = value  # type: ignore[misc]
-                out.append(f"![{caption}]({path.relative_to(self.root).as_posix()})\n\n*{caption}*\n")
-        return "\n".join(out)
+        return "\n".join(self._md)
 
     def html(self, title: str) -> str:
-        body: list[str] = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                level, text = value  # type: ignore[misc]
-                body.append(f"<h{level}>{html.escape(text)}</h{level}>")
-            elif kind == "p":
-                body.append(f"<p>{_inline(str(value))}</p>")
-            elif kind == "table":
-                header, rows = value  # type: ignore[misc]
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
-            elif kind == "img":
-                path, caption = value  # type: ignore[misc]
-                data = base64.b64encode(path.read_bytes()).decode()
-                body.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-                )
+        body = "".join(self._html)
         style = (
             "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
@@ -77,7 +57,7 @@ class Document:
         )
         return (
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
         )
 
 

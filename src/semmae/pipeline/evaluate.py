@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from semmae.config import Config
-from semmae.engine.logging import append_result
+from semmae.engine.logging import append_result, read_metrics
 from semmae.eval.features import prepare_features
 from semmae.eval.knn import run_knn
 from semmae.eval.linear import run_linear
@@ -43,12 +42,8 @@ def evaluate_encoders(cfg: Config, encoders: dict[str, str], results_file: Path)
     Encoders already present in ``results_file`` (same name and checkpoint) are not evaluated
     again, so an interrupted evaluation stage resumes.
     """
-    done: dict[str, Any] = {}
-    if results_file.is_file():
-        for line in results_file.read_text().splitlines():
-            row = json.loads(line)
-            if encoders.get(row.get("name")) == row.get("checkpoint"):
-                done[row["name"]] = row
+    rows = read_metrics(results_file)
+    done = {row["name"]: row for row in rows if encoders.get(row.get("name")) == row.get("checkpoint")}
     for name, spec in encoders.items():
         if name in done:
             continue

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-STAGES = ("mae", "parts", "export", "semmae", "eval", "report")
+from semmae.names import PipelineStage
+
+STAGES = get_args(PipelineStage)  # in the order they run
 
 
 @dataclass(frozen=True)

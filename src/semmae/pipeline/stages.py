@@ -21,6 +21,7 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import SemmaeError
+from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
 from semmae.pipeline.evaluate import evaluate_encoders
 from semmae.pipeline.layout import STAGES, PipelineLayout, StageDir
@@ -85,19 +86,12 @@ def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
     return record
 
 
-def mae_config(cfg: Config) -> Config:
-    """The baseline: the same recipe with random masking."""
+def with_masking(cfg: Config, name: MaskingName, part_maps: Path | None = None) -> Config:
+    """The same recipe with masking ``name`` (from ``part_maps`` when given): the MAE baseline is
+    ``random``, SemMAE ``semantic`` with the exported maps."""
     out = copy.deepcopy(cfg)
-    out.masking.name = "random"
-    out.masking.parts = None
-    return out
-
-
-def semmae_config(cfg: Config, part_maps: Path) -> Config:
-    """SemMAE: the same recipe, semantic masking from ``part_maps``."""
-    out = copy.deepcopy(cfg)
-    out.masking.name = "semantic"
-    out.masking.parts = str(part_maps)
+    out.masking.name = name
+    out.masking.parts = None if part_maps is None else str(part_maps)
     return out
 
 
@@ -182,10 +176,10 @@ def run_pipeline(
     layout = PipelineLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite))
     wanted = set(cfg.pipeline.stages)
     plan: dict[str, StageFn] = {
-        "mae": pretrain_stage(mae_config(cfg)),
+        "mae": pretrain_stage(with_masking(cfg, "random")),
         "parts": parts_stage(parts_config(cfg, layout.mae.checkpoint)),
         "export": export_stage(layout, cfg),
-        "semmae": pretrain_stage(semmae_config(cfg, layout.part_maps("train"))),
+        "semmae": pretrain_stage(with_masking(cfg, "semantic", layout.part_maps("train"))),
         "eval": _evaluate(cfg, layout),
     }
     records: dict[str, Any] = {}

@@ -16,7 +16,6 @@ one H100/H200-class GPU in about 10 minutes.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import resource
@@ -38,11 +37,11 @@ from semmae.pipeline.layout import PipelineLayout, StageDir, StudyLayout
 from semmae.pipeline.stages import (
     StageFn,
     export_stage,
-    mae_config,
     parts_config,
     parts_stage,
     pretrain_stage,
     run_stage,
+    with_masking,
 )
 from semmae.pipeline.study_report import compare, write_study_report
 from semmae.runtime import provenance
@@ -96,13 +95,11 @@ def cpu_seconds() -> float:
 
 def method_config(cfg: Config, method: str, seed: int, learned: Path, oracle: Path | None) -> Config:
     """The recipe of one (method, seed) run: only masking and seed differ between runs."""
-    out = copy.deepcopy(cfg)
-    out.train.seed = seed
     if method in ("random", "block"):
-        out.masking.name, out.masking.parts = method, None
-        return out
-    out.masking.name = "semantic"
-    out.masking.parts = str(oracle if method == "oracle" else learned)
+        out = with_masking(cfg, method)  # type: ignore[arg-type]
+    else:
+        out = with_masking(cfg, "semantic", oracle if method == "oracle" else learned)
+    out.train.seed = seed
     if SCHEDULES.get(method):
         out.masking.schedule = SCHEDULES[method]  # type: ignore[assignment]
     return out
@@ -174,7 +171,7 @@ def _prefix(
     cfg: Config, prefix: PipelineLayout
 ) -> tuple[dict[str, Any], Path, Path | None, list[dict[str, Any]]]:
     """MAE seed ``train.seed`` → part learner → export → oracle maps: (MAE record, learned maps, oracle, records)."""
-    mae = timed_stage(prefix.mae, "mae", pretrain_stage(mae_config(cfg)))
+    mae = timed_stage(prefix.mae, "mae", pretrain_stage(with_masking(cfg, "random")))
     parts = timed_stage(prefix.parts, "parts", parts_stage(parts_config(cfg, prefix.mae.checkpoint)))
     export = timed_stage(prefix.export, "export", export_stage(prefix, cfg))
     oracle = _oracle_maps(cfg, prefix, export["result"]["train_grid"])
@@ -208,7 +205,7 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
     table: dict[str, Any] = {}
     for seed in cfg.pipeline.seeds:
         for method in [FLOOR, *methods]:
-            if method == "random" and seed == mae_config(cfg).train.seed:
+            if method == "random" and seed == cfg.train.seed:  # the prefix's MAE is this run
                 run, record = layout.prefix.mae, mae
             else:
                 run = layout.run(method, seed)

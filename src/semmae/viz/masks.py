@@ -117,7 +117,7 @@ def mask_overlay_grid(
     grid: tuple[int, int],
     num_parts: int,
     path: str | os.PathLike[str],
-    titles: list[str] | None = None,
+    titles: list[str],
     scale: int = 4,
     alpha: float = 0.5,
 ) -> Path:
@@ -134,7 +134,7 @@ def mask_overlay_grid(
         grid: (h, w) patch grid.
         num_parts: K.
         path: PNG to write (parent folders are created).
-        titles: optional column titles, one per column (1 + len(masks)), drawn above the grid.
+        titles: column titles, one per column (1 + len(masks)), drawn above the grid.
         scale: nearest-neighbour upscaling, so 28-px images stay readable (×4 -> 112 px).
         alpha: weight of the part colour in the visible patches.
 
@@ -145,7 +145,7 @@ def mask_overlay_grid(
     n = images01.shape[0]
     if part_labels.shape != (n, h * w) or any(m.shape != (n, h * w) for m in masks):
         raise ValueError(f"part_labels and masks must be (N, L) = ({n}, {h * w})")
-    if titles is not None and len(titles) != 1 + len(masks):
+    if len(titles) != 1 + len(masks):
         raise ValueError(f"need {1 + len(masks)} titles (parts + one per mask), got {len(titles)}")
     images = to_rgb(images01)
     if scale > 1:
@@ -155,8 +155,6 @@ def mask_overlay_grid(
     panels = [overlay] + [_masked_panel(overlay, labels, m.detach().cpu(), grid, num_parts) for m in masks]
     cols = len(panels)
     tiles = torch.stack(panels, dim=1).reshape(n * cols, 3, *overlay.shape[-2:])  # row-major
-    if titles is None:
-        return save_tiles(tiles, path, cols)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid_img = make_grid(tiles, nrow=cols, padding=_PAD, pad_value=1.0)
