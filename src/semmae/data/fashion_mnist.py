@@ -43,18 +43,6 @@ FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 _HOW_TO_GET = (
     "install it with `apt-get install dataset-fashion-mnist`, set SEMMAE_FASHION_MNIST=DIR, "
     "or pass data.root=DIR"
@@ -181,5 +169,5 @@ def load_fashion_mnist(cfg: DataConfig, split: str) -> ImageSet:
         data, targets = data[: cfg.limit].clone(), targets[: cfg.limit]  # clone: drop the rest
     images = fit_images(data.unsqueeze(1).contiguous(), cfg.image_size, cfg.in_chans)
     return ImageSet(
-        name="fashion_mnist", split=split, classes=list(CLASSES), targets=targets.clone(), images=images
+        name="fashion_mnist", split=split, classes=list(tv.classes), targets=targets.clone(), images=images
     )
