@@ -8,6 +8,7 @@ un-augmented images so that the learner trains on the stored (F, g).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -94,21 +95,13 @@ def check_backbone_fits(backbone: FrozenBackbone, image_size: int, in_chans: int
         )
 
 
-def _load_encoder(spec: str) -> tuple[nn.Module, dict[str, Any]]:
-    return load_encoder(spec, map_location="cpu")
-
-
 def backbone_hash(spec: str) -> str:
     """First 16 hex digits of the sha256 of the backbone file, or of the spec if it is not a file."""
     path = Path(spec)
-    h = hashlib.sha256()
-    if path.is_file():
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    else:
-        h.update(spec.encode())
-    return h.hexdigest()[:16]
+    if not path.is_file():
+        return hashlib.sha256(spec.encode()).hexdigest()[:16]
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def load_backbone(spec: str | None, global_token: str = "cls") -> tuple[FrozenBackbone, dict[str, Any]]:
@@ -130,10 +123,8 @@ def load_backbone(spec: str | None, global_token: str = "cls") -> tuple[FrozenBa
             "config key 'parts.backbone' is not set; point it at an encoder checkpoint, e.g. "
             "parts.backbone=runs/mae/checkpoints/last.pt"
         )
-    encoder, meta = _load_encoder(spec)
-    meta = dict(meta)
-    meta.update(spec=spec, hash=backbone_hash(spec))
-    return FrozenBackbone(encoder, global_token), meta
+    encoder, meta = load_encoder(spec, map_location="cpu")
+    return FrozenBackbone(encoder, global_token), {**meta, "spec": spec, "hash": backbone_hash(spec)}
 
 
 @dataclass
@@ -181,7 +172,7 @@ def compute_feature_cache(
     *,
     device: torch.device,
     dtype: torch.dtype = torch.float16,
-    autocast: Callable[[], Any] | None = None,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> FeatureCache:
     """Run the backbone once over ready-made batches and keep its outputs on CPU.
 
@@ -190,17 +181,14 @@ def compute_feature_cache(
         batches: a callable returning an iterator of ``(images (B, C, H, W) normalised, indices (B,))``.
         device: where the backbone runs.
         dtype: storage dtype of the cache (float16 halves memory; tokens are LayerNorm outputs).
-        autocast: optional context-manager factory (e.g. bf16 autocast).
+        autocast: context-manager factory the backbone runs under (e.g. bf16 autocast).
 
     Returns:
         The :class:`FeatureCache`.
     """
     idx_list, f_list, g_list = [], [], []
     for images, indices in batches():
-        if autocast is not None:
-            with autocast():
-                f, g = backbone(images.to(device))
-        else:
+        with autocast():
             f, g = backbone(images.to(device))
         f_list.append(f.to("cpu", dtype))
         g_list.append(g.to("cpu", dtype))
