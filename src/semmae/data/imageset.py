@@ -167,21 +167,6 @@ class _StreamItems(Dataset):
         return self.source.read(index), self.targets[index], index
 
 
-class PerImagePlan:
-    """A batch sampler of ``(image index, its own value)`` lists from ``(indices (B,), values (B, ...))``.
-
-    Plain Python values, not tensor rows: a tensor sent to a worker is moved to its own
-    shared-memory segment, which costs more than decoding the image.
-    """
-
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
-        for indices, values in self.batches:
-            yield list(zip(indices.tolist(), values.tolist(), strict=True))
-
-
 def worker_batches(
     items: Dataset, batch_sampler: Iterable[list[Any]], *, num_workers: int = 0, pin_memory: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -196,6 +181,23 @@ def worker_batches(
                         generator=torch.Generator())  # fmt: skip
     for first, second, indices in loader:
         yield first, second, indices.long()
+
+
+def per_image_batches(
+    items: Dataset,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`worker_batches` of ``items[(index, value)]``, one per row of ``(indices (B,), values (B, ...))``.
+
+    ``batches`` is consumed lazily (a few batches ahead). The values travel to the workers as plain
+    Python values, not tensor rows: a tensor sent to a worker is moved to its own shared-memory
+    segment, which costs more than decoding the image.
+    """
+    plan = (list(zip(indices.tolist(), values.tolist(), strict=True)) for indices, values in batches)
+    yield from worker_batches(items, plan, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def iterate_batches(
@@ -231,5 +233,4 @@ def iterate_batches(
             yield ds.images[b], ds.targets[b], b
         return
     sampler = BatchSampler(idx.tolist(), batch_size=batch_size, drop_last=drop_last)
-    for images, targets, b in worker_batches(_StreamItems(ds), sampler, num_workers=num_workers):
-        yield images, targets.long(), b
+    yield from worker_batches(_StreamItems(ds), sampler, num_workers=num_workers)  # targets are int64
