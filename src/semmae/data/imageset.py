@@ -53,7 +53,6 @@ class ImageSet:
         part_masks: (N, S, S) uint8 ground-truth part ids (toy_parts only), 0 = background.
         num_gt_parts: number of ground-truth part ids including the background.
         source: the file reader of a streamed set (None when ``images`` is held in memory).
-        num_skipped: unreadable files left out when the set was built (``data.on_corrupt=warn``).
     """
 
     name: str
@@ -64,7 +63,6 @@ class ImageSet:
     part_masks: torch.Tensor | None = None
     num_gt_parts: int | None = None
     source: ImageSource | None = None
-    num_skipped: int = 0
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +188,7 @@ def per_image_batches(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """:func:`worker_batches` of ``items[(index, value)]``, one per row of ``(indices (B,), values (B, ...))``.
+    """:func:`worker_batches` of ``items[(index, value)]``, a row of ``(indices (B,), values (B, ...))`` each.
 
     ``batches`` is consumed lazily (a few batches ahead). The values travel to the workers as plain
     Python values, not tensor rows: a tensor sent to a worker is moved to its own shared-memory
