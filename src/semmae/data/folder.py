@@ -26,12 +26,13 @@ from itertools import compress
 from pathlib import Path
 
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm.auto import tqdm
 
 from semmae.config import DataConfig
 from semmae.data.imageset import ImageSet
-from semmae.data.views import decode_image, eval_view, to_uint8_tensor, train_crop, whole_view
+from semmae.data.views import decode_image, eval_view, train_crop, whole_view
 from semmae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,8 @@ class FileSource:
         if im is None:
             return self._black()
         if self.view == "whole":
-            return to_uint8_tensor(whole_view(im, self.image_size))
-        return to_uint8_tensor(eval_view(im, self.image_size, self.crop_pct))
+            return TF.pil_to_tensor(whole_view(im, self.image_size))
+        return TF.pil_to_tensor(eval_view(im, self.image_size, self.crop_pct))
 
     def read_crop(
         self, index: int, uniforms: Sequence[float], scale: tuple[float, float], ratio: tuple[float, float]
@@ -171,7 +172,7 @@ class FileSource:
         if im is None:
             return self._black(), torch.tensor([0.0, 0.0, 1.0, 1.0])
         crop, box = train_crop(im, uniforms, self.image_size, scale, ratio)
-        return to_uint8_tensor(crop), box
+        return TF.pil_to_tensor(crop), box
 
     def digest_items(self) -> Iterator[bytes]:
         for name, size in zip(self.files, self.sizes, strict=True):
