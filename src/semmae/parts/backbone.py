@@ -32,7 +32,7 @@ class FrozenBackbone(nn.Module):
 
     Args:
         encoder: any module with ``forward_features(images) -> (B, 1 + L, D)`` (CLS first) and
-            attributes ``img_size``, ``patch_size``, ``in_chans``, ``grid``, ``embed_dim``.
+            attributes ``img_size``, ``in_chans``, ``grid``, ``embed_dim``.
         global_token: ``cls`` (the CLS output, as the paper) or ``mean`` of the patch tokens.
 
     Raises:
@@ -46,7 +46,6 @@ class FrozenBackbone(nn.Module):
         self.encoder = encoder
         self.global_token = global_token
         self.img_size = int(encoder.img_size)
-        self.patch_size = int(encoder.patch_size)
         self.in_chans = int(encoder.in_chans)
         self.grid = (int(encoder.grid[0]), int(encoder.grid[1]))
         self.num_patches = self.grid[0] * self.grid[1]
