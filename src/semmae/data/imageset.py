@@ -124,15 +124,13 @@ def fit_images(images: torch.Tensor, image_size: int, in_chans: int) -> torch.Te
     The shorter side is resized to ``image_size`` (bilinear, antialiased), then centre-cropped.
 
     Args:
-        images: (N, C, H, W) or (C, H, W) uint8, C in {1, 3}.
+        images: (N, C, H, W) uint8, C in {1, 3}.
         image_size: S.
         in_chans: 1 or 3.
 
     Returns:
-        (N, in_chans, S, S) or (in_chans, S, S) uint8; the input itself when nothing changes.
+        (N, in_chans, S, S) uint8; the input itself when nothing changes.
     """
-    if images.dim() == 3:
-        return fit_images(images.unsqueeze(0), image_size, in_chans)[0]
     chans, height, width = images.shape[1:]
     if chans not in (1, 3) or in_chans not in (1, 3):
         raise DataError(f"cannot convert {chans}-channel images to data.in_chans={in_chans}; use 1 or 3")
