@@ -104,7 +104,7 @@ def test_lookup_returns_the_right_rows(tmp_path: Path) -> None:
     got = maps.lookup(idx)
     assert got.dtype == torch.uint8 and got.shape == (4, H, W)
     np.testing.assert_array_equal(got.numpy(), labels[[7, 0, 7, 3]])
-    assert len(maps) == N and maps.grid == (H, W) and maps.num_parts == K
+    assert len(maps) == N and maps.manifest.grid == (H, W) and maps.manifest.num_parts == K
 
 
 def test_pickle_reopens_the_memory_map(tmp_path: Path) -> None:
