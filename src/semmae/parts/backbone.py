@@ -145,19 +145,16 @@ class FeatureCache:
         self._lookup = torch.full((int(self.indices.max()) + 1,), -1, dtype=torch.long)
         self._lookup[self.indices] = torch.arange(len(self.indices))
 
-    def rows(self, indices: torch.Tensor) -> torch.Tensor:
-        """Cache rows of dataset ``indices`` (B,) -> (B,) long."""
-        indices = indices.cpu().long()
-        if bool((indices >= len(self._lookup)).any()):
-            raise KeyError("some indices are not in the feature cache")
-        rows = self._lookup[indices]
-        if bool((rows < 0).any()):
-            raise KeyError("some indices are not in the feature cache")
-        return rows
-
     def get(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F (B, L, D), g (B, D)) as float32 on ``device``."""
-        rows = self.rows(indices)
+        """(F (B, L, D), g (B, D)) of dataset ``indices`` (B,) as float32 on ``device``.
+
+        Raises:
+            KeyError: an index has no row in the cache.
+        """
+        indices = indices.cpu().long()
+        rows = self._lookup[indices.clamp_max(len(self._lookup) - 1)]
+        if bool(((indices >= len(self._lookup)) | (rows < 0)).any()):
+            raise KeyError("some indices are not in the feature cache")
         return (
             self.patch_tokens[rows].to(device, torch.float32),
             self.global_tokens[rows].to(device, torch.float32),
