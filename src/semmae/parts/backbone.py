@@ -94,13 +94,20 @@ def check_backbone_fits(backbone: FrozenBackbone, image_size: int, in_chans: int
         )
 
 
+def file_hash(path: str | Path) -> str:
+    """First 16 hex digits of the sha256 of a file."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def backbone_hash(spec: str) -> str:
-    """First 16 hex digits of the sha256 of the backbone file, or of the spec if it is not a file."""
-    path = Path(spec)
-    if not path.is_file():
-        return hashlib.sha256(spec.encode()).hexdigest()[:16]
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    """:func:`file_hash` of the backbone file, or the same digest of the spec if it is not a file."""
+    if Path(spec).is_file():
+        return file_hash(spec)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 def load_backbone(spec: str | None, global_token: str = "cls") -> tuple[FrozenBackbone, dict[str, Any]]:

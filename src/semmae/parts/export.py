@@ -11,7 +11,6 @@ labels one contiguous shard of the split into the same memory-mapped file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from semmae.data.partmaps import PartMapWriter, npy_path, write_part_maps
 from semmae.data.transforms import center_batch, normalize
 from semmae.errors import CheckpointError, RunDirError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict
-from semmae.parts.backbone import FrozenBackbone, load_backbone
+from semmae.parts.backbone import FrozenBackbone, file_hash, load_backbone
 from semmae.parts.labels import maps_to_labels
 from semmae.parts.learner import PartLearner
 from semmae.runtime import (
@@ -42,12 +41,6 @@ from semmae.runtime import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def file_hash(path: str | Path) -> str:
-    """First 16 hex digits of the sha256 of a file."""
-    with Path(path).open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def resolve_checkpoint(run: str | Path) -> Path:
