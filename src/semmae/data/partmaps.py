@@ -112,20 +112,38 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
     return npy_path(path).with_suffix(".json")
 
 
-def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
-    """Write the manifest via a temp file in the same folder and a rename, so it is whole or absent."""
-    target = manifest_path(path)
+def _atomic_write(target: Path, write: Any) -> None:
+    """Write via ``write(fileobj)`` to a temp file in the same folder, then rename over ``target``."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(manifest), f, indent=2)  # the grid tuple becomes a JSON list
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
+    text = json.dumps(asdict(manifest), indent=2) + "\n"  # the grid tuple becomes a JSON list
+    _atomic_write(manifest_path(path), lambda f: f.write(text.encode()))
+
+
+def _make_manifest(
+    num_images: int, grid: tuple[int, int], *, dataset: str, split: str, image_size: int, num_parts: int,
+    fingerprint: str, learner_hash: str | None, source: str,
+) -> PartMapManifest:  # fmt: skip
+    """A new manifest: maps written by this semmae always cover the whole image."""
+    if not 1 <= num_parts <= 256:
+        raise DataError(f"part maps are stored as uint8, so num_parts must be in [1, 256], got {num_parts}")
+    return PartMapManifest(
+        format_version=FORMAT_VERSION, dataset=dataset, split=split, num_images=int(num_images),
+        image_size=int(image_size), grid=(int(grid[0]), int(grid[1])), num_parts=int(num_parts),
+        fingerprint=fingerprint, learner_hash=learner_hash,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), source=source,
+    )  # fmt: skip
 
 
 def _as_uint8_labels(labels: np.ndarray | torch.Tensor, num_parts: int) -> np.ndarray:
@@ -145,7 +163,7 @@ def write_part_maps(
     image_size: int, num_parts: int, fingerprint: str, learner_hash: str | None = None,
     source: str = "learner",
 ) -> PartMapManifest:  # fmt: skip
-    """Write a whole part-map file in one go (array first, manifest last), as :class:`PartMapWriter`.
+    """Write a whole part-map file atomically (array first, manifest last).
 
     Args:
         path: ``NAME.npy`` (``.npy`` appended when missing); the manifest goes to ``NAME.json``.
@@ -158,14 +176,17 @@ def write_part_maps(
     Returns:
         The manifest written.
     """
-    arr = _as_uint8_labels(labels, num_parts)
-    writer = PartMapWriter.create(
-        path, num_images=arr.shape[0], grid=(arr.shape[1], arr.shape[2]), dataset=dataset, split=split,
-        image_size=image_size, num_parts=num_parts, fingerprint=fingerprint, learner_hash=learner_hash,
-        source=source,
+    p = npy_path(path)
+    arr = np.ascontiguousarray(_as_uint8_labels(labels, num_parts))
+    manifest = _make_manifest(
+        arr.shape[0], (arr.shape[1], arr.shape[2]), dataset=dataset, split=split, image_size=image_size,
+        num_parts=num_parts, fingerprint=fingerprint, learner_hash=learner_hash, source=source,
     )  # fmt: skip
-    writer.write(torch.arange(arr.shape[0]), torch.from_numpy(arr))
-    return writer.close()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path(p).unlink(missing_ok=True)  # the old manifest must not vouch for the new array
+    _atomic_write(p, lambda f: np.save(f, arr, allow_pickle=False))
+    _write_manifest(p, manifest)
+    return manifest
 
 
 class PartMapWriter:
@@ -192,14 +213,10 @@ class PartMapWriter:
 
         Collective under torch.distributed: every rank must call it.
         """
-        if not 1 <= num_parts <= 256:
-            raise DataError(f"part maps are stored as uint8: num_parts must be in [1, 256], got {num_parts}")
         p = npy_path(path)
-        manifest = PartMapManifest(  # maps written by this semmae always cover the whole image
-            format_version=FORMAT_VERSION, dataset=dataset, split=split, num_images=int(num_images),
-            image_size=int(image_size), grid=(int(grid[0]), int(grid[1])), num_parts=int(num_parts),
-            fingerprint=fingerprint, learner_hash=learner_hash,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), source=source,
+        manifest = _make_manifest(
+            num_images, grid, dataset=dataset, split=split, image_size=image_size, num_parts=num_parts,
+            fingerprint=fingerprint, learner_hash=learner_hash, source=source,
         )  # fmt: skip
         shape = (manifest.num_images, *manifest.grid)
         if runtime.is_main():
