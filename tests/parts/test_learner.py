@@ -184,6 +184,12 @@ def test_feature_cache_matches_the_backbone(backbone: FrozenBackbone) -> None:
     torch.testing.assert_close(g, g_ref)
     with pytest.raises(KeyError):
         cache.get(torch.tensor([10]), torch.device("cpu"))
+    some = compute_feature_cache(
+        backbone, lambda: iter([(images[[4, 1]], torch.tensor([4, 1]))]), device="cpu"
+    )
+    assert some.get(torch.tensor([1, 4]), "cpu")[0].shape == (2, 49, 32)
+    with pytest.raises(KeyError):  # below the largest cached index, but not cached
+        some.get(torch.tensor([1, 2]), torch.device("cpu"))
 
 
 def test_maps_to_labels() -> None:

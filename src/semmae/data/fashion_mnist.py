@@ -43,18 +43,6 @@ FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 _HOW_TO_GET = (
     "install it with `apt-get install dataset-fashion-mnist`, set SEMMAE_FASHION_MNIST=DIR, "
     "or pass data.root=DIR"
@@ -124,16 +112,16 @@ def torchvision_root(found: dict[str, Path]) -> Path:
     return root
 
 
-def _download(root: Path) -> Path | None:
-    """Download with torchvision into ``root`` when the host answers; None when offline."""
+def _download(root: Path) -> bool:
+    """Download with torchvision into ``root`` when the host answers; False when offline."""
     if not network_available(*DOWNLOAD_HOST):
-        return None
+        return False
     log.info("downloading Fashion-MNIST into %s", root)
     try:
         torchvision.datasets.FashionMNIST(root=str(root), train=True, download=True)
     except Exception as exc:  # noqa: BLE001 - any download failure means: not available
         raise DataError(f"Fashion-MNIST download into {root} failed ({exc}); {_HOW_TO_GET}") from None
-    return root
+    return True
 
 
 def resolve_root(root: str | None) -> Path:
@@ -143,24 +131,18 @@ def resolve_root(root: str | None) -> Path:
         DataError: nothing found and no download possible; the message says how to get it.
     """
     explicit = root or os.environ.get(ENV_VAR) or None
-    if explicit:
-        where = Path(explicit).expanduser()
-        found = find_files(where) if where.is_dir() else None
-        if found:
-            return torchvision_root(found)
-        if where.is_dir() or not where.exists():
-            if _download(where) is not None:
-                return where
-        raise DataError(f"Fashion-MNIST not found: {_HOW_TO_GET} (looked in {where})")
     searched = [DEBIAN_DIR, cache_dir() / "fashion_mnist" / "download"]
+    if explicit:  # the only place looked in, so a typo never falls through to other data
+        searched = [Path(explicit).expanduser()]
     for where in searched:
-        found = find_files(where) if where.is_dir() else None
+        found = find_files(where)
         if found:
             return torchvision_root(found)
-    if _download(searched[-1]) is not None:
-        return searched[-1]
+    target = searched[-1]  # the explicit location, else the download cache; never a file's path
+    if (target.is_dir() or not target.exists()) and _download(target):
+        return target
     looked = ", ".join(str(p) for p in searched)
-    raise DataError(f"Fashion-MNIST not found: {_HOW_TO_GET} (looked in {looked}; no network)")
+    raise DataError(f"Fashion-MNIST not found: {_HOW_TO_GET} (looked in {looked}; no download possible)")
 
 
 def load_fashion_mnist(cfg: DataConfig, split: str) -> ImageSet:
@@ -181,5 +163,5 @@ def load_fashion_mnist(cfg: DataConfig, split: str) -> ImageSet:
         data, targets = data[: cfg.limit].clone(), targets[: cfg.limit]  # clone: drop the rest
     images = fit_images(data.unsqueeze(1).contiguous(), cfg.image_size, cfg.in_chans)
     return ImageSet(
-        name="fashion_mnist", split=split, classes=list(CLASSES), targets=targets.clone(), images=images
+        name="fashion_mnist", split=split, classes=list(tv.classes), targets=targets.clone(), images=images
     )

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from semmae import runtime
 from semmae.config import DataConfig, EvalConfig
-from semmae.data.imageset import ImageSet, PerImagePlan, worker_batches
+from semmae.data.imageset import ImageSet, per_image_batches
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -116,8 +116,6 @@ def iterate_finetune(
     Yields:
         ``(images float (B, C, S, S), targets int64 (B,), indices int64 (B,))``.
     """
-    items = _Items(ds, transform)
-    for images, targets, indices in worker_batches(
-        items, PerImagePlan(batches), num_workers=num_workers, pin_memory=pin_memory
-    ):
-        yield images, targets.long(), indices
+    yield from per_image_batches(
+        _Items(ds, transform), batches, num_workers=num_workers, pin_memory=pin_memory
+    )

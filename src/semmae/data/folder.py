@@ -22,21 +22,22 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import compress
 from pathlib import Path
 
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm.auto import tqdm
 
 from semmae.config import DataConfig
 from semmae.data.imageset import ImageSet
-from semmae.data.views import decode_image, eval_view, to_uint8_tensor, train_crop, whole_view
+from semmae.data.views import decode_image, eval_view, train_crop, whole_view
 from semmae.errors import DataError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CROP_PCT = 0.875
-VIEWS = ("eval", "whole")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TEST_PERMILLE = 100  # share of files (per mille) the path hash sends to "test"
 _ACCEPTED = f"accepted extensions: {' '.join(e[1:] for e in EXTENSIONS)}"
@@ -93,8 +94,7 @@ def _split_files(root: Path, split: str) -> tuple[Path, list[Path], list[int], l
         return base, files, targets, classes
     files, targets, classes = scan_folder(root)
     keep = [in_test_split(f.relative_to(root).as_posix()) == (split == "test") for f in files]
-    files = [f for f, k in zip(files, keep, strict=True) if k]
-    targets = [t for t, k in zip(targets, keep, strict=True) if k]
+    files, targets = list(compress(files, keep)), list(compress(targets, keep))
     return root, files, targets, classes
 
 
@@ -151,8 +151,8 @@ class FileSource:
         if im is None:
             return self._black()
         if self.view == "whole":
-            return to_uint8_tensor(whole_view(im, self.image_size))
-        return to_uint8_tensor(eval_view(im, self.image_size, self.crop_pct))
+            return TF.pil_to_tensor(whole_view(im, self.image_size))
+        return TF.pil_to_tensor(eval_view(im, self.image_size, self.crop_pct))
 
     def read_crop(
         self, index: int, uniforms: Sequence[float], scale: tuple[float, float], ratio: tuple[float, float]
@@ -172,7 +172,7 @@ class FileSource:
         if im is None:
             return self._black(), torch.tensor([0.0, 0.0, 1.0, 1.0])
         crop, box = train_crop(im, uniforms, self.image_size, scale, ratio)
-        return to_uint8_tensor(crop), box
+        return TF.pil_to_tensor(crop), box
 
     def digest_items(self) -> Iterator[bytes]:
         for name, size in zip(self.files, self.sizes, strict=True):
@@ -237,14 +237,12 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
         )
     if cfg.limit is not None:
         files, targets = files[: cfg.limit], targets[: cfg.limit]
-    keep = torch.tensor(_verify_headers(files, cfg.on_corrupt), dtype=torch.bool)
-    skipped = int((~keep).sum())
-    if skipped:
-        log.warning("skipped %d unreadable image(s) in %s", skipped, base)
-    if not bool(keep.any()):
+    keep = _verify_headers(files, cfg.on_corrupt)
+    if not all(keep):
+        log.warning("skipped %d unreadable image(s) in %s", keep.count(False), base)
+    if not any(keep):
         raise DataError(f"no readable images for split {split!r} in {root}; check the files ({_ACCEPTED})")
-    target_t = torch.tensor(targets, dtype=torch.int64)[keep]
-    kept = [f for f, k in zip(files, keep.tolist(), strict=True) if k]
+    kept = list(compress(files, keep))
     source = FileSource(
         base=base,
         files=[f.relative_to(base).as_posix() for f in kept],
@@ -254,4 +252,5 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
         on_corrupt=cfg.on_corrupt,
         crop_pct=folder_crop_pct(cfg),
     )
-    return ImageSet("image_folder", split, classes, target_t, None, source=source, num_skipped=skipped)
+    targets_t = torch.tensor(list(compress(targets, keep)), dtype=torch.int64)
+    return ImageSet("image_folder", split, classes, targets_t, None, source=source)

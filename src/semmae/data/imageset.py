@@ -53,7 +53,6 @@ class ImageSet:
         part_masks: (N, S, S) uint8 ground-truth part ids (toy_parts only), 0 = background.
         num_gt_parts: number of ground-truth part ids including the background.
         source: the file reader of a streamed set (None when ``images`` is held in memory).
-        num_skipped: unreadable files left out when the set was built (``data.on_corrupt=warn``).
     """
 
     name: str
@@ -64,7 +63,6 @@ class ImageSet:
     part_masks: torch.Tensor | None = None
     num_gt_parts: int | None = None
     source: ImageSource | None = None
-    num_skipped: int = 0
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -126,15 +124,13 @@ def fit_images(images: torch.Tensor, image_size: int, in_chans: int) -> torch.Te
     The shorter side is resized to ``image_size`` (bilinear, antialiased), then centre-cropped.
 
     Args:
-        images: (N, C, H, W) or (C, H, W) uint8, C in {1, 3}.
+        images: (N, C, H, W) uint8, C in {1, 3}.
         image_size: S.
         in_chans: 1 or 3.
 
     Returns:
-        (N, in_chans, S, S) or (in_chans, S, S) uint8; the input itself when nothing changes.
+        (N, in_chans, S, S) uint8; the input itself when nothing changes.
     """
-    if images.dim() == 3:
-        return fit_images(images.unsqueeze(0), image_size, in_chans)[0]
     chans, height, width = images.shape[1:]
     if chans not in (1, 3) or in_chans not in (1, 3):
         raise DataError(f"cannot convert {chans}-channel images to data.in_chans={in_chans}; use 1 or 3")
@@ -167,21 +163,6 @@ class _StreamItems(Dataset):
         return self.source.read(index), self.targets[index], index
 
 
-class PerImagePlan:
-    """A batch sampler of ``(image index, its own value)`` lists from ``(indices (B,), values (B, ...))``.
-
-    Plain Python values, not tensor rows: a tensor sent to a worker is moved to its own
-    shared-memory segment, which costs more than decoding the image.
-    """
-
-    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
-        for indices, values in self.batches:
-            yield list(zip(indices.tolist(), values.tolist(), strict=True))
-
-
 def worker_batches(
     items: Dataset, batch_sampler: Iterable[list[Any]], *, num_workers: int = 0, pin_memory: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -196,6 +177,23 @@ def worker_batches(
                         generator=torch.Generator())  # fmt: skip
     for first, second, indices in loader:
         yield first, second, indices.long()
+
+
+def per_image_batches(
+    items: Dataset,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`worker_batches` of ``items[(index, value)]``, a row of ``(indices (B,), values (B, ...))`` each.
+
+    ``batches`` is consumed lazily (a few batches ahead). The values travel to the workers as plain
+    Python values, not tensor rows: a tensor sent to a worker is moved to its own shared-memory
+    segment, which costs more than decoding the image.
+    """
+    plan = (list(zip(indices.tolist(), values.tolist(), strict=True)) for indices, values in batches)
+    yield from worker_batches(items, plan, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def iterate_batches(
@@ -231,5 +229,4 @@ def iterate_batches(
             yield ds.images[b], ds.targets[b], b
         return
     sampler = BatchSampler(idx.tolist(), batch_size=batch_size, drop_last=drop_last)
-    for images, targets, b in worker_batches(_StreamItems(ds), sampler, num_workers=num_workers):
-        yield images, targets.long(), b
+    yield from worker_batches(_StreamItems(ds), sampler, num_workers=num_workers)  # targets are int64

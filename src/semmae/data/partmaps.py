@@ -4,9 +4,7 @@ A part-map file is a pair:
 
 * ``NAME.npy``: a uint8 array (N, h, w), the part label of every patch of every image of one split,
   in the dataset's image order; memory-mappable, so ImageNet-sized maps are not read into memory;
-* ``NAME.json``: its manifest (``format_version``, ``dataset``, ``split``, ``num_images``,
-  ``image_size``, ``grid``, ``num_parts``, ``fingerprint``, ``learner_hash``, ``created``,
-  ``source``, ``view``).
+* ``NAME.json``: its manifest, the fields of :class:`PartMapManifest`.
 
 A map describes the WHOLE image in normalised coordinates (``view: "whole"``): stage 1 labels
 each image resized to ``image_size`` x ``image_size`` with its aspect ratio ignored (sets stored at
@@ -73,11 +71,6 @@ class PartMapManifest:
     source: str
     view: str = "whole"
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["grid"] = list(self.grid)
-        return d
-
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> PartMapManifest:
         """Parse a manifest dict; ``where`` names the file in error messages."""
@@ -134,7 +127,7 @@ def _atomic_write(target: Path, write: Any) -> None:
 
 
 def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
-    text = json.dumps(manifest.to_dict(), indent=2) + "\n"
+    text = json.dumps(asdict(manifest), indent=2) + "\n"  # the grid tuple becomes a JSON list
     _atomic_write(manifest_path(path), lambda f: f.write(text.encode()))
 
 
@@ -272,15 +265,7 @@ class PartMaps:
 
     labels: np.ndarray
     manifest: PartMapManifest
-    path: Path | None = None
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.manifest.grid
-
-    @property
-    def num_parts(self) -> int:
-        return self.manifest.num_parts
+    path: Path
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -292,15 +277,11 @@ class PartMaps:
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickling a memmap copies the whole array; re-open it from the path instead.
-        state = dict(self.__dict__)
-        if self.path is not None:
-            state["labels"] = None
-        return state
+        return {**self.__dict__, "labels": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if self.labels is None and self.path is not None:
-            self.labels = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self.labels = np.load(self.path, mmap_mode="r", allow_pickle=False)
 
 
 def _read_manifest(p: Path) -> PartMapManifest:

@@ -58,10 +58,10 @@ from semmae.data.imageset import ImageSet
 from semmae.data.synthetic import (
     BOX,
     ELLIPSE,
+    draw_and_render,
     inside_shape,
     pixel_grid,
     plane_wave,
-    render_in_chunks,
     split_seed,
     to_uint8,
     toy_set,
@@ -70,7 +70,6 @@ from semmae.data.synthetic import (
 
 PARTS = 3  # foreground parts per image
 NUM_PARTS = PARTS + 1  # part ids with the background
-PART_NAMES = ["background", "disc", "square", "triangle"]
 # LINES[k]: the three grid cells (row-major, 0..8) of class k's line.
 LINES = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8], [0, 3, 6], [1, 4, 7], [2, 5, 8], [0, 4, 8], [2, 4, 6]])
 CLASSES = ["top row", "middle row", "bottom row", "left column", "middle column", "right column",
@@ -160,11 +159,7 @@ def make_toy_relations(
         0..7 (the line, :data:`LINES`), uint8 (N, S, S) part ids in 0..3, and int64 (N, 3) the
         grid cells of the disc, the square and the triangle.
     """
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-    gen = torch.Generator().manual_seed(seed)
-    params = _draw_params(n, in_chans, gen)
-    images, masks = render_in_chunks(params, n, image_size, in_chans, _render, gen)
+    params, images, masks = draw_and_render(n, image_size, in_chans, seed, _draw_params, _render)
     return images, params["cls"].clone(), masks, params["cells"].clone()
 
 

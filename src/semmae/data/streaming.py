@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from semmae.data.imageset import ImageSet, PerImagePlan, worker_batches
+from semmae.data.imageset import ImageSet, per_image_batches
 
 
 class _CropItems(Dataset):
@@ -58,6 +58,6 @@ def iterate_crops(
         ``(crops uint8 (B, C, S, S), boxes float32 (B, 4), indices int64 (B,))``; a box is
         ``(top, left, h, w)`` as fractions of its image's height and width.
     """
-    yield from worker_batches(
-        _CropItems(ds, scale, ratio), PerImagePlan(batches), num_workers=num_workers, pin_memory=pin_memory
+    yield from per_image_batches(
+        _CropItems(ds, scale, ratio), batches, num_workers=num_workers, pin_memory=pin_memory
     )

@@ -29,7 +29,6 @@ from semmae.config import DataConfig
 from semmae.data.imageset import ImageSet
 
 NUM_PARTS = 4
-PART_NAMES = ["background", "body", "head", "limbs"]
 CLASSES = ["figure", "robot", "cheer", "animal"]
 BASE_SEED = 20220621
 _PIXELS_PER_CHUNK = 1 << 17  # image pixels per render pass: small scratch tensors stay in cache
@@ -205,11 +204,7 @@ def make_toy_parts(
         ``(images, targets, part_masks, num_gt_parts)``: uint8 (N, C, S, S), int64 (N,) class ids
         in 0..3, uint8 (N, S, S) part ids in 0..3, and 4.
     """
-    if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-    gen = torch.Generator().manual_seed(seed)
-    params = _draw_params(n, in_chans, gen)
-    images, masks = render_in_chunks(params, n, image_size, in_chans, _render, gen)
+    params, images, masks = draw_and_render(n, image_size, in_chans, seed, _draw_params, _render)
     return images, params["cls"].clone(), masks, NUM_PARTS
 
 
@@ -220,19 +215,26 @@ def pixel_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def render_in_chunks(
-    params: dict[str, torch.Tensor],
+def draw_and_render(
     n: int,
     image_size: int,
     in_chans: int,
+    seed: int,
+    draw: Callable[[int, int, torch.Generator], dict[str, torch.Tensor]],
     render: Callable[[dict[str, torch.Tensor], int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
-    gen: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render ``n`` images' parameters (first dim n) a chunk at a time, so scratch tensors stay small.
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Draw ``n`` images' parameters from ``seed``, then render them a chunk at a time.
+
+    Every parameter is drawn up front (first dim n), then the pixel noise chunk by chunk from the
+    same generator; chunks keep the scratch tensors small.
 
     Returns:
-        ``(images uint8 (n, C, S, S), part masks uint8 (n, S, S))``.
+        ``(params, images uint8 (n, C, S, S), part masks uint8 (n, S, S))``.
     """
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    gen = torch.Generator().manual_seed(seed)
+    params = draw(n, in_chans, gen)
     chunk = max(1, _PIXELS_PER_CHUNK // (image_size * image_size))
     images = [torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)]
     masks = [torch.empty(0, image_size, image_size, dtype=torch.uint8)]
@@ -242,7 +244,7 @@ def render_in_chunks(
         )
         images.append(img)
         masks.append(mask)
-    return torch.cat(images), torch.cat(masks)
+    return params, torch.cat(images), torch.cat(masks)
 
 
 def split_seed(split: str) -> int:

@@ -81,21 +81,15 @@ class _LocalSTL10(STL10):
 @dataclass(frozen=True)
 class _Spec:
     title: str
-    stock: type
-    folder: str
-    url: str
+    stock: type  # the torchvision class: its base_folder, url and file lists are used
     default_classes: tuple[str, ...] = ()
 
 
 _SPECS = {
-    "cifar10": _Spec("CIFAR-10", CIFAR10, CIFAR10.base_folder, CIFAR10.url),
-    "cifar100": _Spec("CIFAR-100", CIFAR100, CIFAR100.base_folder, CIFAR100.url),
+    "cifar10": _Spec("CIFAR-10", CIFAR10),
+    "cifar100": _Spec("CIFAR-100", CIFAR100),
     "stl10": _Spec(
-        "STL-10",
-        STL10,
-        STL10.base_folder,
-        STL10.url,
-        ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
+        "STL-10", STL10, ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
     ),
 }
 
@@ -122,12 +116,11 @@ def _read(spec: _Spec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tens
 
 def _download(spec: _Spec, root: Path, split: str) -> None:
     """Fetch the archive with torchvision (MD5-checked), or say where to put the files when offline."""
-    host = spec.url.split("/")[2]
-    port = 443 if spec.url.startswith("https") else 80
-    if not network_available(host, port):
+    url = spec.stock.url
+    if not network_available(url.split("/")[2], 443 if url.startswith("https") else 80):
         raise DataError(
-            f"{spec.title} not found in {root / spec.folder} (offline): download {spec.url} and extract "
-            f"it into {root}, or pass data.root=DIR of an extracted copy"
+            f"{spec.title} not found in {root / spec.stock.base_folder} (offline): download {url} and "
+            f"extract it into {root}, or pass data.root=DIR of an extracted copy"
         )
     log.info("downloading %s into %s", spec.title, root)
     try:
@@ -146,6 +139,7 @@ def load_torchvision_set(cfg: DataConfig, split: str) -> ImageSet:
     """
     spec = _SPECS[cfg.name]
     root = Path(cfg.root).expanduser() if cfg.root else cache_dir() / cfg.name
+    folder = root / spec.stock.base_folder
     for attempt in range(2):
         try:
             images, targets, classes = _read(spec, root, split)
@@ -153,13 +147,12 @@ def load_torchvision_set(cfg: DataConfig, split: str) -> ImageSet:
         except RuntimeError:  # torchvision's "not found"
             if attempt:
                 raise DataError(
-                    f"{spec.title} files in {root / spec.folder} are incomplete; re-extract {spec.url}"
+                    f"{spec.title} files in {folder} are incomplete; re-extract {spec.stock.url}"
                 ) from None
             _download(spec, root, split)
         except Exception as exc:  # noqa: BLE001 - corrupt pickles/binaries raise many types
             raise DataError(
-                f"{spec.title} files in {root / spec.folder} are unreadable ({exc}); "
-                "replace them with a fresh copy"
+                f"{spec.title} files in {folder} are unreadable ({exc}); replace them with a fresh copy"
             ) from None
     if cfg.limit is not None:
         images, targets = images[: cfg.limit].clone(), targets[: cfg.limit].clone()

@@ -65,12 +65,6 @@ def decode_image(path: Path, in_chans: int) -> Image.Image:
         return im.convert(mode)
 
 
-def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
-    """A PIL ``L``/``RGB`` image as a uint8 (C, H, W) tensor."""
-    t = torch.from_numpy(np.array(im, dtype=np.uint8))
-    return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
-
-
 def eval_view(im: Image.Image, size: int, crop_pct: float) -> Image.Image:
     """Short side to ``floor(size / crop_pct)`` (bicubic), then the centre ``size x size``.
 

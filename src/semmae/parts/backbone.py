@@ -8,6 +8,7 @@ un-augmented images so that the learner trains on the stored (F, g).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -31,7 +32,7 @@ class FrozenBackbone(nn.Module):
 
     Args:
         encoder: any module with ``forward_features(images) -> (B, 1 + L, D)`` (CLS first) and
-            attributes ``img_size``, ``patch_size``, ``in_chans``, ``grid``, ``embed_dim``.
+            attributes ``img_size``, ``in_chans``, ``grid``, ``embed_dim``.
         global_token: ``cls`` (the CLS output, as the paper) or ``mean`` of the patch tokens.
 
     Raises:
@@ -45,7 +46,6 @@ class FrozenBackbone(nn.Module):
         self.encoder = encoder
         self.global_token = global_token
         self.img_size = int(encoder.img_size)
-        self.patch_size = int(encoder.patch_size)
         self.in_chans = int(encoder.in_chans)
         self.grid = (int(encoder.grid[0]), int(encoder.grid[1]))
         self.num_patches = self.grid[0] * self.grid[1]
@@ -94,21 +94,20 @@ def check_backbone_fits(backbone: FrozenBackbone, image_size: int, in_chans: int
         )
 
 
-def _load_encoder(spec: str) -> tuple[nn.Module, dict[str, Any]]:
-    return load_encoder(spec, map_location="cpu")
+def file_hash(path: str | Path) -> str:
+    """First 16 hex digits of the sha256 of a file."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def backbone_hash(spec: str) -> str:
-    """First 16 hex digits of the sha256 of the backbone file, or of the spec if it is not a file."""
-    path = Path(spec)
-    h = hashlib.sha256()
-    if path.is_file():
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    else:
-        h.update(spec.encode())
-    return h.hexdigest()[:16]
+    """:func:`file_hash` of the backbone file, or the same digest of the spec if it is not a file."""
+    if Path(spec).is_file():
+        return file_hash(spec)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 def load_backbone(spec: str | None, global_token: str = "cls") -> tuple[FrozenBackbone, dict[str, Any]]:
@@ -130,10 +129,8 @@ def load_backbone(spec: str | None, global_token: str = "cls") -> tuple[FrozenBa
             "config key 'parts.backbone' is not set; point it at an encoder checkpoint, e.g. "
             "parts.backbone=runs/mae/checkpoints/last.pt"
         )
-    encoder, meta = _load_encoder(spec)
-    meta = dict(meta)
-    meta.update(spec=spec, hash=backbone_hash(spec))
-    return FrozenBackbone(encoder, global_token), meta
+    encoder, meta = load_encoder(spec, map_location="cpu")
+    return FrozenBackbone(encoder, global_token), {**meta, "spec": spec, "hash": backbone_hash(spec)}
 
 
 @dataclass
@@ -155,19 +152,16 @@ class FeatureCache:
         self._lookup = torch.full((int(self.indices.max()) + 1,), -1, dtype=torch.long)
         self._lookup[self.indices] = torch.arange(len(self.indices))
 
-    def rows(self, indices: torch.Tensor) -> torch.Tensor:
-        """Cache rows of dataset ``indices`` (B,) -> (B,) long."""
-        indices = indices.cpu().long()
-        if bool((indices >= len(self._lookup)).any()):
-            raise KeyError("some indices are not in the feature cache")
-        rows = self._lookup[indices]
-        if bool((rows < 0).any()):
-            raise KeyError("some indices are not in the feature cache")
-        return rows
-
     def get(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F (B, L, D), g (B, D)) as float32 on ``device``."""
-        rows = self.rows(indices)
+        """(F (B, L, D), g (B, D)) of dataset ``indices`` (B,) as float32 on ``device``.
+
+        Raises:
+            KeyError: an index has no row in the cache.
+        """
+        indices = indices.cpu().long()
+        rows = self._lookup[indices.clamp_max(len(self._lookup) - 1)]
+        if bool(((indices >= len(self._lookup)) | (rows < 0)).any()):
+            raise KeyError("some indices are not in the feature cache")
         return (
             self.patch_tokens[rows].to(device, torch.float32),
             self.global_tokens[rows].to(device, torch.float32),
@@ -181,7 +175,7 @@ def compute_feature_cache(
     *,
     device: torch.device,
     dtype: torch.dtype = torch.float16,
-    autocast: Callable[[], Any] | None = None,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> FeatureCache:
     """Run the backbone once over ready-made batches and keep its outputs on CPU.
 
@@ -190,17 +184,14 @@ def compute_feature_cache(
         batches: a callable returning an iterator of ``(images (B, C, H, W) normalised, indices (B,))``.
         device: where the backbone runs.
         dtype: storage dtype of the cache (float16 halves memory; tokens are LayerNorm outputs).
-        autocast: optional context-manager factory (e.g. bf16 autocast).
+        autocast: context-manager factory the backbone runs under (e.g. bf16 autocast).
 
     Returns:
         The :class:`FeatureCache`.
     """
     idx_list, f_list, g_list = [], [], []
     for images, indices in batches():
-        if autocast is not None:
-            with autocast():
-                f, g = backbone(images.to(device))
-        else:
+        with autocast():
             f, g = backbone(images.to(device))
         f_list.append(f.to("cpu", dtype))
         g_list.append(g.to("cpu", dtype))

@@ -53,7 +53,7 @@ class StyleBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: str | None) -> None:
         super().__init__()
-        self.upsample = upsample
+        self.up = nn.Identity() if upsample is None else nn.Upsample(scale_factor=2.0, mode=upsample)
         # Replicate padding: zero padding would leak "distance to the border" into the output,
         # a position cue that does not come from the maps.
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, padding_mode="replicate")
@@ -62,11 +62,7 @@ class StyleBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """(B, in_ch, H, W), style (B, style_dim) -> (B, out_ch, H', W'), H' = 2H when upsampling."""
-        if self.upsample == "nearest":
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        elif self.upsample == "bilinear":
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.act(self.adain(self.conv(x), w))
+        return self.act(self.adain(self.conv(self.up(x)), w))
 
 
 def num_upsamplings(grid_side: int, image_size: int) -> int:

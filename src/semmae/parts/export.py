@@ -11,7 +11,6 @@ labels one contiguous shard of the split into the same memory-mapped file.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +25,9 @@ from semmae.data.folder import whole_image_view
 from semmae.data.oracle import part_maps_from_masks
 from semmae.data.partmaps import PartMapWriter, npy_path, write_part_maps
 from semmae.data.transforms import center_batch, normalize
-from semmae.errors import CheckpointError, ConfigError, RunDirError
+from semmae.errors import CheckpointError, RunDirError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict
-from semmae.parts.backbone import FrozenBackbone, load_backbone
+from semmae.parts.backbone import FrozenBackbone, file_hash, load_backbone
 from semmae.parts.labels import maps_to_labels
 from semmae.parts.learner import PartLearner
 from semmae.runtime import (
@@ -42,15 +41,6 @@ from semmae.runtime import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def file_hash(path: str | Path) -> str:
-    """First 16 hex digits of the sha256 of a file."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def resolve_checkpoint(run: str | Path) -> Path:
@@ -159,12 +149,8 @@ def iter_labels(
     bar.close()
 
 
-def _exists(out_path: str | Path) -> bool:
-    return npy_path(out_path).exists()
-
-
-def _refuse_existing(out_path: str | Path, overwrite: bool, exists: object = None) -> None:
-    if (_exists(out_path) if exists is None else exists) and not overwrite:
+def _refuse_existing(out_path: str | Path, overwrite: bool, exists: bool) -> None:
+    if exists and not overwrite:
         raise RunDirError(f"part-map file {str(out_path)!r} exists; pass --overwrite to replace it")
 
 
@@ -205,7 +191,7 @@ def export_part_maps(
     dev = resolve_device(device)
     with distributed_session(dev):
         # Rank 0's view decides, so no rank sees the file another rank has just created.
-        _refuse_existing(out_path, overwrite, exists=broadcast_object(_exists(out_path)))
+        _refuse_existing(out_path, overwrite, broadcast_object(npy_path(out_path).exists()))
         learner, backbone, ckpt, ckpt_path = load_part_learner(run_dir, dev)
         cfg = config_lib.from_dict(ckpt["config"])
         ds = whole_image_view(build_dataset(cfg.data, split))
@@ -248,15 +234,11 @@ def maps_from_masks(
         The manifest written.
 
     Raises:
-        ConfigError: the dataset has no part masks, or the grid is out of range.
+        DataError: the dataset has no part masks, or the grid is out of range.
         RunDirError: ``out_path`` exists and ``overwrite`` is False.
     """
-    _refuse_existing(out_path, overwrite)
+    _refuse_existing(out_path, overwrite, npy_path(out_path).exists())
     ds = build_dataset(cfg.data, split)
-    if ds.part_masks is None or ds.num_gt_parts is None:
-        raise ConfigError(f"dataset {ds.name!r} has no ground-truth part masks; use data.name=toy_parts")
-    if not 1 <= grid <= ds.image_size:
-        raise ConfigError(f"--grid {grid} must be between 1 and the image size {ds.image_size}")
     labels = part_maps_from_masks(ds, (grid, grid))
     return write_part_maps(
         out_path, labels, dataset=ds.name, split=split, image_size=ds.image_size,

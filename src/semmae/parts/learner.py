@@ -166,24 +166,16 @@ class PartLearner(nn.Module):
         """Current temperature (scalar tensor)."""
         return self.log_tau.exp().clamp_min(self.tau_min)
 
-    def part_tokens(self, global_token: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> Q (B, K, D)."""
-        return self.part_mlp(global_token).view(-1, self.num_parts, self.embed_dim)
-
     def part_cosine(self, patch_tokens: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
-        """Cosines (B, K, h, w) = cos(Q_k, F_l), F centred per image when ``center_tokens``."""
+        """Cosines (B, K, h, w) = cos(Q_k, F_l), Q = MLP(g) (B, K, D), F centred if ``center_tokens``."""
         b, length, _ = patch_tokens.shape
         if length != self.grid[0] * self.grid[1]:
             raise ValueError(f"expected {self.grid[0] * self.grid[1]} patch tokens, got {length}")
-        q = F.normalize(self.part_tokens(global_token), dim=-1)
+        q = F.normalize(self.part_mlp(global_token).view(b, self.num_parts, self.embed_dim), dim=-1)
         if self.center_tokens:
             patch_tokens = patch_tokens - patch_tokens.mean(dim=1, keepdim=True)
         f = F.normalize(patch_tokens, dim=-1)
         return torch.einsum("bkd,bld->bkl", q, f).view(b, self.num_parts, *self.grid)
-
-    def part_logits(self, patch_tokens: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
-        """Correlations S (B, K, h, w) = cos(Q_k, F_l) / tau."""
-        return self.part_cosine(patch_tokens, global_token) / self.tau
 
     def forward(self, patch_tokens: torch.Tensor, global_token: torch.Tensor) -> PartOutput:
         """Part maps and reconstruction.
@@ -195,7 +187,7 @@ class PartLearner(nn.Module):
         Returns:
             :class:`PartOutput`.
         """
-        logits = self.part_logits(patch_tokens, global_token)
+        logits = self.part_cosine(patch_tokens, global_token) / self.tau
         maps_raw = logits.float().softmax(dim=1).to(logits.dtype)
         decoded = maps_raw
         if self.straight_through:
