@@ -21,12 +21,12 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torchvision
 
+from semmae.atomic import atomic_path
 from semmae.config import DataConfig
 from semmae.data.cache import cache_dir, network_available
 from semmae.data.imageset import ImageSet, fit_images
@@ -64,23 +64,19 @@ def find_files(directory: Path) -> dict[str, Path] | None:
 
 
 def _atomic_write(dest: Path, src: Path) -> None:
-    """Decompress (``.gz``) or link/copy ``src`` to ``dest`` via a temporary file and a rename."""
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    tmp = Path(tmp_name)
+    """Decompress (``.gz``) or link/copy ``src`` to ``dest`` atomically."""
     try:
-        if src.suffix == ".gz":
-            with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, length=1 << 20)
-        else:
-            os.close(fd)
-            tmp.unlink()
-            try:
-                tmp.symlink_to(src.resolve())
-            except OSError:  # filesystems without symlinks
-                shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            if src.suffix == ".gz":
+                with open(tmp, "wb") as out, gzip.open(src, "rb") as inp:
+                    shutil.copyfileobj(inp, out, length=1 << 20)
+            else:
+                tmp.unlink()
+                try:
+                    tmp.symlink_to(src.resolve())
+                except OSError:  # filesystems without symlinks
+                    shutil.copyfile(src, tmp)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"cannot unpack Fashion-MNIST file {src} into {dest.parent}: {exc}") from None
 
 

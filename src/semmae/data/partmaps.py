@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from semmae import runtime
+from semmae.atomic import atomic_path
 from semmae.errors import DataError
 
 FORMAT_VERSION = 2
@@ -112,23 +112,10 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
     return npy_path(path).with_suffix(".json")
 
 
-def _atomic_write(target: Path, write: Any) -> None:
-    """Write via ``write(fileobj)`` to a temp file in the same folder, then rename over ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
     text = json.dumps(asdict(manifest), indent=2) + "\n"  # the grid tuple becomes a JSON list
-    _atomic_write(manifest_path(path), lambda f: f.write(text.encode()))
+    with atomic_path(manifest_path(path)) as tmp:
+        tmp.write_text(text)
 
 
 def _make_manifest(
@@ -184,7 +171,8 @@ def write_part_maps(
     )  # fmt: skip
     p.parent.mkdir(parents=True, exist_ok=True)
     manifest_path(p).unlink(missing_ok=True)  # the old manifest must not vouch for the new array
-    _atomic_write(p, lambda f: np.save(f, arr, allow_pickle=False))
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
     _write_manifest(p, manifest)
     return manifest
 

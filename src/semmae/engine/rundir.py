@@ -21,11 +21,11 @@ from pathlib import Path
 
 from semmae import __version__
 from semmae import config as config_lib
+from semmae.atomic import atomic_path
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from semmae.engine.state import LAST
 from semmae.errors import RunDirError
-from semmae.models.checkpoint import atomic_path
 from semmae.runtime import barrier, is_main
 
 log = logging.getLogger(__name__)

@@ -1,24 +1,21 @@
 """Atomic checkpoint files that load without running code (DESIGN.md §7.11); the schema of a
 training checkpoint is :mod:`semmae.engine.state`'s. Writes go to a temporary file in the same
-directory, moved into place with ``os.replace``, so a crash never leaves a torn file.
+directory (:func:`semmae.atomic.atomic_path`), moved into place, so a crash never leaves a torn file.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import random
 import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from semmae.atomic import atomic_path
 from semmae.errors import CheckpointError
 
 
@@ -47,21 +44,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextmanager
-def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary file ``.NAME.<random><suffix>`` next to ``path`` that replaces ``path`` only if the
-    block succeeds, so a crash never leaves a torn file (and the temp file is removed either way)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from semmae import __version__
+from semmae.atomic import atomic_path
 from semmae.errors import ConfigError, RunDirError
-from semmae.models.checkpoint import atomic_path
 from semmae.models.encoder import ViTEncoder, load_encoder
 
 log = logging.getLogger(__name__)
