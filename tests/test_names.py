@@ -6,16 +6,24 @@ from __future__ import annotations
 import typing
 
 import pytest
+import torch
 
 import semmae.masking  # noqa: F401  (registers the strategies)
 import semmae.models  # noqa: F401  (registers the presets)
 from semmae import names
-from semmae.config import DataConfig
+from semmae.cli.main import build_parser
+from semmae.config import DataConfig, load
 from semmae.data import build_dataset
 from semmae.errors import DataError
+from semmae.eval.features import pool_tokens
+from semmae.eval.linear import ProbeGrid, _optimizer
 from semmae.masking.schedule import PROGRESS_UNITS, SCHEDULES
+from semmae.models import build_mae
+from semmae.models.vit import build_classifier
+from semmae.models.vit_encoder import ViTEncoder
 from semmae.pipeline.stages import STAGES
 from semmae.pipeline.study import SCHEDULES as STUDY_SCHEDULES
+from semmae.pipeline.study import budget_overrides
 from semmae.registry import MASKINGS, MODELS, Registry
 
 
@@ -47,3 +55,19 @@ def test_the_pipeline_runs_exactly_the_declared_stages_and_methods() -> None:
     assert STAGES == typing.get_args(names.PipelineStage)
     # random and block are masking strategies; every other method is semantic masking with a schedule
     assert {"random", "block", *STUDY_SCHEDULES} == set(typing.get_args(names.StudyMethod))
+
+
+def test_the_evaluation_names_are_the_ones_the_code_implements() -> None:
+    tokens = torch.randn(2, 5, 8)
+    for feature in typing.get_args(names.FeatureName):
+        assert pool_tokens(tokens, feature).shape == (2, 8)
+    grid = ProbeGrid(8, 3, 2)
+    for name in typing.get_args(names.ProbeOptimizer):
+        assert isinstance(_optimizer(grid, [0.1, 0.01], name, 0.0), torch.optim.Optimizer)
+    encoder = ViTEncoder.from_arch(build_mae("mae_debug").arch)
+    for pool in typing.get_args(names.GlobalPool):
+        assert build_classifier(encoder, 3, global_pool=pool).global_pool == pool
+    for budget in typing.get_args(names.StudyBudget):
+        assert isinstance(budget_overrides(budget, load(None)), list)
+    parser = build_parser()
+    assert parser.parse_args(["study", "--out", "o", "--budget", "gpu"]).budget == "gpu"

@@ -333,13 +333,13 @@ class EvalConfig:
     knn_k: int = 20
     knn_t: float = 0.07
     knn_chunk_size: int = 1024
-    feature: Literal["cls", "mean"] = "cls"
+    feature: names.FeatureName = "cls"
     batch_size: int = 256
     linear_epochs: int = 30
     linear_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
     linear_batch_size: int = 256
     linear_val_frac: float = 0.1
-    linear_optimizer: Literal["sgd", "adamw"] = "sgd"
+    linear_optimizer: names.ProbeOptimizer = "sgd"
     linear_weight_decay: float = 0.0
     linear_warmup_epochs: float = 1.0
     ft_epochs: int = 5
@@ -354,7 +354,7 @@ class EvalConfig:
     ft_warmup_epochs: float = 1.0
     ft_min_lr: float = 1e-6
     ft_reprob: float = 0.25
-    ft_global_pool: Literal["avg", "token"] = "avg"
+    ft_global_pool: names.GlobalPool = "avg"
     ft_crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ft_auto_augment: str = "rand-m9-mstd0.5-inc1"
     linear_protocol: Literal["fast", "mae"] = "fast"

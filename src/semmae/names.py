@@ -36,3 +36,15 @@ PipelineStage = Literal["mae", "parts", "export", "semmae", "eval", "report"]
 
 StudyMethod = Literal["random", "block", "semantic", "intra", "inter", "reversed", "oracle"]
 """``pipeline.study_methods``: the masking variants ``semmae study`` compares."""
+
+StudyBudget = Literal["quick", "full", "gpu"]
+"""``semmae study --budget``: a smoke run, the config as written, or the study scaled for one GPU."""
+
+FeatureName = Literal["cls", "mean"]
+"""``eval.feature``: the encoder output the probes read, the CLS token or the patch-token mean."""
+
+ProbeOptimizer = Literal["sgd", "adamw"]
+"""``eval.linear_optimizer``: the fast linear probe's optimiser."""
+
+GlobalPool = Literal["avg", "token"]
+"""``eval.ft_global_pool``: how the fine-tuned classifier pools the encoder's tokens."""

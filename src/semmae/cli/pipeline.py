@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import get_args
 
 from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, load_config
+from semmae.names import StudyBudget
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(s)
     s.add_argument(
         "--budget",
-        choices=("quick", "full", "gpu"),
+        choices=get_args(StudyBudget),
         default="quick",
         help="quick: a smoke run; full: the config as written (the README's); gpu: the same study scaled "
         "for one H100/H200-class GPU (~10 min)",

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import torch
 from torch import nn
@@ -28,10 +28,11 @@ from semmae.data import build_dataset, iterate_batches
 from semmae.data.transforms import center_batch, normalize
 from semmae.errors import ConfigError, DataError
 from semmae.models.encoder import check_encoder_fits, load_encoder
+from semmae.names import FeatureName
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("cls", "mean")
+FEATURES = get_args(FeatureName)
 
 
 class TokenEncoder(Protocol):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +34,11 @@ from semmae.engine.schedule import warmup_cosine
 from semmae.errors import ConfigError
 from semmae.eval.features import FeatureSet, prepare_features
 from semmae.eval.knn import topk_accuracy
+from semmae.names import ProbeOptimizer
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = get_args(ProbeOptimizer)
 BN_EPS = 1e-6  # MAE's probe BatchNorm only standardises the features
 HEAD_INIT_STD = 0.01  # a small head: the standardised features start near a uniform prediction
 

@@ -10,7 +10,7 @@ CLS token or the positions.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import Any, get_args
 
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
@@ -19,8 +19,9 @@ from torch import nn
 from semmae.errors import ConfigError
 from semmae.models.encoder import ViTEncoder
 from semmae.models.export import encoder_to_timm_state_dict, timm_vit_kwargs
+from semmae.names import GlobalPool
 
-POOLS = ("avg", "token")
+POOLS = get_args(GlobalPool)
 
 # The one no-weight-decay rule beside "every 1-D parameter" (fnmatch patterns on parameter names):
 # tokens and position embeddings, as in MAE; shared by pretraining and fine-tuning groups.

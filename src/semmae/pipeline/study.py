@@ -21,7 +21,7 @@ import logging
 import resource
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -31,6 +31,7 @@ from semmae.engine.build import build_model
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.models.checkpoint import save_checkpoint
+from semmae.names import StudyBudget
 from semmae.parts.export import maps_from_masks
 from semmae.pipeline.evaluate import evaluate_encoder
 from semmae.pipeline.layout import PipelineLayout, StageDir, StudyLayout
@@ -48,7 +49,7 @@ from semmae.runtime import provenance
 
 log = logging.getLogger(__name__)
 
-BUDGETS = ("quick", "full", "gpu")
+BUDGETS = get_args(StudyBudget)
 # The quick budget: a smoke run of the whole study in minutes.
 QUICK = [
     "data.limit=1500", "train.epochs=1", "parts.epochs=1", "eval.linear_epochs=10",
