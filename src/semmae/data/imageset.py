@@ -10,7 +10,7 @@ Sets that would not fit in memory (large image folders) are *streamed*: ``images
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -179,21 +179,33 @@ def worker_batches(
         yield first, second, indices.long()
 
 
+class _PerImageItems(Dataset):
+    """``items[(index, value)] -> (*read(index, value), index)`` for a DataLoader."""
+
+    def __init__(self, read: Callable[[int, Any], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.read = read
+
+    def __getitem__(self, item: tuple[int, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, value = item
+        return (*self.read(index, value), index)
+
+
 def per_image_batches(
-    items: Dataset,
+    read: Callable[[int, Any], tuple[torch.Tensor, torch.Tensor]],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """:func:`worker_batches` of ``items[(index, value)]``, a row of ``(indices (B,), values (B, ...))`` each.
+    """:func:`worker_batches` of ``read(index, value)``, a row of ``(indices (B,), values (B, ...))`` each.
 
+    ``read`` runs in the workers, so it must be picklable (a bound method, a ``functools.partial``).
     ``batches`` is consumed lazily (a few batches ahead). The values travel to the workers as plain
     Python values, not tensor rows: a tensor sent to a worker is moved to its own shared-memory
     segment, which costs more than decoding the image.
     """
     plan = (list(zip(indices.tolist(), values.tolist(), strict=True)) for indices, values in batches)
-    yield from worker_batches(items, plan, num_workers=num_workers, pin_memory=pin_memory)
+    yield from worker_batches(_PerImageItems(read), plan, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def iterate_batches(
