@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,16 +104,6 @@ def test_lookup_returns_the_right_rows(tmp_path: Path) -> None:
     assert got.dtype == torch.uint8 and got.shape == (4, H, W)
     np.testing.assert_array_equal(got.numpy(), labels[[7, 0, 7, 3]])
     assert len(maps) == N and maps.manifest.grid == (H, W) and maps.manifest.num_parts == K
-
-
-def test_pickle_reopens_the_memory_map(tmp_path: Path) -> None:
-    labels = _labels(3)
-    _write(tmp_path / "maps.npy", labels)
-    maps = load_part_maps(tmp_path / "maps.npy")
-    blob = pickle.dumps(maps)
-    assert len(blob) < labels.nbytes  # the array is not copied into the pickle
-    again = pickle.loads(blob)
-    np.testing.assert_array_equal(again.lookup(torch.tensor([4])).numpy(), labels[[4]])
 
 
 def test_writer_with_two_shards_matches_write_part_maps(

@@ -40,7 +40,7 @@ def test_unshuffle_restores_raster_order() -> None:
 
 
 def test_sincos_embedding_values() -> None:
-    emb = sincos_pos_embed_2d(8, (3, 5), cls_token=True)
+    emb = sincos_pos_embed_2d(8, (3, 5))
     assert emb.shape == (16, 8)
     assert torch.equal(emb[0], torch.zeros(8))
     # position (row 0, col 0): sin(0)=0 and cos(0)=1 in each half

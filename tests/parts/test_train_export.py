@@ -173,8 +173,8 @@ def test_from_masks_cli(tmp_path) -> None:
     [
         ("parts.num_parts=1", "num_parts"),  # K < 2
         ("parts.num_parts=50", "49 patches"),  # K > L
-        ("data.image_size=32", "backbone takes 28x28"),  # backbone / data mismatch
-        ("data.in_chans=3", "channel"),
+        ("data.image_size=32", "set data.image_size=28"),  # backbone / data mismatch
+        ("data.in_chans=3", "set data.in_chans=1"),
         ("parts.blur_padding=zeros", "blur_padding"),
     ],
 )

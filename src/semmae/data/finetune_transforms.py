@@ -16,12 +16,13 @@ epoch, batch, rank), whatever the number of workers, and ``--resume`` stays exac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from typing import Any
 
 import torch
 from PIL import Image
 from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
-from torch.utils.data import Dataset
 
 from semmae import runtime
 from semmae.config import DataConfig, EvalConfig
@@ -78,22 +79,13 @@ def finetune_transform(data: DataConfig, ev: EvalConfig) -> Transform:
     return transform
 
 
-class _Items(Dataset):
-    """``dataset[(index, seed)] -> (transformed float (C, S, S), target, index)``."""
-
-    def __init__(self, ds: ImageSet, transform: Transform) -> None:
-        if ds.source is None or not hasattr(ds.source, "decode"):
-            raise ValueError("the fine-tune transform reads the files of a streamed image folder")
-        self.source, self.targets, self.transform = ds.source, ds.targets, transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        index, seed = item
-        im = self.source.decode(index)  # type: ignore[attr-defined]
-        with runtime.seeded_global_rngs(seed):
-            return self.transform(im), self.targets[index], index
+def _transformed(
+    source: Any, targets: torch.Tensor, transform: Transform, index: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transformed float (C, S, S), target) of image ``index``, its transform run under ``seed``."""
+    im = source.decode(index)
+    with runtime.seeded_global_rngs(seed):
+        return transform(im), targets[index]
 
 
 def iterate_finetune(
@@ -116,6 +108,7 @@ def iterate_finetune(
     Yields:
         ``(images float (B, C, S, S), targets int64 (B,), indices int64 (B,))``.
     """
-    yield from per_image_batches(
-        _Items(ds, transform), batches, num_workers=num_workers, pin_memory=pin_memory
-    )
+    if ds.source is None or not hasattr(ds.source, "decode"):
+        raise ValueError("the fine-tune transform reads the files of a streamed image folder")
+    read = partial(_transformed, ds.source, ds.targets, transform)
+    yield from per_image_batches(read, batches, num_workers=num_workers, pin_memory=pin_memory)

@@ -37,15 +37,10 @@ from semmae.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CROP_PCT = 0.875
+DEFAULT_CROP_PCT = 0.875  # data.crop_pct=None for image folders: timm/MAE's 256 -> 224
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 TEST_PERMILLE = 100  # share of files (per mille) the path hash sends to "test"
 _ACCEPTED = f"accepted extensions: {' '.join(e[1:] for e in EXTENSIONS)}"
-
-
-def folder_crop_pct(cfg: DataConfig) -> float:
-    """``data.crop_pct`` with its default resolved: 0.875 (timm/MAE's 256 -> 224) for image folders."""
-    return DEFAULT_CROP_PCT if cfg.crop_pct is None else cfg.crop_pct
 
 
 def _is_image(path: Path) -> bool:
@@ -142,14 +137,9 @@ class FileSource:
             _corrupt(path, exc, self.on_corrupt, "using a black image")
             return None
 
-    def _black(self) -> torch.Tensor:
-        return torch.zeros(self.in_chans, self.image_size, self.image_size, dtype=torch.uint8)
-
     def read(self, index: int) -> torch.Tensor:
         """Image ``index`` in this source's view, uint8 (C, S, S)."""
-        im = self._decode(index)
-        if im is None:
-            return self._black()
+        im = self.decode(index)  # a black S x S stand-in stays black in either view
         if self.view == "whole":
             return TF.pil_to_tensor(whole_view(im, self.image_size))
         return TF.pil_to_tensor(eval_view(im, self.image_size, self.crop_pct))
@@ -170,7 +160,8 @@ class FileSource:
         """
         im = self._decode(index)
         if im is None:
-            return self._black(), torch.tensor([0.0, 0.0, 1.0, 1.0])
+            black = torch.zeros(self.in_chans, self.image_size, self.image_size, dtype=torch.uint8)
+            return black, torch.tensor([0.0, 0.0, 1.0, 1.0])
         crop, box = train_crop(im, uniforms, self.image_size, scale, ratio)
         return TF.pil_to_tensor(crop), box
 
@@ -250,7 +241,7 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
         image_size=cfg.image_size,
         in_chans=cfg.in_chans,
         on_corrupt=cfg.on_corrupt,
-        crop_pct=folder_crop_pct(cfg),
+        crop_pct=DEFAULT_CROP_PCT if cfg.crop_pct is None else cfg.crop_pct,
     )
     targets_t = torch.tensor(list(compress(targets, keep)), dtype=torch.int64)
     return ImageSet("image_folder", split, classes, targets_t, None, source=source)

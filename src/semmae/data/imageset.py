@@ -10,13 +10,14 @@ Sets that would not fit in memory (large image folders) are *streamed*: ``images
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from torch.utils.data import BatchSampler, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from semmae.errors import DataError
 
@@ -149,51 +150,51 @@ def fit_images(images: torch.Tensor, image_size: int, in_chans: int) -> torch.Te
     return torch.cat(out)
 
 
-class _StreamItems(Dataset):
-    """Per-image view of a streamed set for a DataLoader: (uint8 (C,S,S), target, index)."""
-
-    def __init__(self, ds: ImageSet) -> None:
-        self.source = ds.source
-        self.targets = ds.targets
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return self.source.read(index), self.targets[index], index
+def _read_with_target(source: ImageSource, index: int, target: int) -> tuple[torch.Tensor, int]:
+    return source.read(index), target
 
 
-def worker_batches(
-    items: Dataset, batch_sampler: Iterable[list[Any]], *, num_workers: int = 0, pin_memory: bool = False
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches of ``(tensor, tensor, image index)`` items made by ``num_workers`` DataLoader workers.
+class _PerImageItems(Dataset):
+    """``items[(index, value)] -> (*read(index, value), index)`` for a DataLoader."""
 
-    Yields:
-        The collated batch, its image indices as int64 (B,).
-    """
-    # Its own generator: a DataLoader otherwise takes its seed from the global RNG, shifting the
-    # draws of anything else using it (drop path) between a run and its resumed copy.
-    loader = DataLoader(items, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
-                        generator=torch.Generator())  # fmt: skip
-    for first, second, indices in loader:
-        yield first, second, indices.long()
+    def __init__(self, read: Callable[[int, Any], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.read = read
+
+    def __getitem__(self, item: tuple[int, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, value = item
+        return (*self.read(index, value), index)
 
 
 def per_image_batches(
-    items: Dataset,
+    read: Callable[[int, Any], tuple[torch.Tensor, torch.Tensor]],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """:func:`worker_batches` of ``items[(index, value)]``, a row of ``(indices (B,), values (B, ...))`` each.
+    """Batches of ``read(index, value)`` made by ``num_workers`` DataLoader workers (0 = here).
 
-    ``batches`` is consumed lazily (a few batches ahead). The values travel to the workers as plain
-    Python values, not tensor rows: a tensor sent to a worker is moved to its own shared-memory
-    segment, which costs more than decoding the image.
+    Args:
+        read: ``(index, value) -> (a, b)`` tensors of one image; it runs in the workers, so it must
+            be picklable (a bound method, a ``functools.partial``).
+        batches: ``(indices (B,), values (B, ...))`` per batch, consumed lazily (a few ahead).
+        num_workers, pin_memory: DataLoader settings.
+
+    Yields:
+        ``(a (B, ...), b (B, ...), indices int64 (B,))``, the collated reads and their indices.
     """
+    # The values travel to the workers as plain Python values, not tensor rows: a tensor sent to a
+    # worker is moved to its own shared-memory segment, which costs more than decoding the image.
     plan = (list(zip(indices.tolist(), values.tolist(), strict=True)) for indices, values in batches)
-    yield from worker_batches(items, plan, num_workers=num_workers, pin_memory=pin_memory)
+    # Its own generator: a DataLoader otherwise takes its seed from the global RNG, shifting the
+    # draws of anything else using it (drop path) between a run and its resumed copy.
+    items = _PerImageItems(read)
+    gen = torch.Generator()
+    loader = DataLoader(
+        items, batch_sampler=plan, num_workers=num_workers, pin_memory=pin_memory, generator=gen
+    )
+    for first, second, indices in loader:
+        yield first, second, indices.long()
 
 
 def iterate_batches(
@@ -206,8 +207,8 @@ def iterate_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Walk ``indices`` in order, ``batch_size`` at a time.
 
-    In-memory sets are sliced directly; streamed sets go through a DataLoader with a batch
-    sampler, so files are read and resized in ``num_workers`` worker processes.
+    In-memory sets are sliced directly; streamed sets go through :func:`per_image_batches`, so
+    files are read and resized in ``num_workers`` worker processes.
 
     Args:
         ds: the set.
@@ -222,11 +223,11 @@ def iterate_batches(
     idx = torch.as_tensor(indices, dtype=torch.long).cpu()
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    stop = len(idx) - len(idx) % batch_size if drop_last else len(idx)
+    chunks = (idx[start : start + batch_size] for start in range(0, stop, batch_size))
     if not ds.streamed:
-        stop = len(idx) - len(idx) % batch_size if drop_last else len(idx)
-        for start in range(0, stop, batch_size):
-            b = idx[start : start + batch_size]
+        for b in chunks:
             yield ds.images[b], ds.targets[b], b
         return
-    sampler = BatchSampler(idx.tolist(), batch_size=batch_size, drop_last=drop_last)
-    yield from worker_batches(_StreamItems(ds), sampler, num_workers=num_workers)  # targets are int64
+    read = partial(_read_with_target, ds.source)
+    yield from per_image_batches(read, ((b, ds.targets[b]) for b in chunks), num_workers=num_workers)

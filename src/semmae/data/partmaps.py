@@ -248,7 +248,7 @@ class PartMaps:
     Attributes:
         labels: (N, h, w) uint8, memory-mapped read-only.
         manifest: its manifest.
-        path: the ``.npy`` file (used to re-open the map in worker processes).
+        path: the ``.npy`` file.
     """
 
     labels: np.ndarray
@@ -262,14 +262,6 @@ class PartMaps:
         """Maps of images ``indices`` (B,) as a (B, h, w) uint8 CPU tensor."""
         idx = indices.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
         return torch.from_numpy(np.ascontiguousarray(self.labels[idx]))
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickling a memmap copies the whole array; re-open it from the path instead.
-        return {**self.__dict__, "labels": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.labels = np.load(self.path, mmap_mode="r", allow_pickle=False)
 
 
 def _read_manifest(p: Path) -> PartMapManifest:

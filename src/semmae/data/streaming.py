@@ -9,30 +9,11 @@ own resolution (:meth:`semmae.data.folder.FileSource.read_crop`). So a batch is 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 
 import torch
-from torch.utils.data import Dataset
 
 from semmae.data.imageset import ImageSet, per_image_batches
-
-
-class _CropItems(Dataset):
-    """``dataset[(index, draws)] -> (crop uint8 (C, S, S), box (4,), index)`` for a DataLoader."""
-
-    def __init__(self, ds: ImageSet, scale: Sequence[float], ratio: Sequence[float]) -> None:
-        if ds.source is None or not hasattr(ds.source, "read_crop"):
-            raise ValueError("full-resolution crops need a streamed image folder")
-        self.source = ds.source
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, item: tuple[int, list[float]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        index, draws = item
-        crop, box = self.source.read_crop(index, draws, self.scale, self.ratio)  # type: ignore[attr-defined]
-        return crop, box, index
 
 
 def iterate_crops(
@@ -58,6 +39,8 @@ def iterate_crops(
         ``(crops uint8 (B, C, S, S), boxes float32 (B, 4), indices int64 (B,))``; a box is
         ``(top, left, h, w)`` as fractions of its image's height and width.
     """
-    yield from per_image_batches(
-        _CropItems(ds, scale, ratio), batches, num_workers=num_workers, pin_memory=pin_memory
-    )
+    if ds.source is None or not hasattr(ds.source, "read_crop"):
+        raise ValueError("full-resolution crops need a streamed image folder")
+    ranges = {"scale": (float(scale[0]), float(scale[1])), "ratio": (float(ratio[0]), float(ratio[1]))}
+    read = partial(ds.source.read_crop, **ranges)  # type: ignore[attr-defined]
+    yield from per_image_batches(read, batches, num_workers=num_workers, pin_memory=pin_memory)

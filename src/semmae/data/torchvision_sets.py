@@ -94,16 +94,10 @@ _SPECS = {
 }
 
 
-def _open(spec: _Spec, cls: type, root: Path, split: str, download: bool) -> object:
-    if spec.stock is STL10:
-        return cls(root=str(root), split=split, download=download)
-    return cls(root=str(root), train=split == "train", download=download)
-
-
 def _read(spec: _Spec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images uint8 (N, 3, H, W), targets int64 (N,), classes); RuntimeError when files are missing."""
     if spec.stock is STL10:  # plain binary files, read by torchvision
-        tv = _open(spec, _LocalSTL10, root, split, download=False)
+        tv = _LocalSTL10(root=str(root), split=split)
         images = torch.from_numpy(np.ascontiguousarray(tv.data))
         targets = torch.from_numpy(tv.labels.astype(np.int64))
         classes = list(getattr(tv, "classes", None) or spec.default_classes)
@@ -123,8 +117,9 @@ def _download(spec: _Spec, root: Path, split: str) -> None:
             f"extract it into {root}, or pass data.root=DIR of an extracted copy"
         )
     log.info("downloading %s into %s", spec.title, root)
+    which = {"split": split} if spec.stock is STL10 else {"train": split == "train"}
     try:
-        _open(spec, spec.stock, root, split, download=True)
+        spec.stock(root=str(root), download=True, **which)
     except Exception as exc:  # noqa: BLE001 - network and archive errors come in many types
         raise DataError(
             f"{spec.title} download into {root} failed ({exc}); place the files there by hand"

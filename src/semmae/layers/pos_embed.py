@@ -12,25 +12,22 @@ def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-def sincos_pos_embed_2d(dim: int, grid: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
-    """Position embeddings for an (h, w) patch grid.
+def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Position embeddings for an (h, w) patch grid, after a zero row for the CLS token.
 
     Half of the channels encode the row, half the column (MAE's convention: the first half from
-    the w coordinate). A zero row is prepended for the CLS token when ``cls_token``.
+    the w coordinate).
 
     Args:
         dim: embedding width D, divisible by 4.
         grid: (h, w).
-        cls_token: prepend a zero embedding.
 
     Returns:
-        (1 + h*w, D) or (h*w, D) float32.
+        (1 + h*w, D) float32.
     """
     if dim % 4:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
     h, w = grid
     gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     emb = torch.cat([_sincos_1d(dim // 2, gx), _sincos_1d(dim // 2, gy)], dim=1)
-    if cls_token:
-        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
-    return emb.float()
+    return torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0).float()

@@ -104,10 +104,8 @@ def _unsafe_message(path: Path, exc: Exception) -> str:
     )
 
 
-def load_state_strict(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], expected_missing: tuple[str, ...] = ()
-) -> None:
-    """Load ``state`` strictly except for the listed ``expected_missing`` key prefixes.
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` strictly, with a one-line error for any mismatch.
 
     Raises:
         CheckpointError: unexpected or missing keys, or shape mismatches.
@@ -117,9 +115,8 @@ def load_state_strict(
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).strip().splitlines()[-1].strip()
         raise CheckpointError(f"state dict does not fit {type(module).__name__}: {first}") from None
-    missing = [k for k in result.missing_keys if not k.startswith(expected_missing)]
-    if missing or result.unexpected_keys:
+    if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"state dict does not fit {type(module).__name__}: missing {missing[:5]}, "
+            f"state dict does not fit {type(module).__name__}: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}"
         )

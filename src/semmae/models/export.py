@@ -117,9 +117,7 @@ def export_max_abs_diff(encoder: ViTEncoder, path: str | Path, fmt: str) -> floa
     """Max |exported - ours| of ``forward_features`` on two fixed random images (None if untestable)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, encoder.in_chans, encoder.img_size, encoder.img_size, generator=gen)
-    was_training = encoder.training
     ref = encoder.eval().forward_features(x.to(next(encoder.parameters()).device)).float().cpu()
-    encoder.train(was_training)
     if fmt == "timm":
         from safetensors import safe_open
         from safetensors.torch import load_file

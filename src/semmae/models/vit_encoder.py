@@ -58,15 +58,8 @@ class ViTEncoder(nn.Module):
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.grid = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
-        self.arch = dict(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=float(mlp_ratio),
-        )
+        values = (img_size, patch_size, in_chans, embed_dim, depth, num_heads, float(mlp_ratio))
+        self.arch = dict(zip(ARCH_FIELDS, values, strict=True))  # what checkpoints and exports record
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # Fixed sin-cos positions as in the MAE (a buffer-like parameter keeps the state-dict name).

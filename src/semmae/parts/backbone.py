@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from semmae.errors import ConfigError
-from semmae.models.encoder import load_encoder
+from semmae.models.encoder import check_encoder_fits, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,9 @@ def check_backbone_fits(backbone: FrozenBackbone, image_size: int, in_chans: int
     """Refuse a backbone that cannot read the data, or a K the grid cannot hold.
 
     Raises:
-        ConfigError: image size or channels differ, or K < 2, or K > L.
+        ConfigError: image size or channels differ (see :func:`check_encoder_fits`), or K < 2, or K > L.
     """
-    if backbone.img_size != image_size or backbone.in_chans != in_chans:
-        raise ConfigError(
-            f"backbone takes {backbone.img_size}x{backbone.img_size} images with {backbone.in_chans} "
-            f"channel(s) but the data gives {image_size}x{image_size} with {in_chans}; set "
-            "data.image_size/data.in_chans to match or choose another parts.backbone"
-        )
+    check_encoder_fits(backbone.encoder, image_size, in_chans)
     if num_parts < 2:
         raise ConfigError(f"config key 'parts.num_parts' must be at least 2, got {num_parts}")
     if num_parts > backbone.num_patches:
