@@ -4,7 +4,6 @@ from semmae.eval.features import (
     FeatureSet,
     encode_batches,
     evaluate_classifier,
-    extract_features,
     pool_tokens,
     prepare_features,
 )
@@ -15,7 +14,6 @@ __all__ = [
     "FeatureSet",
     "ProbeGrid",
     "encode_batches",
-    "extract_features",
     "evaluate_classifier",
     "knn_classify",
     "linear_probe",
