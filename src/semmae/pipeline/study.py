@@ -67,11 +67,11 @@ PART_MASK_SETS = ("toy_parts", "toy_relations")  # data sets with ground-truth p
 FLOOR = "floor"
 
 
-def budget_overrides(budget: str, cfg: Config | None = None) -> list[str]:
+def budget_overrides(budget: str, cfg: Config) -> list[str]:
     """Overrides applied before the user's: none for ``full``, :data:`QUICK`, or :data:`GPU` scaled from ``cfg``.
 
     Raises:
-        ConfigError: an unknown budget, or ``gpu`` without the config it scales.
+        ConfigError: an unknown budget.
     """
     if budget not in BUDGETS:
         raise ConfigError(f"study budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
@@ -79,8 +79,6 @@ def budget_overrides(budget: str, cfg: Config | None = None) -> list[str]:
         return list(QUICK)
     if budget == "full":
         return []
-    if cfg is None:
-        raise ConfigError("the gpu budget scales the config's own sizes: pass the loaded config")
     epochs = max(1, round(cfg.train.epochs * GPU_SCALE["epochs"]))
     out = list(GPU) + [f"train.epochs={epochs}"]
     if cfg.data.name in PART_MASK_SETS:
