@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, get_args
 
 import torch
@@ -174,7 +174,6 @@ class FeatureSet:
         train_feats, test_feats: (N_train, D), (N_test, D) float32.
         train_labels, test_labels: (N_train,), (N_test,) int64.
         num_classes: number of classes of the dataset.
-        meta: the encoder's metadata from :func:`~semmae.models.encoder.load_encoder`.
         info: what every result reports (encoder spec, dataset, feature, N, extraction seconds).
     """
 
@@ -183,8 +182,7 @@ class FeatureSet:
     test_feats: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
-    meta: dict[str, Any]
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any]
 
 
 def labelled_split(cfg: Config, split: str) -> Any:
@@ -250,4 +248,4 @@ def prepare_features(
         "n_test": len(yte),
         "feature_seconds": round(seconds, 2),
     }
-    return FeatureSet(ftr, ytr, fte, yte, len(train.classes), meta, info)
+    return FeatureSet(ftr, ytr, fte, yte, len(train.classes), info)
