@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import statistics
 from pathlib import Path
 from typing import Any, get_args
 
@@ -44,6 +43,7 @@ from semmae.pipeline.stages import (
     run_stage,
     with_masking,
 )
+from semmae.pipeline.stats import describe
 from semmae.pipeline.study_report import compare, write_study_report
 from semmae.runtime import provenance
 
@@ -145,10 +145,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             ("linear_top1", [r["linear"]["top1"] for r in rs]),
             ("pretrain_min", [r["pretrain_s"] / 60 for r in rs]),
         ):
-            entry[key] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-            }
+            d = describe(values)
+            entry[key] = {"mean": d["mean"], "std": d["std"]}
         table[method] = entry
     return table
 
