@@ -21,8 +21,7 @@ from semmae.viz.plots import plot_curves
 
 
 def _latest(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.glob(pattern))
-    return found[-1] if found else None
+    return max(folder.glob(pattern), default=None)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
