@@ -66,10 +66,10 @@ def test_compare_reports_every_method_against_random_and_random_against_the_floo
 
 
 def test_budgets() -> None:
-    assert budget_overrides("full") == [] and "pipeline.seeds=[0]" in budget_overrides("quick")
-    with pytest.raises(ConfigError, match="quick, full, gpu"):
-        budget_overrides("huge")
     cfg = config_lib.load(ROOT / "configs" / "study_relations.yaml", [])
+    assert budget_overrides("full", cfg) == [] and "pipeline.seeds=[0]" in budget_overrides("quick", cfg)
+    with pytest.raises(ConfigError, match="quick, full, gpu"):
+        budget_overrides("huge", cfg)
     gpu = config_lib.load(ROOT / "configs" / "study_relations.yaml", budget_overrides("gpu", cfg))
     assert gpu.data.toy_size == 4 * cfg.data.toy_size and gpu.train.epochs > cfg.train.epochs
     assert gpu.train.device == "cuda" and len(gpu.pipeline.seeds) == 5

@@ -10,8 +10,8 @@ from PIL import Image
 
 from semmae.masking import build
 from semmae.models import build_mae
-from semmae.viz.masks import mask_overlay_grid, overlay_parts, part_colors
-from semmae.viz.recon import reconstruction_panels, save_reconstruction_grid
+from semmae.viz.masks import mask_overlay_grid, overlay_parts, part_colors, save_tiles
+from semmae.viz.recon import reconstruction_panels
 
 
 def test_perfect_norm_pix_prediction_reconstructs_the_image() -> None:
@@ -27,7 +27,7 @@ def test_perfect_norm_pix_prediction_reconstructs_the_image() -> None:
 
 
 def test_reconstruction_grid_png(tmp_path: Path) -> None:
-    path = save_reconstruction_grid(torch.rand(3, 4, 1, 28, 28), tmp_path / "r.png", upscale=2)
+    path = save_tiles(torch.rand(3 * 4, 1, 28, 28), tmp_path / "r.png", 4, upscale=2)
     w, h = Image.open(path).size
     assert (w, h) == (4 * 56 + 5 * 2, 3 * 56 + 4 * 2)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, get_args
 
 import torch
@@ -124,51 +124,6 @@ def eval_batches(
         yield normalize(images01, mean, std), targets
 
 
-def extract_features(
-    encoder: TokenEncoder,
-    dataset: Any,
-    *,
-    batch_size: int,
-    device: torch.device | str,
-    feature: str = "cls",
-    precision: str = "fp32",
-    mean: Sequence[float],
-    std: Sequence[float],
-    progress: bool = True,
-    num_workers: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of every image of an :class:`~semmae.data.ImageSet`, in dataset order.
-
-    Args:
-        encoder: module with ``forward_features``; its ``img_size`` is the centre-crop size.
-        dataset: the split (held in memory or streamed), read in chunks of ``batch_size``.
-        batch_size: images per forward.
-        device: where the encoder runs.
-        feature: ``cls`` or ``mean`` (see the module docstring).
-        precision: ``fp32`` or ``bf16``.
-        mean, std: per-channel normalisation the encoder was trained with.
-        progress: show a tqdm bar.
-        num_workers: DataLoader workers for streamed datasets.
-
-    Returns:
-        ``(features (N, D) float32, targets (N,) int64)`` on CPU.
-    """
-    batches = eval_batches(
-        dataset, torch.arange(len(dataset)), batch_size, encoder.img_size, mean, std, num_workers
-    )
-    desc = f"{getattr(dataset, 'split', 'data')} features"
-    return encode_batches(
-        encoder,
-        batches,
-        len(dataset),
-        feature=feature,
-        device=device,
-        precision=precision,
-        progress=progress,
-        desc=desc,
-    )
-
-
 @torch.no_grad()
 def evaluate_classifier(
     model: nn.Module,
@@ -219,7 +174,6 @@ class FeatureSet:
         train_feats, test_feats: (N_train, D), (N_test, D) float32.
         train_labels, test_labels: (N_train,), (N_test,) int64.
         num_classes: number of classes of the dataset.
-        meta: the encoder's metadata from :func:`~semmae.models.encoder.load_encoder`.
         info: what every result reports (encoder spec, dataset, feature, N, extraction seconds).
     """
 
@@ -228,8 +182,7 @@ class FeatureSet:
     test_feats: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
-    meta: dict[str, Any]
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any]
 
 
 def labelled_split(cfg: Config, split: str) -> Any:
@@ -260,19 +213,31 @@ def prepare_features(
     encoder = encoder.to(device)
     check_encoder_fits(encoder, cfg.data.image_size, cfg.data.in_chans)
     train, test = labelled_split(cfg, "train"), labelled_split(cfg, "test")
+
+    def features(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = eval_batches(
+            split,
+            torch.arange(len(split)),
+            cfg.eval.batch_size,
+            encoder.img_size,
+            meta["mean"],
+            meta["std"],
+            cfg.data.num_workers,
+        )
+        return encode_batches(
+            encoder,
+            batches,
+            len(split),
+            feature=cfg.eval.feature,
+            device=device,
+            precision=cfg.train.precision,
+            progress=progress,
+            desc=f"{split.split} features",
+        )
+
     t0 = time.perf_counter()
-    kw = dict(
-        batch_size=cfg.eval.batch_size,
-        device=device,
-        feature=cfg.eval.feature,
-        precision=cfg.train.precision,
-        mean=meta["mean"],
-        std=meta["std"],
-        progress=progress,
-        num_workers=cfg.data.num_workers,
-    )
-    ftr, ytr = extract_features(encoder, train, **kw)
-    fte, yte = extract_features(encoder, test, **kw)
+    ftr, ytr = features(train)
+    fte, yte = features(test)
     seconds = time.perf_counter() - t0
     log.info("features: %d train + %d test images in %.1fs", len(ytr), len(yte), seconds)
     info = {
@@ -283,4 +248,4 @@ def prepare_features(
         "n_test": len(yte),
         "feature_seconds": round(seconds, 2),
     }
-    return FeatureSet(ftr, ytr, fte, yte, len(train.classes), meta, info)
+    return FeatureSet(ftr, ytr, fte, yte, len(train.classes), info)

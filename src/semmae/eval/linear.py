@@ -253,10 +253,7 @@ def run_linear(
     Args:
         cfg: the resolved config (``data``, ``eval.linear_*``, ``eval.feature``, ``train.device``,
             ``train.precision``, ``train.seed``).
-        spec: the encoder (see :func:`~semmae.models.encoder.load_encoder`).
-        progress: show progress bars.
-        loaded: ``load_encoder(spec)``'s result when the caller already has it.
-        features: features already extracted for ``spec`` (then nothing is loaded).
+        spec, progress, loaded, features: as for :func:`~semmae.eval.knn.run_knn`.
 
     Returns:
         ``{"eval": "linear", "protocol": "fast", "top1", ["top5"], "lr", "val_top1", "grid", "epochs", "optimizer",

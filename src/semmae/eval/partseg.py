@@ -56,9 +56,8 @@ def confusion(pred: ArrayLike, gt: ArrayLike, num_pred: int, num_gt: int) -> np.
 def part_miou(pred: ArrayLike, gt: ArrayLike, num_pred: int, num_gt: int) -> float:
     """Mean IoU over ground-truth classes after one-to-one Hungarian matching (see module doc)."""
     conf = confusion(pred, gt, num_pred, num_gt).astype(np.float64)
-    inter = conf
-    union = conf.sum(axis=1, keepdims=True) + conf.sum(axis=0, keepdims=True) - conf
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    union = conf.sum(axis=1, keepdims=True) + conf.sum(axis=0, keepdims=True) - conf  # conf: intersections
+    iou = np.divide(conf, union, out=np.zeros_like(conf), where=union > 0)
     rows, cols = linear_sum_assignment(iou, maximize=True)
     per_class = np.zeros(num_gt)
     per_class[cols] = iou[rows, cols]

@@ -43,11 +43,9 @@ class Document:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
 
-    def markdown(self) -> str:
-        return "\n".join(self._md)
-
-    def html(self, title: str) -> str:
-        body = "".join(self._html)
+    def write(self, md: Path, title: str) -> Path:
+        """Write the Markdown to ``md`` and the self-contained HTML page beside it; returns ``md``."""
+        md.write_text(f"# {title}\n\n" + "\n".join(self._md))
         style = (
             "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
@@ -55,10 +53,11 @@ class Document:
             "img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}figcaption{color:#555;font-size:90%}"
             "code{background:#f5f5f5;padding:0 3px}"
         )
-        return (
+        md.with_suffix(".html").write_text(
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self._html)}</body></html>\n"
         )
+        return md
 
 
 def _inline(text: str) -> str:

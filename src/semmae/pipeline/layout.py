@@ -117,9 +117,10 @@ class PipelineLayout:
     def figures(self) -> Path:
         return self.root / "figures"
 
-    def report(self, suffix: str) -> Path:
-        """``report.md`` or ``report.html``."""
-        return self.root / f"report{suffix}"
+    @property
+    def report(self) -> Path:
+        """``report.md`` (``report.html`` beside it)."""
+        return self.root / "report.md"
 
 
 @dataclass(frozen=True)
@@ -140,5 +141,5 @@ class StudyLayout:
         return self.root / "plots"
 
     def table(self, suffix: str) -> Path:
-        """``study.json``, ``study.md`` or ``study.html``."""
+        """``study.json`` or ``study.md`` (``study.html`` beside it)."""
         return self.root / f"study{suffix}"

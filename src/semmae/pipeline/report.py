@@ -21,8 +21,7 @@ from semmae.viz.plots import plot_curves
 
 
 def _latest(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.glob(pattern))
-    return found[-1] if found else None
+    return max(folder.glob(pattern), default=None)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -136,9 +135,7 @@ def write_report(
     for stage, label in ((layout.mae, "MAE"), (layout.semmae, "SemMAE")):
         doc.image(_latest(stage.images, "recon_epoch_*.png"),
                   f"{label}: original | masked | reconstruction | reconstruction + visible")  # fmt: skip
-    layout.report(".md").write_text("# SemMAE pipeline report\n\n" + doc.markdown())
-    layout.report(".html").write_text(doc.html("SemMAE pipeline report"))
-    return layout.report(".md")
+    return doc.write(layout.report, "SemMAE pipeline report")
 
 
 def _curves(doc: Document, layout: PipelineLayout) -> None:

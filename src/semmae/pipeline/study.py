@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import statistics
 from pathlib import Path
 from typing import Any, get_args
 
@@ -44,6 +43,7 @@ from semmae.pipeline.stages import (
     run_stage,
     with_masking,
 )
+from semmae.pipeline.stats import describe
 from semmae.pipeline.study_report import compare, write_study_report
 from semmae.runtime import provenance
 
@@ -67,11 +67,11 @@ PART_MASK_SETS = ("toy_parts", "toy_relations")  # data sets with ground-truth p
 FLOOR = "floor"
 
 
-def budget_overrides(budget: str, cfg: Config | None = None) -> list[str]:
+def budget_overrides(budget: str, cfg: Config) -> list[str]:
     """Overrides applied before the user's: none for ``full``, :data:`QUICK`, or :data:`GPU` scaled from ``cfg``.
 
     Raises:
-        ConfigError: an unknown budget, or ``gpu`` without the config it scales.
+        ConfigError: an unknown budget.
     """
     if budget not in BUDGETS:
         raise ConfigError(f"study budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
@@ -79,8 +79,6 @@ def budget_overrides(budget: str, cfg: Config | None = None) -> list[str]:
         return list(QUICK)
     if budget == "full":
         return []
-    if cfg is None:
-        raise ConfigError("the gpu budget scales the config's own sizes: pass the loaded config")
     epochs = max(1, round(cfg.train.epochs * GPU_SCALE["epochs"]))
     out = list(GPU) + [f"train.epochs={epochs}"]
     if cfg.data.name in PART_MASK_SETS:
@@ -147,10 +145,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             ("linear_top1", [r["linear"]["top1"] for r in rs]),
             ("pretrain_min", [r["pretrain_s"] / 60 for r in rs]),
         ):
-            entry[key] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-            }
+            d = describe(values)
+            entry[key] = {"mean": d["mean"], "std": d["std"]}
         table[method] = entry
     return table
 

@@ -152,12 +152,8 @@ def _document(layout: StudyLayout, result: dict[str, Any]) -> Document:
     return doc
 
 
-def write_study_report(root: Path, result: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``study.md`` and the self-contained ``study.html`` of a study result into ``root``."""
+def write_study_report(root: Path, result: dict[str, Any]) -> Path:
+    """Write ``study.md`` and the self-contained ``study.html`` of a study result into ``root``; returns the .md path."""
     layout = StudyLayout(Path(root))
-    doc = _document(layout, result)
     title = f"Masking study: {result['dataset']} ({result['budget']} budget)"
-    md, page = layout.table(".md"), layout.table(".html")
-    md.write_text(f"# {title}\n\n" + doc.markdown())
-    page.write_text(doc.html(title))
-    return md, page
+    return _document(layout, result).write(layout.table(".md"), title)

@@ -96,7 +96,7 @@ class ClassifierTask(Task):
         """The task, its plan and its optimiser."""
 
     @abstractmethod
-    def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
+    def result_fields(self, plan: Plan) -> dict[str, Any]:
         """What the result reports besides the scores (``eval``, the trainer's settings, ...)."""
 
     def extra_state(self) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def score_on_test(
     )  # fmt: skip
     logger.log(result.step, epoch=epochs, **{f"test_{k}": v for k, v in scores.items()})
     out = {
-        **task.result_fields(plan, result), "train_loss": finite_or_none(result.last_loss), **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
+        **task.result_fields(plan), "train_loss": finite_or_none(result.last_loss), **scores, "checkpoint": task.spec, "dataset": cfg.data.name,
         "out": str(logger.path.parent), "epochs": epochs, "steps": result.step, "n_train": len(p.train),
         "n_test": len(p.test), "seconds": round(time.perf_counter() - started, 2),
     }  # fmt: skip

@@ -35,7 +35,7 @@ from semmae.config import Config
 from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
-from semmae.engine.loop import LoopResult, Plan, make_plan
+from semmae.engine.loop import Plan, make_plan
 from semmae.engine.optim import adamw
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
@@ -195,7 +195,7 @@ class FinetuneTask(ClassifierTask):
         )
         return cls(cfg, spec, parts, plan, device), plan, adamw(groups, plan.peak_lr, (0.9, 0.999))
 
-    def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
+    def result_fields(self, plan: Plan) -> dict[str, Any]:
         e = self.cfg.eval
         return {
             "eval": "finetune", "lr": plan.peak_lr,

@@ -33,7 +33,7 @@ from torch import nn
 from semmae import runtime
 from semmae.config import Config, DataConfig
 from semmae.engine.batches import PretrainBatches
-from semmae.engine.loop import LoopResult, Plan, make_plan
+from semmae.engine.loop import Plan, make_plan
 from semmae.errors import ConfigError
 from semmae.eval.features import TokenEncoder, pool_tokens
 from semmae.eval.linear import BN_EPS, HEAD_INIT_STD
@@ -156,7 +156,7 @@ class LinearProbeTask(ClassifierTask):
         optimizer = lars_optimizer(parts.model.head, plan.peak_lr, cfg.eval.linear_weight_decay)
         return cls(cfg, spec, parts, plan.effective_batch // (plan.accum * world), device), plan, optimizer
 
-    def result_fields(self, plan: Plan, result: LoopResult) -> dict[str, Any]:
+    def result_fields(self, plan: Plan) -> dict[str, Any]:
         e = self.cfg.eval
         return {
             "eval": "linear", "protocol": "mae", "feature": e.feature,

@@ -20,6 +20,8 @@ from semmae.eval.knn import knn_classify, topk_accuracy
 from semmae.masking import MaskingStrategy
 from semmae.masking import build as build_strategy
 from semmae.models import MaskedAutoencoderViT
+from semmae.viz.masks import mask_overlay_grid, save_tiles
+from semmae.viz.recon import reconstruction_panels
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ class PretrainMonitor:
         if not runtime.is_main() or self.part_maps is None:
             runtime.barrier()
             return
-        from semmae.viz.masks import mask_overlay_grid  # viz imports pyplot: only when drawing
-
         probe = self.probe_batch()
         labels = probe["labels"]
         masks = [self.masking(labels.shape[0], self.model.num_patches, part_labels=labels, num_parts=self.num_parts,
@@ -96,8 +96,6 @@ class PretrainMonitor:
     @torch.no_grad()
     def save_reconstructions(self, epoch: int) -> Path:
         """``images/recon_epoch_0003.png`` (4-digit epoch) for the probe images under a fixed random mask."""
-        from semmae.viz.recon import reconstruction_panels, save_reconstruction_grid  # pyplot, as above
-
         probe = self.probe_batch()
         x = probe["images"].to(self.device)
         mask = build_strategy("random", ratio=self.cfg.masking.ratio)(
@@ -105,11 +103,9 @@ class PretrainMonitor:
         )
         out = self.model(x, mask)
         panels = reconstruction_panels(x, out.pred, out.mask, self.model.patch_size, self.model.norm_pix_loss)
-        b, k, c, h, w = panels.shape
-        panels01 = denormalize(panels.reshape(b * k, c, h, w), self.cfg.data.mean, self.cfg.data.std)
-        upscale = max(1, 112 // h)
+        tiles = denormalize(panels.flatten(0, 1), self.cfg.data.mean, self.cfg.data.std).clamp(0, 1).cpu()
         path = self.run_dir / "images" / f"recon_epoch_{epoch:04d}.png"
-        return save_reconstruction_grid(panels01.reshape(b, k, c, h, w).cpu(), path, upscale=upscale)
+        return save_tiles(tiles, path, panels.shape[1], upscale=max(1, 112 // panels.shape[-2]))
 
     def encode(self, dataset: Any, indices: torch.Tensor) -> torch.Tensor:
         """CLS features (N, D) float32, on the device, of ``dataset[indices]`` under the eval transform."""

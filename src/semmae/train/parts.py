@@ -40,6 +40,7 @@ from semmae.parts.labels import maps_to_labels
 from semmae.parts.learner import PartLearner
 from semmae.parts.losses import count_empty_parts, parts_loss
 from semmae.runtime import autocast, resolve_device, seed_everything, step_generator, world_size
+from semmae.viz.parts import part_grid
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,6 @@ def _setup(
 @torch.no_grad()
 def write_image_grid(run: PartsTask, path: Path) -> Path:
     """input | part overlay | reconstruction for the first ``parts.num_vis`` training images."""
-    from semmae.viz.parts import part_grid  # viz imports pyplot: only when drawing
-
     idx = torch.arange(min(run.cfg.parts.num_vis, len(run.ds)))
     x = run.normalised_center(run.ds.load(idx))
     run.model.eval()

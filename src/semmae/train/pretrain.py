@@ -40,13 +40,13 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
         ConfigError: one optimiser step needs more images than an epoch has, or nothing to train.
     """
     tc = cfg.train
+    eff = tc.batch_size * tc.accum_steps * world
     steps_per_epoch = micro_per_epoch // tc.accum_steps
     if steps_per_epoch < 1:
         raise ConfigError(
-            f"one optimiser step needs {tc.batch_size * tc.accum_steps * world} images but the data has fewer "
-            "per epoch; lower train.batch_size or train.accum_steps, or raise data.limit"
+            f"one optimiser step needs {eff} images but the data has fewer per epoch; lower train.batch_size "
+            "or train.accum_steps, or raise data.limit"
         )
-    eff = tc.batch_size * tc.accum_steps * world
     return make_plan(
         steps_per_epoch=steps_per_epoch, epochs=tc.epochs, max_steps=tc.max_steps,
         warmup_epochs=tc.warmup_epochs, peak_lr=scaled_lr(tc.base_lr, eff), min_lr=tc.min_lr,

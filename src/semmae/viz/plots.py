@@ -31,15 +31,12 @@ def plot_curves(
         ylabel: y-axis label (defaults to ``key``).
     """
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    drawn = False
     for label, rows in series.items():
         pts = [(r[x], r[key]) for r in rows if key in r and x in r and isinstance(r[key], (int, float))]
-        if not pts:
-            continue
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
-        drawn = True
-    if not drawn:
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
+    if not ax.lines:
         plt.close(fig)
         return None
     ax.set_xlabel(x)

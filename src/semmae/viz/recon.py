@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from semmae.layers import patchify, unpatchify
-from semmae.viz.masks import save_tiles
 
 
 def predictions_to_pixels(
@@ -61,9 +58,3 @@ def reconstruction_panels(
     pasted = x * (1 - m) + rec * m
     panels = [images.float()] + [unpatchify(t, patch_size, grid, c) for t in (masked, rec, pasted)]
     return torch.stack(panels, dim=1)
-
-
-def save_reconstruction_grid(panels01: torch.Tensor, path: str | Path, upscale: int = 1) -> Path:
-    """Save (B, 4, C, H, W) panels in [0, 1] as a PNG with one image per row."""
-    b, k, c, h, w = panels01.shape
-    return save_tiles(panels01.reshape(b * k, c, h, w).clamp(0, 1), path, k, upscale)
