@@ -271,7 +271,7 @@ class TrainLoop:
             bar.update(1)
             if self.step % self.log_every == 0 or self.step == plan.total_steps:
                 self._log_window(bar)
-            halt = stop.signum if stop.requested else (-1 if stop_at_step == self.step else None)
+            halt = stop.signum or (-1 if stop_at_step == self.step else None)
             if halt is not None or (self.ckpt_every and self.step % self.ckpt_every == 0):
                 self.checkpoint(epoch)
             if halt is not None:
