@@ -212,22 +212,13 @@ def distributed_session(device: torch.device) -> Iterator[bool]:
 def _git_commit() -> str | None:
     """Short commit of the source tree this package runs from (``+dirty`` when modified), or None."""
     here = Path(__file__).resolve().parent
+    # --exclude='*': no tag names, only the short commit, as ``git rev-parse --short HEAD`` gives it.
+    command = ["git", "-C", str(here), "describe", "--always", "--dirty=+dirty", "--exclude=*"]
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        )  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def describe_device() -> str:
