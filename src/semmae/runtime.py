@@ -130,17 +130,6 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
-def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """``model.compile()`` in place when ``enabled`` (``train.compile``); returns ``model``.
-
-    ``nn.Module.compile`` keeps the module and its ``state_dict`` names (no ``_orig_mod.``
-    prefix), so checkpoints of compiled and eager runs are interchangeable.
-    """
-    if enabled:
-        model.compile()
-    return model
-
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -27,7 +27,11 @@ def build_model(cfg: Config) -> MaskedAutoencoderViT:
         raise ConfigError(
             f"model {cfg.model.name!r} does not fit data.image_size={cfg.data.image_size}: {exc}"
         ) from None
-    return runtime.maybe_compile(model, cfg.train.compile)  # compiled lazily, on the first step
+    if cfg.train.compile:
+        # In place and lazily, on the first step; the state_dict keeps its names (no ``_orig_mod.``
+        # prefix), so checkpoints of compiled and eager runs are interchangeable.
+        model.compile()
+    return model
 
 
 def build_masking(cfg: Config, grid: tuple[int, int]) -> MaskingStrategy:
