@@ -26,11 +26,9 @@ from semmae.errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> this rank's CUDA device if available else CPU; ``cuda``/``cuda:N``/``cpu`` as given."""
+    """``auto`` -> ``cuda`` if available else ``cpu``; ``cuda`` -> this rank's CUDA device; others as given."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank() % torch.cuda.device_count())
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
     dev = torch.device(name)
