@@ -81,7 +81,6 @@ def _run(name: str, args: argparse.Namespace) -> int:
     # Heavy (torch, timm): imported when a command runs, so `semmae --help` starts without them.
     from semmae.engine.logging import append_result
     from semmae.models.encoder import load_encoder
-    from semmae.runtime import is_main
 
     loaded = load_encoder(args.checkpoint)
     command = f"semmae eval {name} --checkpoint {args.checkpoint}"  # how to continue a stopped run
@@ -107,7 +106,6 @@ def _run(name: str, args: argparse.Namespace) -> int:
     path = results_path(args.checkpoint, args.results)
     # A stopped run has no result yet; a finished one, resumed, recorded its result when it finished.
     record = not (result.get("already_complete") or result.get("interrupted") is not None)
-    if path is not None and is_main() and record:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_result(path, result)
+    if path is not None and record:
+        append_result(path, result)  # by the main process
     return finish_run(result, command)
