@@ -202,10 +202,9 @@ def remove_stale_temps(path: Path) -> None:
     """Delete temp files left by atomic writes of a killed process (``.last.pt.*.tmp``, ...)."""
     for folder in (path, path / "checkpoints"):
         if folder.is_dir():
-            for tmp in folder.glob(TEMP_PATTERN):
-                if tmp.is_file() and not tmp.is_symlink():
-                    log.info("removing %s, left by an interrupted write", tmp)
-                    tmp.unlink()
+            for tmp in filter(_is_temp, folder.glob(TEMP_PATTERN)):
+                log.info("removing %s, left by an interrupted write", tmp)
+                tmp.unlink()
 
 
 def _clear(path: Path, inputs: Inputs) -> None:
