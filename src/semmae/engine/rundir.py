@@ -173,8 +173,7 @@ def config_inputs(cfg: config_lib.Config | None) -> dict[str, str | None]:
 
 
 def _input_path(spec: str | os.PathLike[str]) -> Path | None:
-    text = os.fspath(spec)
-    path = parse_encoder_spec(text).path if text else None
+    path = parse_encoder_spec(os.fspath(spec)).path  # a random: encoder reads no file
     return path.expanduser().resolve() if path is not None else None
 
 
