@@ -163,12 +163,12 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / world_size()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable object from ``src`` to every rank."""
+def broadcast_object(obj: object) -> object:
+    """Send rank 0's picklable ``obj`` to every rank."""
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
