@@ -11,6 +11,7 @@ and says what it accepts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -36,12 +37,9 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if value is None and type(None) in args:
             return None
         for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(key, value, arg)
-            except ConfigError:
-                continue
+            if arg is not type(None):
+                with contextlib.suppress(ConfigError):  # then the next type of the union
+                    return coerce(key, value, arg)
         raise ConfigError(f"config key {key!r}: expected {tp}, got {value!r}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -62,10 +60,8 @@ def _coerce_scalar(key: str, value: Any, tp: Any) -> Any:
     if tp is float and number:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
-        try:
+        with contextlib.suppress(ValueError):
             return float(value)
-        except ValueError:
-            pass
     if tp is str and (isinstance(value, str) or number):
         return str(value)
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

@@ -26,11 +26,9 @@ from semmae.errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> this rank's CUDA device if available else CPU; ``cuda``/``cuda:N``/``cpu`` as given."""
+    """``auto`` -> ``cuda`` if available else ``cpu``; ``cuda`` -> this rank's CUDA device; others as given."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank() % torch.cuda.device_count())
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
     dev = torch.device(name)
@@ -130,17 +128,6 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
-def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """``model.compile()`` in place when ``enabled`` (``train.compile``); returns ``model``.
-
-    ``nn.Module.compile`` keeps the module and its ``state_dict`` names (no ``_orig_mod.``
-    prefix), so checkpoints of compiled and eager runs are interchangeable.
-    """
-    if enabled:
-        model.compile()
-    return model
-
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -176,12 +163,12 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / world_size()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable object from ``src`` to every rank."""
+def broadcast_object(obj: object) -> object:
+    """Send rank 0's picklable ``obj`` to every rank."""
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -212,22 +199,13 @@ def distributed_session(device: torch.device) -> Iterator[bool]:
 def _git_commit() -> str | None:
     """Short commit of the source tree this package runs from (``+dirty`` when modified), or None."""
     here = Path(__file__).resolve().parent
+    # --exclude='*': no tag names, only the short commit, as ``git rev-parse --short HEAD`` gives it.
+    command = ["git", "-C", str(here), "describe", "--always", "--dirty=+dirty", "--exclude=*"]
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        )  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def describe_device() -> str:

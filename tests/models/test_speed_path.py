@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from semmae import config as config_lib
 from semmae import runtime
+from semmae.engine.build import build_model
 from semmae.models import build_mae
 from semmae.models.encoder import load_encoder
 from semmae.models.vit import build_classifier
@@ -20,11 +22,10 @@ def test_every_attention_uses_scaled_dot_product_attention() -> None:
 
 
 def test_compile_keeps_state_dict_names() -> None:
-    model = build_mae("mae_debug")
-    before = list(model.state_dict())
-    assert runtime.maybe_compile(model, True) is model
-    assert list(model.state_dict()) == before  # checkpoints of compiled runs load into eager models
-    assert runtime.maybe_compile(build_mae("mae_debug"), False)._compiled_call_impl is None
+    eager = build_model(config_lib.load(None, ["model.name=mae_debug"]))
+    compiled = build_model(config_lib.load(None, ["model.name=mae_debug", "train.compile=true"]))
+    assert eager._compiled_call_impl is None and compiled._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints load into either
 
 
 def test_to_device_on_cpu_is_the_same_tensor() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from typing import Any
@@ -32,12 +33,21 @@ def load_config(args: argparse.Namespace) -> config_lib.Config:
     return config_lib.load(args.config, list(args.overrides))
 
 
-def stopped_exit_code(result: dict[str, Any], command: str) -> int | None:
-    """For a run stopped by a signal (``result["interrupted"]``: its number, -1 for a stop request):
-    print how to continue ``command`` and return 128 + signal (1); None when the run was not stopped."""
+def finish_run(result: dict[str, Any], command: str) -> int:
+    """The exit code of a training command, after printing its outcome.
+
+    A run stopped by a signal (``result["interrupted"]``: its number, -1 for a stop request) prints
+    how to continue ``command`` and gives 128 + signal (1); any other prints ``result`` as one JSON
+    line (main process only) and gives 0.
+    """
+    # Imported here: runtime imports torch, and --help or a refused config must start without it.
+    from semmae.runtime import is_main
+
     sig = result.get("interrupted")
     if sig is None:
-        return None
+        if is_main():
+            print(json.dumps(result))
+        return 0
     name = signal.Signals(sig).name if sig > 0 else "stop request"
     print(
         f"semmae: stopped by {name} at step {result['step']}; checkpoint saved. "

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, check_out, stopped_exit_code
+from semmae.cli.common import add_config_args, check_out, finish_run
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.errors import CheckpointError, ConfigError
 
@@ -82,9 +81,9 @@ def _run(name: str, args: argparse.Namespace) -> int:
     # Heavy (torch, timm): imported when a command runs, so `semmae --help` starts without them.
     from semmae.engine.logging import append_result
     from semmae.models.encoder import load_encoder
-    from semmae.runtime import is_main
 
     loaded = load_encoder(args.checkpoint)
+    command = f"semmae eval {name} --checkpoint {args.checkpoint}"  # how to continue a stopped run
     cfg = eval_config(loaded[1].get("data"), args.config, list(args.overrides))
     if name == "knn":
         from semmae.eval.knn import run_knn
@@ -103,14 +102,10 @@ def _run(name: str, args: argparse.Namespace) -> int:
         check_out(args, cfg, ("the --checkpoint", args.checkpoint))
         trainer = run_linear_probe if name == "linear" else run_finetune
         result = trainer(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
-        command = f"semmae eval {name} --checkpoint {args.checkpoint} --out {args.out}"
-        code = stopped_exit_code(result, command)
-        if code is not None:
-            return code
+        command += f" --out {args.out}"
     path = results_path(args.checkpoint, args.results)
-    if path is not None and is_main() and not result.get("already_complete"):  # already recorded
-        path.parent.mkdir(parents=True, exist_ok=True)
-        append_result(path, result)
-    if is_main():
-        print(json.dumps(result))
-    return 0
+    # A stopped run has no result yet; a finished one, resumed, recorded its result when it finished.
+    record = not (result.get("already_complete") or result.get("interrupted") is not None)
+    if path is not None and record:
+        append_result(path, result)  # by the main process
+    return finish_run(result, command)

@@ -13,10 +13,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from semmae.cli.common import add_config_args, check_out, load_config, stopped_exit_code
+from semmae.cli.common import add_config_args, check_out, finish_run, load_config
 from semmae.errors import RunDirError
 
 
@@ -72,11 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     from semmae.train.parts import run_parts_train  # heavy: torch, timm, torchvision
 
     summary = run_parts_train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    code = stopped_exit_code(summary, f"semmae parts train --out {args.out}")
-    if code is not None:
-        return code
-    print(json.dumps(summary))
-    return 0
+    return finish_run(summary, f"semmae parts train --out {args.out}")
 
 
 def _export(args: argparse.Namespace) -> int:

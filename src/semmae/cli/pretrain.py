@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from semmae.cli.common import add_config_args, check_out, load_config, stopped_exit_code
+from semmae.cli.common import add_config_args, check_out, finish_run, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
     check_out(args, cfg)
-    from semmae.runtime import is_main
     from semmae.train.pretrain import run_pretrain  # heavy: torch, timm, torchvision
 
     summary = run_pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    code = stopped_exit_code(summary, f"semmae pretrain --out {args.out}")
-    if code is not None:
-        return code
-    if is_main():
-        print(json.dumps(summary))
-    return 0
+    return finish_run(summary, f"semmae pretrain --out {args.out}")

@@ -27,16 +27,16 @@ def build_model(cfg: Config) -> MaskedAutoencoderViT:
         raise ConfigError(
             f"model {cfg.model.name!r} does not fit data.image_size={cfg.data.image_size}: {exc}"
         ) from None
-    return runtime.maybe_compile(model, cfg.train.compile)  # compiled lazily, on the first step
+    if cfg.train.compile:
+        # In place and lazily, on the first step; the state_dict keeps its names (no ``_orig_mod.``
+        # prefix), so checkpoints of compiled and eager runs are interchangeable.
+        model.compile()
+    return model
 
 
 def build_masking(cfg: Config, grid: tuple[int, int]) -> MaskingStrategy:
-    """The strategy registered as ``cfg.masking.name``, given the ``cfg.masking`` fields it takes.
-
-    Each strategy's constructor names what it reads (``ratio``; ``min_block`` and ``grid`` for
-    ``block``; ``schedule``, ``gamma`` and ``check_labels`` for ``semantic``), so a new strategy
-    registered in :data:`semmae.registry.MASKINGS` needs no change here.
-    """
+    """The strategy registered as ``cfg.masking.name``, given those of the ``cfg.masking`` fields,
+    ``grid`` and ``check_labels`` that its constructor names (so a new strategy needs no change here)."""
     # The range check of the labels is a host sync per step on an accelerator; there the labels
     # come from part-map files whose values were checked when they were written.
     available = {

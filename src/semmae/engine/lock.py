@@ -43,12 +43,6 @@ def _same_file(fd: int, path: Path) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _record_holder(fd: int) -> None:
-    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode(), 0)
-
-
 def acquire_run_lock(run_dir: str | Path) -> bool:
     """Lock the existing directory ``run_dir`` for this process.
 
@@ -84,8 +78,10 @@ def acquire_run_lock(run_dir: str | Path) -> bool:
         os.close(fd)
     else:  # pragma: no cover - only under a storm of concurrent create/unlink
         raise RunDirError(f"could not lock output directory {str(key)!r}; try again")
+    holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n"  # for refusal messages
     try:
-        _record_holder(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
     except OSError:
         os.close(fd)
         raise

@@ -72,8 +72,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def append_result(path: str | Path, result: dict[str, Any]) -> None:
-    """Append one JSON object to a results file (``results.jsonl``)."""
+    """Append one JSON object to a results file (``results.jsonl``; its folder is created if missing)."""
     if not is_main():
         return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with Path(path).open("a") as f:
         f.write(json.dumps({k: _clean(v) for k, v in result.items()}) + "\n")

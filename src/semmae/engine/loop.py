@@ -212,15 +212,14 @@ class TrainLoop:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._reset_window(time.perf_counter())
 
-    def resume(self) -> dict[str, Any] | None:
-        """Restore model, optimiser, the task's state and the RNGs from ``checkpoints/last.pt`` (returned).
+    def resume(self) -> None:
+        """Restore model, optimiser, the task's state and the RNGs from ``checkpoints/last.pt``.
 
         A run directory whose start failed before its first checkpoint has nothing to restore: the
-        run starts from scratch (:func:`~semmae.engine.rundir.prepare_run_dir` has said so) and
-        None is returned.
+        run starts from scratch (:func:`~semmae.engine.rundir.prepare_run_dir` has said so).
         """
         if not has_checkpoint(self.run_dir):
-            return None
+            return
         t = self.task
         ckpt = load_run_state(self.run_dir, kind=t.kind, arch=t.arch, model=t.model, optimizer=self.optimizer)
         t.load_extra_state(ckpt)
@@ -228,7 +227,6 @@ class TrainLoop:
         self.step = self.saved_step = int(ckpt["step"])
         self.epoch = self.step // self.plan.steps_per_epoch
         log.info("resumed %s at step %d", self.run_dir, self.step)
-        return ckpt
 
     def run(self, stop_at_step: int | None = None) -> LoopResult:
         """Train to ``plan.total_steps``, or until SIGTERM/SIGINT or ``stop_at_step`` (checkpointed)."""
@@ -271,7 +269,7 @@ class TrainLoop:
             bar.update(1)
             if self.step % self.log_every == 0 or self.step == plan.total_steps:
                 self._log_window(bar)
-            halt = stop.signum if stop.requested else (-1 if stop_at_step == self.step else None)
+            halt = stop.signum or (-1 if stop_at_step == self.step else None)
             if halt is not None or (self.ckpt_every and self.step % self.ckpt_every == 0):
                 self.checkpoint(epoch)
             if halt is not None:

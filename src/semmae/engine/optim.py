@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -12,24 +11,21 @@ from torch import nn
 from semmae.models.vit import NO_WEIGHT_DECAY
 
 
-def param_groups(
-    model: nn.Module, weight_decay: float, skip: Iterable[str] = NO_WEIGHT_DECAY
-) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Split trainable parameters into decayed and non-decayed groups (timm's rule).
 
-    Biases, norm weights (every 1-D parameter) and the names matching ``skip`` (fnmatch patterns:
-    tokens and position embeddings) get no weight decay. The decayed group comes first, as it
-    always has, so optimiser states in older checkpoints line up with the groups.
+    Biases, norm weights (every 1-D parameter) and the names matching :data:`NO_WEIGHT_DECAY` (tokens
+    and position embeddings) get no weight decay. The decayed group comes first, as it always has,
+    so optimiser states in older checkpoints line up with the groups.
 
     Args:
         model: the module to optimise.
         weight_decay: decay of the decayed group.
-        skip: fnmatch patterns of parameter names that are never decayed.
 
     Returns:
         Up to two param-group dicts (decay first); empty groups are dropped.
     """
-    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=tuple(skip))
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
     return sorted(groups, key=lambda g: g["weight_decay"] == 0.0)  # stable: decay, then no decay
 
 

@@ -173,8 +173,7 @@ def config_inputs(cfg: config_lib.Config | None) -> dict[str, str | None]:
 
 
 def _input_path(spec: str | os.PathLike[str]) -> Path | None:
-    text = os.fspath(spec)
-    path = parse_encoder_spec(text).path if text else None
+    path = parse_encoder_spec(os.fspath(spec)).path  # a random: encoder reads no file
     return path.expanduser().resolve() if path is not None else None
 
 
@@ -202,10 +201,9 @@ def remove_stale_temps(path: Path) -> None:
     """Delete temp files left by atomic writes of a killed process (``.last.pt.*.tmp``, ...)."""
     for folder in (path, path / "checkpoints"):
         if folder.is_dir():
-            for tmp in folder.glob(TEMP_PATTERN):
-                if tmp.is_file() and not tmp.is_symlink():
-                    log.info("removing %s, left by an interrupted write", tmp)
-                    tmp.unlink()
+            for tmp in filter(_is_temp, folder.glob(TEMP_PATTERN)):
+                log.info("removing %s, left by an interrupted write", tmp)
+                tmp.unlink()
 
 
 def _clear(path: Path, inputs: Inputs) -> None:

@@ -18,10 +18,6 @@ class StopRequest:
         self.signum: int | None = None
         self._old: dict[int, object] = {}
 
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
         signal.signal(signum, self._old.get(signum, signal.SIG_DFL))  # a second ^C kills

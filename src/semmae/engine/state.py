@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from semmae import __version__
-from semmae.errors import CheckpointError, RunDirError
+from semmae.errors import CheckpointError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint
 
 LAST = Path("checkpoints") / "last.pt"
@@ -56,14 +56,9 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
         The checkpoint dict (for the trainer's own keys).
 
     Raises:
-        RunDirError: nothing to resume.
         CheckpointError: another kind of checkpoint, or another architecture.
     """
-    path = Path(run_dir) / LAST
-    if not path.is_file():
-        raise RunDirError(
-            f"nothing to resume in {str(run_dir)!r} (no checkpoints/last.pt); run without --resume"
-        )
+    path = Path(run_dir) / LAST  # the caller has checked that it exists (rundir.has_checkpoint)
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != kind:
         raise CheckpointError(f"{path} is a {ckpt.get('kind')!r} checkpoint, not a {kind!r} one")
