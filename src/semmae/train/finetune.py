@@ -36,7 +36,7 @@ from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.loop import Plan, make_plan
-from semmae.engine.optim import adamw
+from semmae.engine.optim import adamw, scaled_lr
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.models.vit_encoder import ViTEncoder
@@ -77,7 +77,7 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
         )
     return make_plan(
         steps_per_epoch=per_epoch, epochs=e.ft_epochs, max_steps=None, warmup_epochs=e.ft_warmup_epochs,
-        peak_lr=e.ft_base_lr * eff / 256.0, min_lr=e.ft_min_lr, effective_batch=eff,
+        peak_lr=scaled_lr(e.ft_base_lr, eff), min_lr=e.ft_min_lr, effective_batch=eff,
     )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from semmae import runtime
 from semmae.config import Config, DataConfig
 from semmae.engine.batches import PretrainBatches
 from semmae.engine.loop import Plan, make_plan
+from semmae.engine.optim import scaled_lr
 from semmae.errors import ConfigError
 from semmae.eval.features import TokenEncoder, pool_tokens
 from semmae.eval.linear import BN_EPS, HEAD_INIT_STD
@@ -123,7 +124,7 @@ def probe_plan(cfg: Config, num_train: int, world: int) -> Plan:
         )
     return make_plan(
         steps_per_epoch=steps, epochs=e.linear_epochs, max_steps=None,
-        warmup_epochs=e.linear_warmup_epochs, peak_lr=e.linear_blr * e.linear_batch_size / 256, min_lr=0.0,
+        warmup_epochs=e.linear_warmup_epochs, peak_lr=scaled_lr(e.linear_blr, e.linear_batch_size), min_lr=0.0,
         effective_batch=e.linear_batch_size, accum=e.linear_batch_size // (micro * world),
     )  # fmt: skip
 
