@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ def test_rng_states_round_trip_through_a_safe_load(tmp_path: Path) -> None:
 
 
 def test_a_save_removes_the_temp_file_a_killed_writer_left(tmp_path: Path) -> None:
-    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"")  # SIGKILL between mkstemp and os.replace
+    # SIGKILL between mkstemp and os.replace leaves the temp file an atomic write made
+    os.close(tempfile.mkstemp(prefix=".last.pt.", suffix=".tmp", dir=tmp_path)[0])
     (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"")  # another file's: not ours to remove
     save_checkpoint(tmp_path / "last.pt", {"step": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "last.pt"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +51,19 @@ def test_timm_export_matches_our_features(encoder, tmp_path) -> None:
     again, meta = load_encoder(str(path))
     assert meta["mean"] == [0.3] and meta["std"] == [0.2] and meta["kind"] == "timm"
     assert torch.equal(again.forward_features(x), encoder.forward_features(x))
+
+
+def test_an_export_removes_the_temp_files_of_a_killed_export_of_the_same_file(encoder, tmp_path) -> None:
+    for name, export in (("enc.safetensors", export_timm), ("enc.onnx", export_onnx)):
+        target = tmp_path / name
+        fd, stale_name = tempfile.mkstemp(prefix=f".{name}.", suffix=target.suffix, dir=tmp_path)
+        os.close(fd)  # what a SIGKILLed atomic write leaves
+        stale = Path(stale_name)
+        mine = tmp_path / f".{name}.mine{target.suffix}"  # not a name atomic_path makes: kept
+        mine.write_bytes(b"user")
+        export(encoder, target)
+        assert not stale.exists() and mine.read_bytes() == b"user" and target.is_file()
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}")) == [mine.name]
 
 
 def test_onnx_export_matches_in_onnxruntime(encoder, tmp_path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from semmae.atomic import atomic_path
+from semmae.atomic import atomic_path, remove_stale_temps_of
 from semmae.errors import CheckpointError
 
 
@@ -50,8 +50,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (:func:`atomic_path`); removes temp files of
     ``path`` that a killed writer left behind (one writer per run directory)."""
     path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temps_of(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from semmae import __version__
-from semmae.atomic import atomic_path
+from semmae.atomic import atomic_path, remove_stale_temps_of
 from semmae.errors import ConfigError, RunDirError
 from semmae.models.encoder import ViTEncoder, load_encoder
 
@@ -76,6 +76,7 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
     }
     meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
     path = Path(path)
+    remove_stale_temps_of(path, path.suffix)  # left by a killed export of the same file
     with atomic_path(path, suffix=path.suffix) as tmp:
         save_file(encoder_to_timm_state_dict(encoder), str(tmp), metadata=meta)
     return path
@@ -93,6 +94,7 @@ def export_onnx(encoder: ViTEncoder, path: str | Path, opset: int = 17) -> Path:
     example = torch.zeros(
         2, encoder.in_chans, encoder.img_size, encoder.img_size, device=next(encoder.parameters()).device
     )
+    remove_stale_temps_of(path, path.suffix)  # left by a killed export of the same file
     with atomic_path(path, suffix=path.suffix) as tmp, torch.no_grad(), warnings.catch_warnings():
         # the shape check in forward_features is a trace-time constant, as intended; the legacy
         # exporter is chosen on purpose (the dynamo one needs onnxscript), so its notice is noise
