@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -104,11 +105,11 @@ def at_least(section: str, obj: Any, minimum: float, *names: str) -> None:
 
 
 def positive(section: str, obj: Any, *names: str) -> None:
-    """Each field ``names`` of ``obj`` is > 0 (None skipped)."""
+    """Each field ``names`` of ``obj`` is > 0 and finite (None skipped)."""
     for name in names:
         value = getattr(obj, name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"config key '{section}.{name}' must be positive, got {value}")
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(f"config key '{section}.{name}' must be a positive finite number, got {value}")
 
 
 def scale_range(key: str, value: list[float]) -> None:

@@ -8,7 +8,6 @@ Rules that join sections live in :func:`semmae.config.validate`, the only place.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -95,14 +94,11 @@ class ModelConfig:
 
     def check(self) -> None:
         """Sizes set here are positive (that the patch size divides the image size is a cross-section
-        rule), the decoder may have no blocks, and the MLP ratio is a positive finite number."""
+        rule), the decoder may have no blocks, and the MLP ratio is positive and finite."""
         sizes = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_num_heads")
         at_least("model", self, 1, *sizes)
         at_least("model", self, 0, "decoder_depth")
-        if self.mlp_ratio is not None and not 0.0 < self.mlp_ratio < math.inf:
-            raise ConfigError(
-                f"config key 'model.mlp_ratio' must be a positive finite number, got {self.mlp_ratio}"
-            )
+        positive("model", self, "mlp_ratio")
 
 
 @dataclass
