@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from semmae.parts.export import export_part_maps  # heavy: torch, timm
-    from semmae.runtime import is_main
+    from semmae.runtime import is_main  # imports torch
 
     check_out(args, None, ("the --run", args.run))
     manifest = export_part_maps(
