@@ -8,6 +8,7 @@ starts a process group: gloo on CPU, nccl on CUDA.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import platform
@@ -93,13 +94,47 @@ def seeded_global_rngs(seed: int, device: torch.device | None = None) -> Iterato
             np.random.set_state(np_state)
 
 
-def configure_backends(device: torch.device) -> None:
-    """Fast math settings for training on ``device``, as timm's training script sets them.
+# glibc <malloc.h> mallopt parameters, and the largest mmap threshold glibc accepts (64-bit).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20
 
-    On CUDA: TF32 matmuls and convolutions (Ampere and newer; ~2x fp32 matmul throughput, the
-    precision of bf16 autocast's accumulations anyway) and ``cudnn.benchmark`` (input shapes are
-    fixed during training, so autotuning pays once). A no-op on CPU, so CPU results never change.
+
+def keep_freed_host_memory(trim_threshold: int = 2**30) -> bool:
+    """Let glibc's malloc reuse freed tensor memory instead of returning it to the kernel.
+
+    PyTorch's CPU tensors are plain malloc/free. Under glibc's defaults most of what a training
+    step frees (its activations and gradients) goes back to the kernel and returns in the next
+    step as fresh pages, each zero-filled on a page fault: about 27,000 faults per
+    ``mae_fmnist_tiny`` step, some 10% of its time on this project's machine. Serving blocks under
+    32 MiB (glibc's ceiling) from the heap and trimming the heap only past ``trim_threshold``
+    keeps that memory in the process for the next step, as jemalloc or tcmalloc would. The
+    arithmetic is untouched, so results do not change; the process holds up to
+    ``trim_threshold`` of freed memory instead of returning it. Settings are per process and
+    inherited by forked data-loader workers.
+
+    Args:
+        trim_threshold: free memory at the top of the heap that glibc keeps (bytes).
+
+    Returns:
+        Whether the settings took: False where the C library is not glibc (macOS, musl).
     """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    took = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+    return mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and took
+
+
+def configure_backends(device: torch.device) -> None:
+    """Fast settings for training on ``device``; none of them changes a result on the CPU.
+
+    Everywhere: :func:`keep_freed_host_memory`. On CUDA, as timm's training script sets them:
+    TF32 matmuls and convolutions (Ampere and newer; ~2x fp32 matmul throughput, the precision of
+    bf16 autocast's accumulations anyway) and ``cudnn.benchmark`` (input shapes are fixed during
+    training, so autotuning pays once).
+    """
+    keep_freed_host_memory()
     if device.type != "cuda":
         return
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -203,7 +203,7 @@ class TrainLoop:
                  desc: str, show_bar: bool = True, keep_every_epochs: int = 0) -> None:  # fmt: skip
         self.task, self.plan, self.optimizer, self.run_dir = task, plan, optimizer, Path(run_dir)
         self.logger, self.config, self.device, self.desc = logger, config, device, desc
-        runtime.configure_backends(device)  # TF32 / cudnn.benchmark on CUDA; nothing on CPU
+        runtime.configure_backends(device)  # malloc reuse; TF32 / cudnn.benchmark on CUDA
         self.log_every, self.ckpt_every = train.log_every, train.ckpt_every_steps
         self.show_bar = show_bar and train.progress_bar and runtime.is_main()
         self.keep_every = keep_every_epochs
