@@ -3,8 +3,11 @@
 Prints (and with ``--out`` writes) one JSON object, all measured in one process so ratios are fair:
 
 - ``fp32`` / ``bf16``: img/s of the bare step (mask + forward + backward + AdamW) on a fixed random
-  batch, FLOPs counted with ``torch.utils.flop_counter``, the measured matmul peak (GFLOP/s) and
-  the utilisation (achieved / peak). Medians over repetitions.
+  batch, FLOPs counted with ``torch.utils.flop_counter`` (attention included), the measured
+  matmul peak (GFLOP/s) and the utilisation (achieved / peak): medians over rounds that time the
+  peak and the step in alternation. ``page_faults_per_step``: the step's minor page faults, which
+  ``keep_freed_host_memory`` (set by the engine, and here; ``--keep-freed-memory off`` leaves
+  glibc's defaults, for comparison) brings near zero.
 - ``engine``: ``semmae pretrain``'s own loop (``run_pretrain``) on Fashion-MNIST for N steps with
   the same model, batch, precision and threads: data, augmentation, masking, logging and all. Its
   img/s is the steady state between the loop's own log steps (the first, warm-up window
@@ -21,8 +24,9 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
   (``cpu_native_bf16`` false) bf16 autocast runs emulated, about ten times slower than fp32;
   the bf16 step is then skipped unless ``--bf16 on``, and the output says so.
 
-    python benchmarks/bench_step.py [--batch 128] [--steps 12] [--engine-steps 20] [--device cpu]
-                                    [--bf16 auto|on|off] [--compile] [--out results/bench_step.json]
+    python benchmarks/bench_step.py [--batch 128] [--rounds 5] [--steps 4] [--engine-steps 20]
+                                    [--device cpu] [--bf16 auto|on|off] [--compile]
+                                    [--keep-freed-memory on|off] [--out results/bench_step.json]
 """
 
 from __future__ import annotations
@@ -31,15 +35,16 @@ import argparse
 import contextlib
 import json
 import platform
+import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import semmae.data
 from semmae import config as config_lib
@@ -56,9 +61,13 @@ TARGETS = {"fp32_utilisation": 0.65, "bf16_speedup": 1.4, "engine_over_step": 0.
 
 
 def matmul_peak(
-    dtype: torch.dtype, device: torch.device, n: int = 1024, reps: int = 10
+    dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5
 ) -> tuple[float, float]:
-    """Median GFLOP/s of an n×n×n matmul, in wall time and in this process's CPU time."""
+    """Median GFLOP/s of an n×n×n matmul, in wall time and in this process's CPU time.
+
+    On this project's CPU, 2048³ runs at the best rate of the sizes 512–3072 (1024³ is 5–10%
+    slower and noisier); on a GPU pass a size that fills it (``gpu_check`` does).
+    """
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -79,21 +88,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter, which also counts the CPU's fused attention kernel.
+
+    torch counts the CUDA attention kernels (flash, memory-efficient, cuDNN) but not the CPU's
+    ``_scaled_dot_product_flash_attention_for_cpu``; the same formulas (the two matmuls of
+    attention, five in its backward) are registered for it, so a step's FLOPs do not depend on
+    the device that counts them.
+    """
+    aten = torch.ops.aten
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    }
+    return FlopCounterMode(display=False, custom_mapping=cpu_attention)
+
+
 def step_flops(model: torch.nn.Module, x: torch.Tensor, mask) -> int:  # noqa: ANN001
-    """FLOPs of one forward + backward."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one forward + backward, attention included."""
+    with flop_counter() as counter:
         model(x, mask).loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def time_steps(model, opt, x, masking, device, precision: str, steps: int) -> tuple[list[float], float]:  # noqa: ANN001
+def time_steps(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, masking: Callable[..., Any],
+    device: torch.device, precision: str, steps: int, warmup: int = 3,
+) -> tuple[list[float], float]:  # fmt: skip
     """Per-step wall seconds of mask + forward + backward + AdamW step, and CPU seconds per step."""
     times = []
-    for i in range(steps + 3):
+    for i in range(steps + warmup):
         _sync(device)
         t = time.perf_counter()
-        if i == 3:
+        if i == warmup:
             cpu0 = time.process_time()
         mask = masking(
             x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(i), device=device
@@ -104,7 +140,7 @@ def time_steps(model, opt, x, masking, device, precision: str, steps: int) -> tu
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
-        if i >= 3:  # warm-up steps excluded
+        if i >= warmup:  # warm-up steps excluded
             times.append(time.perf_counter() - t)
     return times, (time.process_time() - cpu0) / steps
 
@@ -125,9 +161,9 @@ def step_profile(model, opt, x, masking, device, peak_gflop_s: float, steps: int
 
     ``utilisation_if_only_matmuls`` is the step's FLOPs over its matmul time alone: the ceiling of
     the utilisation were every other op free. The profiler times ops in wall time, so ``peak_gflop_s``
-    is the wall-time peak; attention's FLOPs are not counted by the FLOP counter (as in the step's).
+    is the wall-time peak. Attention's FLOPs count in the step's total, not in the matmuls'.
     """
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model(
             x, masking(x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(0))
         ).loss.backward()
@@ -167,9 +203,40 @@ def step_figures(
     return {
         "img_per_s": round(batch / seconds[0], 1), "step_ms": round(1000 * seconds[0], 1),
         "achieved_gflop_s": round(achieved, 1), "matmul_peak_gflop_s": round(peak[0], 1),
-        "utilisation": round(achieved / peak[0], 3),
+        "matmul_peak_gflop_cpu_s": round(peak[1], 1), "utilisation": round(achieved / peak[0], 3),
         "utilisation_cpu_time": round(flops / seconds[1] / 1e9 / peak[1], 3),
     }  # fmt: skip
+
+
+def interleaved(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, masking: Callable[..., Any],
+    device: torch.device, precision: str, dtype: torch.dtype, flops: int, rounds: int, steps: int,
+) -> tuple[dict[str, float], float, float]:  # fmt: skip
+    """The step's figures against the matmul peak, the two timed in alternation.
+
+    A shared machine's speed drifts over seconds, so a peak timed once and steps timed later can
+    disagree by more than the effect measured. Each of ``rounds`` rounds times the peak matmul and
+    then ``steps`` steps (one warm-up step; three before the first round); every figure is the
+    median of the rounds' own figures, each a ratio of two neighbouring measurements.
+
+    Returns:
+        The figures (as :func:`step_figures`, plus ``rounds``), and the median wall and CPU
+        seconds per step.
+    """
+    per_round, walls, cpus = [], [], []
+    for r in range(rounds):
+        peak = matmul_peak(dtype, device)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        times, cpu = time_steps(model, opt, x, masking, device, precision, steps, warmup=1 if r else 3)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + (1 if r else 3))
+        walls.append(statistics.median(times))
+        cpus.append(cpu)
+        per_round.append(
+            step_figures(flops, x.shape[0], (walls[-1], cpu), peak) | {"page_faults_per_step": faults}
+        )
+    figures = {k: round(statistics.median(f[k] for f in per_round), 3) for k in per_round[0]}
+    figures["rounds"] = rounds
+    return figures, statistics.median(walls), statistics.median(cpus)
 
 
 @contextlib.contextmanager
@@ -239,7 +306,9 @@ def compiled_step(
     model.compile()
     opt = build_adamw(model, 1e-4, 0.05)
     t0 = time.perf_counter()
-    times, cpu = time_steps(model, opt, x, build("random", ratio=0.75), device, "fp32", args.steps)
+    times, cpu = time_steps(
+        model, opt, x, build("random", ratio=0.75), device, "fp32", args.rounds * args.steps
+    )
     figures = step_figures(flops, args.batch, (statistics.median(times), cpu), peak)
     figures["compile_and_run_s"] = round(time.perf_counter() - t0, 1)
     return figures
@@ -284,7 +353,10 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=12, help="timed bare steps per measurement")
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="rounds of (matmul peak, bare steps) per measurement"
+    )
+    ap.add_argument("--steps", type=int, default=4, help="timed bare steps per round")
     ap.add_argument("--engine-steps", type=int, default=20, help="timed engine steps (0: skip the engine)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
@@ -293,8 +365,16 @@ def main() -> None:
         action="store_true",
         help="also time the fp32 step under torch.compile (minutes on a CPU)",
     )
+    ap.add_argument(
+        "--keep-freed-memory",
+        choices=("on", "off"),
+        default="on",
+        help="off: leave glibc's malloc defaults (the bare step and the engine), to measure what keeping pays",
+    )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
+    if args.keep_freed_memory == "off":
+        runtime.keep_freed_host_memory = lambda *a, **k: False  # type: ignore[assignment]
     device = runtime.resolve_device(args.device)
     torch.manual_seed(0)
     model = build_mae("mae_fmnist_tiny", norm_pix_loss=True).to(device)
@@ -309,20 +389,21 @@ def main() -> None:
         "model": "mae_fmnist_tiny", "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "gflop_per_step": round(flops / 1e9, 3), "cpu_native_bf16": runtime.cpu_has_native_bf16(),
+        "keep_freed_memory": args.keep_freed_memory,
     }  # fmt: skip
 
-    def bare(precision: str) -> tuple[float, float]:
-        times, cpu = time_steps(model, opt, x, masking, device, precision, args.steps)
-        return statistics.median(times), cpu
+    def bare(precision: str) -> tuple[dict[str, float], float, float]:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        return interleaved(model, opt, x, masking, device, precision, dtype, flops, args.rounds, args.steps)
 
-    fp32_peak = matmul_peak(torch.float32, device)
-    t_before, cpu_before = bare("fp32")
-    result["fp32"] = step_figures(flops, args.batch, (t_before, cpu_before), fp32_peak)
+    runtime.configure_backends(device)  # what the engine's loop sets, so both run alike
+    result["fp32"], t_before, cpu_before = bare("fp32")
+    fp32_peak = (result["fp32"]["matmul_peak_gflop_s"], result["fp32"]["matmul_peak_gflop_cpu_s"])
     if device.type == "cpu":
         result["fp32_profile"] = step_profile(model, opt, x, masking, device, fp32_peak[0])
     if args.engine_steps > 0:
         engine = engine_rates(args.batch, args.engine_steps, device, "fp32")
-        t_after, cpu_after = bare("fp32")
+        _, t_after, cpu_after = bare("fp32")
         engine["bare_step_img_per_s"] = round(2 * args.batch / (t_before + t_after), 1)
         engine["bare_step_img_per_cpu_s"] = round(2 * args.batch / (cpu_before + cpu_after), 1)
         result["engine"] = engine
@@ -338,7 +419,7 @@ def main() -> None:
     if note:
         result["bf16_note"] = note
     if timed:
-        result["bf16"] = step_figures(flops, args.batch, bare("bf16"), matmul_peak(torch.bfloat16, device))
+        result["bf16"] = bare("bf16")[0]
         result["bf16_speedup"] = round(result["bf16"]["img_per_s"] / result["fp32"]["img_per_s"], 3)
     result["targets"] = targets(result)
     result["provenance"] = runtime.provenance()

@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_step import log_clock, matmul_peak
-from torch.utils.flop_counter import FlopCounterMode
+from bench_step import flop_counter, log_clock, matmul_peak
 
 import semmae.data
 from semmae import config as config_lib
@@ -189,7 +188,7 @@ def mae_flops_per_image(spec: Spec, device: torch.device) -> float:
     x = torch.randn(2, 3, spec.image_size, spec.image_size, device=device)
     gen = torch.Generator().manual_seed(0)
     mask = build_masking("random", ratio=0.75)(2, model.num_patches, generator=gen, device=device)
-    with FlopCounterMode(display=False) as counter, runtime.autocast(device, spec.precision):
+    with flop_counter() as counter, runtime.autocast(device, spec.precision):
         model(x, mask).loss.backward()
     return counter.get_total_flops() / 2
 
