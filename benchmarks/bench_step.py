@@ -12,7 +12,8 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
   the same model, batch, precision and threads: data, augmentation, masking, logging and all. Its
   img/s is the steady state between the loop's own log steps (the first, warm-up window
   excluded); ``engine_over_step`` divides it by the bare step's img/s, measured before and after
-  the engine run (their mean), so drift of a shared machine's load largely cancels;
+  the engine run (their mean, and ``bare_step_after_over_before`` says how far they differ), so
+  drift of a shared machine's load largely cancels;
   ``engine_over_step_cpu_time`` is the same ratio in this process's CPU time, which other
   processes on a shared machine hardly move. ``engine_over_step_with_epoch_end`` also charges
   the end of an epoch (checkpoint, image grid, kNN monitor) to the steps of one recipe epoch.
@@ -406,6 +407,9 @@ def main() -> None:
         _, t_after, cpu_after = bare("fp32")
         engine["bare_step_img_per_s"] = round(2 * args.batch / (t_before + t_after), 1)
         engine["bare_step_img_per_cpu_s"] = round(2 * args.batch / (cpu_before + cpu_after), 1)
+        # How far the machine's speed moved across the engine run (1 = not at all): the ratios
+        # below are only as good as this is close to 1.
+        engine["bare_step_after_over_before"] = round(t_before / t_after, 3)
         result["engine"] = engine
         result["engine_over_step"] = round(engine["img_per_s"] / engine["bare_step_img_per_s"], 3)
         result["engine_over_step_cpu_time"] = round(
