@@ -66,8 +66,9 @@ def matmul_peak(
 ) -> tuple[float, float]:
     """Median GFLOP/s of an n×n×n matmul, in wall time and in this process's CPU time.
 
-    On this project's CPU, 2048³ runs at the best rate of the sizes 512–3072 (1024³ is 5–10%
-    slower and noisier); on a GPU pass a size that fills it (``gpu_check`` does).
+    On this project's CPU the sizes 512–3072 give medians within the machine's run-to-run spread
+    of each other; 2048³ runs long enough (0.1–0.2 s) to be timed well. On a GPU pass a size that
+    fills it (``gpu_check`` does).
     """
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
