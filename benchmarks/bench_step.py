@@ -13,7 +13,7 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
   img/s is the steady state between the loop's own log steps (the first, warm-up window
   excluded); ``engine_over_step`` divides it by the bare step's img/s, measured before and after
   the engine run (their mean, and ``bare_step_after_over_before`` says how far they differ), so
-  drift of a shared machine's load largely cancels;
+  drift of a shared machine's load largely cancels, and is the median over ``--engine-runs`` runs;
   ``engine_over_step_cpu_time`` is the same ratio in this process's CPU time, which other
   processes on a shared machine hardly move. ``engine_over_step_with_epoch_end`` also charges
   the end of an epoch (checkpoint, image grid, kNN monitor) to the steps of one recipe epoch.
@@ -26,7 +26,7 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
   the bf16 step is then skipped unless ``--bf16 on``, and the output says so.
 
     python benchmarks/bench_step.py [--batch 128] [--rounds 5] [--steps 4] [--engine-steps 20]
-                                    [--device cpu] [--bf16 auto|on|off] [--compile]
+                                    [--engine-runs 3] [--device cpu] [--bf16 auto|on|off] [--compile]
                                     [--keep-freed-memory on|off] [--out results/bench_step.json]
 """
 
@@ -213,7 +213,7 @@ def step_figures(
 def interleaved(
     model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, masking: Callable[..., Any],
     device: torch.device, precision: str, dtype: torch.dtype, flops: int, rounds: int, steps: int,
-) -> tuple[dict[str, float], float, float]:  # fmt: skip
+) -> dict[str, float]:  # fmt: skip
     """The step's figures against the matmul peak, the two timed in alternation.
 
     A shared machine's speed drifts over seconds, so a peak timed once and steps timed later can
@@ -222,23 +222,21 @@ def interleaved(
     median of the rounds' own figures, each a ratio of two neighbouring measurements.
 
     Returns:
-        The figures (as :func:`step_figures`, plus ``rounds``), and the median wall and CPU
-        seconds per step.
+        The figures of :func:`step_figures`, plus ``page_faults_per_step`` and ``rounds``.
     """
-    per_round, walls, cpus = [], [], []
+    per_round = []
     for r in range(rounds):
         peak = matmul_peak(dtype, device)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         times, cpu = time_steps(model, opt, x, masking, device, precision, steps, warmup=1 if r else 3)
         faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + (1 if r else 3))
-        walls.append(statistics.median(times))
-        cpus.append(cpu)
         per_round.append(
-            step_figures(flops, x.shape[0], (walls[-1], cpu), peak) | {"page_faults_per_step": faults}
+            step_figures(flops, x.shape[0], (statistics.median(times), cpu), peak)
+            | {"page_faults_per_step": faults}
         )
     figures = {k: round(statistics.median(f[k] for f in per_round), 3) for k in per_round[0]}
     figures["rounds"] = rounds
-    return figures, statistics.median(walls), statistics.median(cpus)
+    return figures
 
 
 @contextlib.contextmanager
@@ -296,6 +294,49 @@ def engine_rates(batch: int, steps: int, device: torch.device, precision: str) -
         "recipe": RECIPE.name, "data": cfg.data.name, "steps_per_epoch": steps_per_epoch,
         "epoch_end_s": round(epoch_end_s, 2), "knn_images": cfg.train.knn_train + cfg.train.knn_test,
         "epoch_overhead": round(epoch_end_s / (epoch_s + epoch_end_s), 3),
+    }  # fmt: skip
+
+
+def neighbour(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, masking: Callable[..., Any],
+    device: torch.device, steps: int,
+) -> tuple[float, float]:  # fmt: skip
+    """Median wall seconds and CPU seconds of a bare fp32 step: the yardstick beside an engine run."""
+    times, cpu = time_steps(model, opt, x, masking, device, "fp32", 2 * steps, warmup=1)
+    return statistics.median(times), cpu
+
+
+def engine_figures(
+    args: argparse.Namespace, device: torch.device, bare: Callable[[], tuple[float, float]]
+) -> dict[str, Any]:
+    """engine / step: ``args.engine_runs`` engine runs, each against the bare steps timed on either side.
+
+    Each run's ratio divides its img/s by the mean rate of its two neighbouring bare measurements,
+    so the machine's drift over a run largely cancels; the figures are the medians over the runs,
+    and ``engine`` holds the last run's details (with how far its neighbours differed).
+    """
+    walls, cpus = zip(*[bare()], strict=True)
+    walls, cpus, runs = list(walls), list(cpus), []
+    for _ in range(args.engine_runs):
+        engine = engine_rates(args.batch, args.engine_steps, device, "fp32")
+        wall, cpu = bare()
+        engine["bare_step_img_per_s"] = round(2 * args.batch / (walls[-1] + wall), 1)
+        engine["bare_step_img_per_cpu_s"] = round(2 * args.batch / (cpus[-1] + cpu), 1)
+        engine["bare_step_after_over_before"] = round(walls[-1] / wall, 3)  # 1: the machine held still
+        walls.append(wall)
+        cpus.append(cpu)
+        engine["engine_over_step"] = round(engine["img_per_s"] / engine["bare_step_img_per_s"], 3)
+        engine["engine_over_step_cpu_time"] = round(
+            engine["img_per_cpu_s"] / engine["bare_step_img_per_cpu_s"], 3
+        )
+        runs.append(engine)
+    ratio = statistics.median(r["engine_over_step"] for r in runs)
+    overhead = statistics.median(r["epoch_overhead"] for r in runs)
+    return {
+        "engine": runs[-1], "engine_runs": len(runs), "engine_over_step_each": [r["engine_over_step"] for r in runs],
+        "engine_over_step": round(ratio, 3),
+        "engine_over_step_cpu_time": round(statistics.median(r["engine_over_step_cpu_time"] for r in runs), 3),
+        "engine_over_step_with_epoch_end": round(ratio * (1 - overhead), 3),
     }  # fmt: skip
 
 
@@ -360,6 +401,9 @@ def main() -> None:
     )
     ap.add_argument("--steps", type=int, default=4, help="timed bare steps per round")
     ap.add_argument("--engine-steps", type=int, default=20, help="timed engine steps (0: skip the engine)")
+    ap.add_argument(
+        "--engine-runs", type=int, default=3, help="engine runs, each between two bare measurements"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
     ap.add_argument(
@@ -394,37 +438,26 @@ def main() -> None:
         "keep_freed_memory": args.keep_freed_memory,
     }  # fmt: skip
 
-    def bare(precision: str) -> tuple[dict[str, float], float, float]:
+    def bare(precision: str) -> dict[str, float]:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         return interleaved(model, opt, x, masking, device, precision, dtype, flops, args.rounds, args.steps)
 
     runtime.configure_backends(device)  # what the engine's loop sets, so both run alike
-    result["fp32"], t_before, cpu_before = bare("fp32")
+    result["fp32"] = bare("fp32")
     fp32_peak = (result["fp32"]["matmul_peak_gflop_s"], result["fp32"]["matmul_peak_gflop_cpu_s"])
     if device.type == "cpu":
         result["fp32_profile"] = step_profile(model, opt, x, masking, device, fp32_peak[0])
     if args.engine_steps > 0:
-        engine = engine_rates(args.batch, args.engine_steps, device, "fp32")
-        _, t_after, cpu_after = bare("fp32")
-        engine["bare_step_img_per_s"] = round(2 * args.batch / (t_before + t_after), 1)
-        engine["bare_step_img_per_cpu_s"] = round(2 * args.batch / (cpu_before + cpu_after), 1)
-        # How far the machine's speed moved across the engine run (1 = not at all): the ratios
-        # below are only as good as this is close to 1.
-        engine["bare_step_after_over_before"] = round(t_before / t_after, 3)
-        result["engine"] = engine
-        result["engine_over_step"] = round(engine["img_per_s"] / engine["bare_step_img_per_s"], 3)
-        result["engine_over_step_cpu_time"] = round(
-            engine["img_per_cpu_s"] / engine["bare_step_img_per_cpu_s"], 3
+        result.update(
+            engine_figures(args, device, lambda: neighbour(model, opt, x, masking, device, args.steps))
         )
-        with_end = result["engine_over_step"] * (1 - engine["epoch_overhead"])
-        result["engine_over_step_with_epoch_end"] = round(with_end, 3)
     if args.compile:
         result["fp32_compiled"] = compiled_step(args, device, x, flops, fp32_peak)
     timed, note = bf16_wanted(args.bf16, device)
     if note:
         result["bf16_note"] = note
     if timed:
-        result["bf16"] = bare("bf16")[0]
+        result["bf16"] = bare("bf16")
         result["bf16_speedup"] = round(result["bf16"]["img_per_s"] / result["fp32"]["img_per_s"], 3)
     result["targets"] = targets(result)
     result["provenance"] = runtime.provenance()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -51,7 +52,7 @@ def test_one_whole_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--batch", "32", "--steps", "2",
-           "--engine-steps", "5", "--bf16", "off", "--out", str(out)]  # fmt: skip
+           "--engine-steps", "5", "--engine-runs", "2", "--bf16", "off", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -63,6 +64,22 @@ def test_one_whole_run_reports_every_figure(tmp_path: Path) -> None:
         and result["engine_over_step_with_epoch_end"] <= result["engine_over_step"]
     )
     assert set(result["targets"]) == {"fp32_utilisation", "bf16_speedup", "engine_over_step"}
+    assert result["engine_runs"] == 2 and len(result["engine_over_step_each"]) == 2
+    assert result["fp32"]["rounds"] == 5 and result["fp32"]["page_faults_per_step"] >= 0
+
+
+def test_each_engine_run_is_measured_against_its_two_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bare steps of 1.0, 0.5, 0.25 s (the machine speeding up); every engine run delivers 200 img/s.
+    bare = iter([(1.0, 1.0), (0.5, 0.5), (0.25, 0.25)])
+    engine = {"img_per_s": 200.0, "img_per_cpu_s": 200.0, "epoch_overhead": 0.1}
+    monkeypatch.setattr(bench_step, "engine_rates", lambda *a: dict(engine))
+    args = argparse.Namespace(batch=100, engine_steps=5, engine_runs=2)
+    out = bench_step.engine_figures(args, torch.device("cpu"), lambda: next(bare))
+    # Neighbours' mean rates: 2·100 / (1.0 + 0.5) = 133.3 img/s, then 2·100 / (0.5 + 0.25) = 266.7.
+    assert out["engine_over_step_each"] == [pytest.approx(1.5, abs=1e-3), pytest.approx(0.75, abs=1e-3)]
+    assert out["engine_over_step"] == pytest.approx(1.125, abs=1e-3)  # the median of two
+    assert out["engine_over_step_with_epoch_end"] == pytest.approx(1.125 * 0.9, abs=1e-3)
+    assert out["engine"]["bare_step_after_over_before"] == 2.0
 
 
 def test_the_step_profile_splits_the_time_and_finds_the_matmuls() -> None:
