@@ -8,13 +8,20 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from semmae.errors import ConfigError, RunDirError
 from semmae.models.encoder import load_encoder
-from semmae.models.export import export_onnx, export_timm, run_export, timm_vit_kwargs
+from semmae.models.export import (
+    encoder_to_timm_state_dict,
+    export_onnx,
+    export_timm,
+    run_export,
+    timm_vit_kwargs,
+)
 from semmae.models.vit import build_classifier
 
 
@@ -64,6 +71,18 @@ def test_an_export_removes_the_temp_files_of_a_killed_export_of_the_same_file(en
         export(encoder, target)
         assert not stale.exists() and mine.read_bytes() == b"user" and target.is_file()
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}")) == [mine.name]
+
+
+def test_a_timm_export_writes_through_its_own_temp_file_only(encoder, tmp_path, monkeypatch) -> None:
+    def save_file(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError(
+            "save_file writes a '.tmpXXXXXX' of its own, which a killed export leaves behind"
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    path = export_timm(encoder, tmp_path / "enc.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["enc.safetensors"]
+    assert load_file(path).keys() == encoder_to_timm_state_dict(encoder).keys()
 
 
 def test_onnx_export_matches_in_onnxruntime(encoder, tmp_path) -> None:

@@ -67,7 +67,7 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
     Returns:
         The written path.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     meta = {
         "format": "semmae-timm-vit",
@@ -78,7 +78,9 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
     path = Path(path)
     remove_stale_temps_of(path, path.suffix)  # left by a killed export of the same file
     with atomic_path(path, suffix=path.suffix) as tmp:
-        save_file(encoder_to_timm_state_dict(encoder), str(tmp), metadata=meta)
+        # Not safetensors' save_file: it writes through a ".tmpXXXXXX" file of its own in the same
+        # folder, which a killed export leaves behind (343 MB for ViT-B); the bytes go to ours.
+        tmp.write_bytes(save(encoder_to_timm_state_dict(encoder), metadata=meta))
     return path
 
 
