@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,14 +50,32 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def remove_stale_temps_of(path: Path, suffix: str = ".tmp") -> None:
-    """Delete the temporary files of ``path`` that a killed :func:`atomic_path` writer left behind.
+@contextmanager
+def scratch_dir_for(path: Path) -> Iterator[Path]:
+    """A private folder ``.NAME.<8 random characters>.d`` next to ``path``, removed on exit.
 
-    Only names :func:`atomic_path` makes for ``path`` match (``.NAME.`` + mkstemp's 8 characters +
-    ``suffix``); call it only where one process writes ``path`` at a time.
+    For a library writer that makes temporary files of its own beside its target (safetensors'
+    ``save_file``): aimed into this folder, what a killed writer leaves is one folder that
+    :func:`remove_stale_temps_of` recognises, not a file named by someone else.
     """
-    own = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(suffix)}")
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".d", dir=path.parent) as d:
+        yield Path(d)
+
+
+def remove_stale_temps_of(path: Path, suffix: str = ".tmp") -> None:
+    """Delete the temporary files (and folders) of ``path`` that a killed writer left behind.
+
+    Only names :func:`atomic_path` and :func:`scratch_dir_for` make for ``path`` match (``.NAME.`` +
+    mkstemp's 8 characters + ``suffix``, or + ``.d`` for a folder); call it only where one process
+    writes ``path`` at a time.
+    """
+    stem = rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}"
+    own_file, own_dir = re.compile(stem + re.escape(suffix)), re.compile(stem + r"\.d")
     if path.parent.is_dir():
         for entry in path.parent.iterdir():
-            if own.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            if entry.is_symlink():
+                continue
+            if own_file.fullmatch(entry.name) and entry.is_file():
                 entry.unlink()
+            elif own_dir.fullmatch(entry.name) and entry.is_dir():
+                shutil.rmtree(entry)

@@ -66,23 +66,35 @@ def test_an_export_removes_the_temp_files_of_a_killed_export_of_the_same_file(en
         fd, stale_name = tempfile.mkstemp(prefix=f".{name}.", suffix=target.suffix, dir=tmp_path)
         os.close(fd)  # what a SIGKILLed atomic write leaves
         stale = Path(stale_name)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".d", dir=tmp_path))
+        (scratch / ".tmpAbC123").write_bytes(b"half a file")  # a killed save_file's, in its scratch folder
         mine = tmp_path / f".{name}.mine{target.suffix}"  # not a name atomic_path makes: kept
         mine.write_bytes(b"user")
+        mine_dir = tmp_path / f".{name}.mine.d"  # nor scratch_dir_for: kept
+        mine_dir.mkdir()
         export(encoder, target)
-        assert not stale.exists() and mine.read_bytes() == b"user" and target.is_file()
-        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}")) == [mine.name]
+        assert not stale.exists() and not scratch.exists() and target.is_file()
+        assert mine.read_bytes() == b"user" and mine_dir.is_dir()
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}"))
+        assert left == sorted([mine.name, mine_dir.name])
 
 
-def test_a_timm_export_writes_through_its_own_temp_file_only(encoder, tmp_path, monkeypatch) -> None:
-    def save_file(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise AssertionError(
-            "save_file writes a '.tmpXXXXXX' of its own, which a killed export leaves behind"
-        )
+def test_a_timm_export_keeps_safetensors_temp_file_in_a_scratch_folder(
+    encoder, tmp_path, monkeypatch
+) -> None:
+    real, targets = safetensors.torch.save_file, []
+
+    def save_file(tensors, filename, metadata=None):  # noqa: ANN001, ANN202
+        targets.append(Path(filename))  # it writes a ".tmpXXXXXX" of its own beside this file
+        real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     path = export_timm(encoder, tmp_path / "enc.safetensors")
-    assert [p.name for p in tmp_path.iterdir()] == ["enc.safetensors"]
-    assert load_file(path).keys() == encoder_to_timm_state_dict(encoder).keys()
+    (folder,) = {t.parent for t in targets}
+    assert folder.parent == tmp_path and folder.name.startswith(".enc.safetensors.") and folder.suffix == ".d"
+    assert [p.name for p in tmp_path.iterdir()] == ["enc.safetensors"]  # the folder is gone
+    written, expected = load_file(path), encoder_to_timm_state_dict(encoder)
+    assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
 
 
 def test_onnx_export_matches_in_onnxruntime(encoder, tmp_path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from semmae import __version__
-from semmae.atomic import atomic_path, remove_stale_temps_of
+from semmae.atomic import atomic_path, remove_stale_temps_of, scratch_dir_for
 from semmae.errors import ConfigError, RunDirError
 from semmae.models.encoder import ViTEncoder, load_encoder
 
@@ -67,7 +68,7 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
     Returns:
         The written path.
     """
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     meta = {
         "format": "semmae-timm-vit",
@@ -77,10 +78,12 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
     meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
     path = Path(path)
     remove_stale_temps_of(path, path.suffix)  # left by a killed export of the same file
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        # Not safetensors' save_file: it writes through a ".tmpXXXXXX" file of its own in the same
-        # folder, which a killed export leaves behind (343 MB for ViT-B); the bytes go to ours.
-        tmp.write_bytes(save(encoder_to_timm_state_dict(encoder), metadata=meta))
+    with atomic_path(path, suffix=path.suffix) as tmp, scratch_dir_for(path) as scratch:
+        # save_file streams the tensors to disk (save() would hold a second copy in memory), but
+        # through a ".tmpXXXXXX" of its own beside its target, which a killed export would leave
+        # (343 MB for ViT-B): in a scratch folder, the next export removes it.
+        save_file(encoder_to_timm_state_dict(encoder), str(scratch / path.name), metadata=meta)
+        os.replace(scratch / path.name, tmp)
     return path
 
 
