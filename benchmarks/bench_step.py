@@ -4,8 +4,8 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
 
 - ``fp32`` / ``bf16``: img/s of the bare step (mask + forward + backward + AdamW) on a fixed random
   batch, FLOPs counted with ``torch.utils.flop_counter`` (attention included), the measured
-  matmul peak (GFLOP/s) and the utilisation (achieved / peak): medians over rounds that time the
-  peak and the step in alternation. ``page_faults_per_step``: the step's minor page faults, which
+  matmul peak (GFLOP/s) and the utilisation (achieved / peak), from the median one of rounds that
+  time the peak and the step in alternation. ``page_faults_per_step``: the step's minor page faults, which
   ``keep_freed_host_memory`` (set by the engine, and here; ``--keep-freed-memory off`` leaves
   glibc's defaults, for comparison) brings near zero.
 - ``engine``: ``semmae pretrain``'s own loop (``run_pretrain``) on Fashion-MNIST for N steps with
@@ -218,8 +218,8 @@ def interleaved(
 
     A shared machine's speed drifts over seconds, so a peak timed once and steps timed later can
     disagree by more than the effect measured. Each of ``rounds`` rounds times the peak matmul and
-    then ``steps`` steps (one warm-up step; three before the first round); every figure is the
-    median of the rounds' own figures, each a ratio of two neighbouring measurements.
+    then ``steps`` steps (one warm-up step; three before the first round), and the figures are
+    those of the round with the median utilisation, a ratio of two neighbouring measurements.
 
     Returns:
         The figures of :func:`step_figures`, plus ``page_faults_per_step`` and ``rounds``.
@@ -234,9 +234,10 @@ def interleaved(
             step_figures(flops, x.shape[0], (statistics.median(times), cpu), peak)
             | {"page_faults_per_step": faults}
         )
-    figures = {k: round(statistics.median(f[k] for f in per_round), 3) for k in per_round[0]}
-    figures["rounds"] = rounds
-    return figures
+    # The median round's figures, whole, so they agree with each other (img/s with ms per step,
+    # utilisation with achieved over peak); with an even count, the lower of the middle two.
+    median = sorted(per_round, key=lambda f: f["utilisation"])[(rounds - 1) // 2]
+    return median | {"page_faults_per_step": round(median["page_faults_per_step"], 1), "rounds": rounds}
 
 
 @contextlib.contextmanager
@@ -312,8 +313,9 @@ def engine_figures(
     """engine / step: ``args.engine_runs`` engine runs, each against the bare steps timed on either side.
 
     Each run's ratio divides its img/s by the mean rate of its two neighbouring bare measurements,
-    so the machine's drift over a run largely cancels; the figures are the medians over the runs,
-    and ``engine`` holds the last run's details (with how far its neighbours differed).
+    so the machine's drift over a run largely cancels. The figures are those of the run with the
+    median ratio (with an even count, the lower of the middle two), whose details ``engine`` holds
+    (with how far its neighbours differed).
     """
     walls, cpus = zip(*[bare()], strict=True)
     walls, cpus, runs = list(walls), list(cpus), []
@@ -330,13 +332,11 @@ def engine_figures(
             engine["img_per_cpu_s"] / engine["bare_step_img_per_cpu_s"], 3
         )
         runs.append(engine)
-    ratio = statistics.median(r["engine_over_step"] for r in runs)
-    overhead = statistics.median(r["epoch_overhead"] for r in runs)
+    median = sorted(runs, key=lambda r: r["engine_over_step"])[(len(runs) - 1) // 2]
     return {
-        "engine": runs[-1], "engine_runs": len(runs), "engine_over_step_each": [r["engine_over_step"] for r in runs],
-        "engine_over_step": round(ratio, 3),
-        "engine_over_step_cpu_time": round(statistics.median(r["engine_over_step_cpu_time"] for r in runs), 3),
-        "engine_over_step_with_epoch_end": round(ratio * (1 - overhead), 3),
+        "engine": median, "engine_runs": len(runs), "engine_over_step_each": [r["engine_over_step"] for r in runs],
+        "engine_over_step": median["engine_over_step"], "engine_over_step_cpu_time": median["engine_over_step_cpu_time"],
+        "engine_over_step_with_epoch_end": round(median["engine_over_step"] * (1 - median["epoch_overhead"]), 3),
     }  # fmt: skip
 
 
