@@ -227,9 +227,10 @@ def interleaved(
     per_round = []
     for r in range(rounds):
         peak = matmul_peak(dtype, device)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        times, cpu = time_steps(model, opt, x, masking, device, precision, steps, warmup=1 if r else 3)
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (steps + (1 if r else 3))
+        time_steps(model, opt, x, masking, device, precision, 1, warmup=0 if r else 2)  # warm-up steps
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # the timed steps' own
+        times, cpu = time_steps(model, opt, x, masking, device, precision, steps, warmup=0)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
         per_round.append(
             step_figures(flops, x.shape[0], (statistics.median(times), cpu), peak)
             | {"page_faults_per_step": faults}
