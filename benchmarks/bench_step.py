@@ -321,16 +321,14 @@ def engine_figures(
     median ratio (with an even count, the lower of the middle two), whose details ``engine`` holds
     (with how far its neighbours differed).
     """
-    walls, cpus = zip(*[bare()], strict=True)
-    walls, cpus, runs = list(walls), list(cpus), []
+    runs, before = [], bare()
     for _ in range(args.engine_runs):
         engine = engine_rates(args.batch, args.engine_steps, device, "fp32")
-        wall, cpu = bare()
-        engine["bare_step_img_per_s"] = round(2 * args.batch / (walls[-1] + wall), 1)
-        engine["bare_step_img_per_cpu_s"] = round(2 * args.batch / (cpus[-1] + cpu), 1)
-        engine["bare_step_after_over_before"] = round(walls[-1] / wall, 3)  # 1: the machine held still
-        walls.append(wall)
-        cpus.append(cpu)
+        after = bare()
+        engine["bare_step_img_per_s"] = round(2 * args.batch / (before[0] + after[0]), 1)
+        engine["bare_step_img_per_cpu_s"] = round(2 * args.batch / (before[1] + after[1]), 1)
+        engine["bare_step_after_over_before"] = round(before[0] / after[0], 3)  # 1: the machine held still
+        before = after
         engine["engine_over_step"] = round(engine["img_per_s"] / engine["bare_step_img_per_s"], 3)
         engine["engine_over_step_cpu_time"] = round(
             engine["img_per_cpu_s"] / engine["bare_step_img_per_cpu_s"], 3

@@ -80,8 +80,8 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
     remove_stale_temps_of(path, path.suffix)  # left by a killed export of the same file
     with atomic_path(path, suffix=path.suffix) as tmp, scratch_dir_for(path) as scratch:
         # save_file streams the tensors to disk (save() would hold a second copy in memory), but
-        # through a ".tmpXXXXXX" of its own beside its target, which a killed export would leave
-        # (343 MB for ViT-B): in a scratch folder, the next export removes it.
+        # through a ".tmp<6 random characters>" file of its own beside its target, which a killed
+        # export would leave (343 MB for ViT-B): in a scratch folder, the next export removes it.
         save_file(encoder_to_timm_state_dict(encoder), str(scratch / path.name), metadata=meta)
         os.replace(scratch / path.name, tmp)
     return path
