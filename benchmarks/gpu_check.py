@@ -8,8 +8,8 @@ Writes one JSON object (``--out``, default ``results/gpu_check_<gpu-name>.json``
   224 in bf16, batch 256 (halved until it fits), with random and with semantic masking, each
   with ``train.compile`` off and on; FLOPs per image counted with ``torch.utils.flop_counter``,
   MFU, and the peak memory of each run. The data are in-memory toy-parts images (with their
-  oracle part maps for semantic masking), so the loop's GPU augmentation is timed but no file
-  decoding.
+  oracle part maps for semantic masking), drawn once and shared by every run
+  (``toy_sets_drawn``), so the loop's GPU augmentation is timed but no file decoding.
 - ``finetune``: img/s of the ViT-B/16 classifier's training step (the fine-tune trainer's step,
   layer-decay AdamW, bf16).
 - ``loader``: img/s the streamed image-folder loader delivers from a few hundred JPEGs on this
@@ -29,7 +29,6 @@ minutes on a CPU).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
@@ -49,6 +48,7 @@ from bench_step import flop_counter, log_clock, matmul_peak
 import semmae.data
 from semmae import config as config_lib
 from semmae import runtime
+from semmae.data import synthetic
 from semmae.engine.optim import adamw
 from semmae.masking import build as build_masking
 from semmae.models import build_mae
@@ -193,18 +193,35 @@ def mae_flops_per_image(spec: Spec, device: torch.device) -> float:
     return counter.get_total_flops() / 2
 
 
-_BUILD_DATASET = semmae.data.build_dataset
-_DATASETS: dict[str, Any] = {}
+class ToyImagesOnce:
+    """Within ``with``: ``make_toy_parts`` memoised on its arguments; ``drawn`` counts real drawings.
 
+    Every pretraining run of this check (and its oracle part maps) reads the same toy images, and
+    drawing 4,096 of them at 224 pixels takes minutes of CPU time. The function is replaced in its
+    own module, where the toy-parts loader looks it up at each call, so every caller shares one
+    drawing (the loader clones what it takes).
+    """
 
-def _memo_build_dataset(cfg: config_lib.DataConfig, split: str) -> Any:
-    """``build_dataset`` memoised on the data section's values: each run of this check renders the
-    same toy images, and rendering 224-pixel images on the CPU would otherwise dominate it."""
-    key = json.dumps([dataclasses.asdict(cfg), split], sort_keys=True, default=str)
-    if key not in _DATASETS:
-        _DATASETS.clear()  # one data section at a time: a halved batch renders a smaller set
-        _DATASETS[key] = _BUILD_DATASET(cfg, split)
-    return _DATASETS[key]
+    def __init__(self) -> None:
+        self.original = synthetic.make_toy_parts
+        self.cache: dict[tuple[int, int, int, int], tuple[Any, ...]] = {}
+        self.drawn = 0
+
+    def __call__(self, n: int, image_size: int = 32, in_chans: int = 1, seed: int = 0) -> tuple[Any, ...]:
+        key = (n, image_size, in_chans, seed)
+        if key not in self.cache:
+            self.cache.clear()  # one set at a time
+            self.cache[key] = self.original(n, image_size, in_chans, seed)
+            self.drawn += 1
+        return self.cache[key]
+
+    def __enter__(self) -> ToyImagesOnce:
+        synthetic.make_toy_parts = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        synthetic.make_toy_parts = self.original
+        self.cache.clear()
 
 
 def pretrain_config(
@@ -258,7 +275,7 @@ def pretrain_section(spec: Spec, device: torch.device, budget: Section, peak_tfl
         "image_size": spec.image_size,
         "gflop_per_image": round(flops / 1e9, 2),
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ToyImagesOnce() as toys:
         from semmae.parts.export import maps_from_masks
 
         parts = Path(tmp) / "oracle_train.npy"
@@ -276,6 +293,7 @@ def pretrain_section(spec: Spec, device: torch.device, budget: Section, peak_tfl
                 if "img_per_s" in run:
                     run["mfu"] = round(run["img_per_s"] * flops / (peak_tflops * 1e12), 4)
                 out[key] = run
+    out["toy_sets_drawn"] = toys.drawn  # 1: the runs and the part maps shared one drawing
     return out
 
 
@@ -348,7 +366,7 @@ def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[st
         try:
             cfg = config_lib.load(None, ["data.name=image_folder", f"data.root={tmp}", f"data.image_size={spec.image_size}",
                                          "data.in_chans=3", f"data.num_workers={workers}"])  # fmt: skip
-            ds = _BUILD_DATASET(cfg.data, "train")
+            ds = semmae.data.build_dataset(cfg.data, "train")
             out["streamed"] = bool(ds.streamed)
             t0, n = None, 0
             for images, _, _ in semmae.data.iterate_batches(
@@ -406,7 +424,6 @@ def run_check(spec: Spec, device: torch.device, smoke: bool) -> dict[str, Any]:
     runtime.configure_backends(device)
     if smoke:  # compiling takes minutes on a CPU: the compiled runs go through train.compile, eagerly
         torch._dynamo.config.disable = True
-    semmae.data.build_dataset = _memo_build_dataset
     result: dict[str, Any] = {
         "gpu": runtime.describe_device(), "device": str(device), "smoke": smoke, "cpu_cores": os.cpu_count(),
         "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -429,15 +446,12 @@ def run_check(spec: Spec, device: torch.device, smoke: bool) -> dict[str, Any]:
         "finetune": lambda budget: finetune_section(spec, device, budget),
         "loader": lambda budget: loader_section(spec, device, budget),
     }
-    try:
-        for i, (name, section) in enumerate(sections.items()):
-            later = sum(spec.budgets[k] for k in list(sections)[i + 1 :])
-            seconds = min(spec.budgets[name], spec.total_s - (time.perf_counter() - t0) - later)
-            t = time.perf_counter()
-            result[name] = section(Section(seconds))
-            result[name]["seconds"] = round(time.perf_counter() - t, 1)
-    finally:
-        semmae.data.build_dataset = _BUILD_DATASET
+    for i, (name, section) in enumerate(sections.items()):
+        later = sum(spec.budgets[k] for k in list(sections)[i + 1 :])
+        seconds = min(spec.budgets[name], spec.total_s - (time.perf_counter() - t0) - later)
+        t = time.perf_counter()
+        result[name] = section(Section(seconds))
+        result[name]["seconds"] = round(time.perf_counter() - t, 1)
     result["targets"] = targets(result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["provenance"] = runtime.provenance()

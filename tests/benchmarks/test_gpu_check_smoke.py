@@ -33,6 +33,7 @@ def test_smoke_fills_every_field(tmp_path: Path) -> None:
     assert _positive(result["matmul"]["peak_tflop_s"])
     pre = result["pretrain"]
     assert _positive(pre["gflop_per_image"])
+    assert pre["toy_sets_drawn"] == 1  # the four runs and the oracle part maps share one drawing
     for key in RUNS:
         run = pre[key]
         assert run["batch"] == 8 and run["steps_timed"] >= 1, key
