@@ -197,9 +197,10 @@ class ToyImagesOnce:
     """Within ``with``: ``make_toy_parts`` memoised on its arguments; ``drawn`` counts real drawings.
 
     Every pretraining run of this check (and its oracle part maps) reads the same toy images, and
-    drawing 4,096 of them at 224 pixels takes minutes of CPU time. The function is replaced in its
-    own module, where the toy-parts loader looks it up at each call, so every caller shares one
-    drawing (the loader clones what it takes).
+    drawing 4,096 of them at 224 pixels takes about 40 s on two cores: five drawings would spend
+    most of the section's budget. The function is replaced in its own module, where the toy-parts
+    loader looks it up at each call, so every caller shares one drawing (the loader clones what
+    it takes).
     """
 
     def __init__(self) -> None:
