@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from semmae.atomic import FILE_MODE
 from semmae.errors import ConfigError, RunDirError
 from semmae.models.encoder import load_encoder
 from semmae.models.export import (
@@ -93,6 +95,7 @@ def test_a_timm_export_keeps_safetensors_temp_file_in_a_scratch_folder(
     (folder,) = {t.parent for t in targets}
     assert folder.parent == tmp_path and folder.name.startswith(".enc.safetensors.") and folder.suffix == ".d"
     assert [p.name for p in tmp_path.iterdir()] == ["enc.safetensors"]  # the folder is gone
+    assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE  # as every file we write, not private
     written, expected = load_file(path), encoder_to_timm_state_dict(encoder)
     assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
 

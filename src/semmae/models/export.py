@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from semmae import __version__
-from semmae.atomic import atomic_path, remove_stale_temps_of, scratch_dir_for
+from semmae.atomic import FILE_MODE, atomic_path, remove_stale_temps_of, scratch_dir_for
 from semmae.errors import ConfigError, RunDirError
 from semmae.models.encoder import ViTEncoder, load_encoder
 
@@ -84,6 +84,7 @@ def export_timm(encoder: ViTEncoder, path: str | Path, *, metadata: dict[str, An
         # export would leave (343 MB for ViT-B): in a scratch folder, the next export removes it.
         save_file(encoder_to_timm_state_dict(encoder), str(scratch / path.name), metadata=meta)
         os.replace(scratch / path.name, tmp)
+        os.chmod(tmp, FILE_MODE)  # safetensors makes its file private (0600)
     return path
 
 
