@@ -168,6 +168,21 @@ def test_from_masks_cli(tmp_path) -> None:
     assert main(args + ["--overwrite"]) == 0
 
 
+@needs_data
+def test_from_masks_keeps_a_users_json_beside_the_output(tmp_path, capsys) -> None:
+    cfg_path = tmp_path / "cfg.yaml"
+    config_lib.dump(_cfg(), cfg_path)
+    notes = tmp_path / "maps.json"
+    notes.write_text('{"my": "notes"}')
+    args = ["parts", "from-masks", "--config", str(cfg_path), "--split", "train", "--grid", "7"]
+    assert main([*args, "--out", str(tmp_path / "maps.npy")]) == 2
+    assert notes.read_text() == '{"my": "notes"}' and not (tmp_path / "maps.npy").exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "maps.json" in err and "--overwrite" in err
+    assert main([*args, "--out", str(tmp_path / "other")]) == 0  # ".npy" is appended: both are named
+    assert f"wrote {tmp_path / 'other.npy'} and {tmp_path / 'other.json'}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [

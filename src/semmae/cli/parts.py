@@ -74,6 +74,13 @@ def _train(args: argparse.Namespace) -> int:
     return finish_run(summary, f"semmae parts train --out {args.out}")
 
 
+def _written(out: str) -> str:
+    """The two files a part-map output writes, for the closing message."""
+    from semmae.data.partmaps import manifest_path, npy_path
+
+    return f"{npy_path(out)} and {manifest_path(out)}"
+
+
 def _export(args: argparse.Namespace) -> int:
     from semmae.parts.export import export_part_maps  # heavy: torch, timm
     from semmae.runtime import is_main  # imports torch
@@ -88,7 +95,9 @@ def _export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     if is_main():
-        print(f"wrote {args.out}: {manifest.num_images} maps, grid {manifest.grid}, K={manifest.num_parts}")
+        print(
+            f"wrote {_written(args.out)}: {manifest.num_images} maps, grid {manifest.grid}, K={manifest.num_parts}"
+        )
     return 0
 
 
@@ -111,6 +120,7 @@ def _from_masks(args: argparse.Namespace) -> int:
     check_out(args, cfg)
     manifest = maps_from_masks(cfg, args.split, args.grid, args.out, overwrite=args.overwrite)
     print(
-        f"wrote {args.out}: {manifest.num_images} oracle maps, grid {manifest.grid}, K={manifest.num_parts}"
+        f"wrote {_written(args.out)}: {manifest.num_images} oracle maps, grid {manifest.grid}, "
+        f"K={manifest.num_parts}"
     )
     return 0

@@ -12,6 +12,7 @@ labels one contiguous shard of the split into the same memory-mapped file.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from semmae import config as config_lib
 from semmae.data import build_dataset, iterate_batches
 from semmae.data.folder import whole_image_view
 from semmae.data.oracle import part_maps_from_masks
-from semmae.data.partmaps import PartMapWriter, npy_path, write_part_maps
+from semmae.data.partmaps import PartMapWriter, manifest_path, npy_path, write_part_maps
 from semmae.data.transforms import center_batch, normalize
 from semmae.errors import CheckpointError, RunDirError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict
@@ -149,9 +150,19 @@ def iter_labels(
     bar.close()
 
 
-def _refuse_existing(out_path: str | Path, overwrite: bool, exists: bool) -> None:
-    if exists and not overwrite:
-        raise RunDirError(f"part-map file {str(out_path)!r} exists; pass --overwrite to replace it")
+def _existing_outputs(out_path: str | Path) -> list[str]:
+    """The files of a part-map output (the ``.npy`` and its ``.json`` manifest) that exist already."""
+    return [str(p) for p in (npy_path(out_path), manifest_path(out_path)) if os.path.lexists(p)]
+
+
+def _refuse_existing(out_path: str | Path, overwrite: bool, existing: list[str]) -> None:
+    if existing and not overwrite:
+        names = " and ".join(repr(name) for name in existing)
+        raise RunDirError(
+            f"{names} {'exist' if len(existing) > 1 else 'exists'} (a part-map output "
+            f"{str(npy_path(out_path))!r} writes the .npy and its .json manifest); pass --overwrite "
+            "to replace them or choose another --out"
+        )
 
 
 def shard(num_images: int, rank_: int, world: int) -> torch.Tensor:
@@ -191,7 +202,7 @@ def export_part_maps(
     dev = resolve_device(device)
     with distributed_session(dev):
         # Rank 0's view decides, so no rank sees the file another rank has just created.
-        _refuse_existing(out_path, overwrite, broadcast_object(npy_path(out_path).exists()))
+        _refuse_existing(out_path, overwrite, broadcast_object(_existing_outputs(out_path)))
         learner, backbone, ckpt, ckpt_path = load_part_learner(run_dir, dev)
         cfg = config_lib.from_dict(ckpt["config"])
         ds = whole_image_view(build_dataset(cfg.data, split))
@@ -237,7 +248,7 @@ def maps_from_masks(
         DataError: the dataset has no part masks, or the grid is out of range.
         RunDirError: ``out_path`` exists and ``overwrite`` is False.
     """
-    _refuse_existing(out_path, overwrite, npy_path(out_path).exists())
+    _refuse_existing(out_path, overwrite, _existing_outputs(out_path))
     ds = build_dataset(cfg.data, split)
     labels = part_maps_from_masks(ds, (grid, grid))
     return write_part_maps(
