@@ -97,3 +97,37 @@ def test_eval_prints_json_last_and_appends_results(tmp_path, capsys, command) ->
     assert ("k" in res) if command == "knn" else ("lr" in res and res["protocol"] == "fast")
     rows = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
     assert json.loads(rows[-1]) == res
+
+
+def test_a_results_file_that_is_not_ours_is_refused_before_any_work(tmp_path, capsys) -> None:
+    from semmae.models.encoder import load_encoder
+    from semmae.models.export import export_timm
+
+    ckpt = export_timm(load_encoder("random:mae_debug")[0], tmp_path / "enc.safetensors")
+    original = ckpt.read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, no newline")
+    (tmp_path / "folder").mkdir()
+    base = ["eval", "knn", "--checkpoint", str(ckpt)]
+    cases = {
+        str(ckpt): "is the checkpoint",
+        str(notes): "not a JSON-lines",
+        str(tmp_path / "folder"): "folder",
+    }
+    for results, needle in cases.items():
+        assert main([*base, "--results", results]) == 2
+        assert needle in _error_line(capsys)
+    assert ckpt.read_bytes() == original and notes.read_text() == "my notes, no newline"
+    (tmp_path / "results.jsonl").write_text("a user's own file\n")  # the default place, next to it
+    assert main(base) == 2
+    assert "not a JSON-lines results file; pass --results" in _error_line(capsys)
+
+
+def test_a_results_file_of_ours_is_appended_to(tmp_path) -> None:
+    from semmae.cli.eval import check_results_file
+
+    ours = tmp_path / "results.jsonl"
+    for text in ("", '{"eval": "knn", "top1": 50.0}\n\n{"eval": "linear"}\n'):
+        ours.write_text(text)
+        check_results_file(ours, None)  # accepted: empty, or JSON objects a line each
+    check_results_file(tmp_path / "new.jsonl", None)  # a new file

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, finish_run
 from semmae.encoder_spec import parse_encoder_spec
-from semmae.errors import CheckpointError, ConfigError
+from semmae.errors import CheckpointError, ConfigError, RunDirError
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
@@ -74,10 +75,39 @@ def results_path(spec: str, results: str | None) -> Path | None:
     return run_dir / "results.jsonl"
 
 
+def check_results_file(path: Path | None, checkpoint: Path | None) -> None:
+    """Refuse a results file that a result line would damage, before any work is done.
+
+    A result is appended as one JSON line, so an existing file must be a JSON-lines file as we
+    write them (every line an object, ending in a newline): anything else (the checkpoint itself,
+    a user's notes, a folder) is someone else's file.
+
+    Raises:
+        RunDirError: ``path`` is a folder, the checkpoint, or not a JSON-lines file.
+    """
+    if path is None or not path.exists():
+        return
+    where = f"--results {str(path)!r}" if path.name != "results.jsonl" else f"{str(path)!r}"
+    fix = "pass --results NEW_FILE.jsonl"
+    if path.is_dir():
+        raise RunDirError(f"{where} is a folder, not a results file; {fix}")
+    if checkpoint is not None and checkpoint.exists() and path.samefile(checkpoint):
+        raise RunDirError(f"{where} is the checkpoint being evaluated; {fix}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        ours = (not text or text.endswith("\n")) and all(isinstance(row, dict) for row in rows)
+    except (UnicodeDecodeError, ValueError):
+        ours = False
+    if not ours:
+        raise RunDirError(f"{where} exists and is not a JSON-lines results file; {fix}")
+
+
 def _run(name: str, args: argparse.Namespace) -> int:
     weights = parse_encoder_spec(args.checkpoint).path  # a missing file is refused before torch loads
     if weights is not None and not weights.is_file():
         raise CheckpointError(f"checkpoint {str(weights)!r} not found")
+    check_results_file(results_path(args.checkpoint, args.results), weights)
     # Heavy (torch, timm): imported when a command runs, so `semmae --help` starts without them.
     from semmae.engine.logging import append_result
     from semmae.models.encoder import load_encoder
