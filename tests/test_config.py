@@ -69,6 +69,22 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("parts.lambda_area=-1", "parts.lambda_area"),
         ("parts.tau=0", "parts.tau"),
         ("parts.blur_padding=zeros", "parts.blur_padding"),
+        # Values that used to reach PyTorch and end in a traceback:
+        ("train.base_lr=nan", "train.base_lr"),
+        ("train.base_lr=-1", "train.base_lr"),
+        ("train.warmup_epochs=nan", "train.warmup_epochs"),
+        ("train.weight_decay=nan", "train.weight_decay"),
+        ("train.clip_grad=-1", "train.clip_grad"),
+        ("train.seed=99999999999999999999999", "train.seed"),
+        ("train.seed=-1", "train.seed"),
+        ("train.knn_every_epochs=-2", "train.knn_every_epochs"),
+        ("eval.knn_t=0", "eval.knn_t"),
+        ("eval.knn_t=-1", "eval.knn_t"),
+        ("eval.ft_base_lr=inf", "eval.ft_base_lr"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("data.in_chans=4", "data.in_chans"),
+        ("data.std=[inf]", "data.std"),
+        ("data.mean=[nan]", "data.mean"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:

@@ -97,11 +97,13 @@ def apply_key(tree: Any, key: str, value: Any) -> None:
 
 
 def at_least(section: str, obj: Any, minimum: float, *names: str) -> None:
-    """Each field ``names`` of ``obj`` (None skipped: unset) is at least ``minimum``."""
+    """Each field ``names`` of ``obj`` (None skipped: unset) is finite and at least ``minimum``."""
     for name in names:
         value = getattr(obj, name)
-        if value is not None and value < minimum:
-            raise ConfigError(f"config key '{section}.{name}' must be at least {minimum}, got {value}")
+        if value is not None and not minimum <= value < math.inf:  # NaN fails too
+            raise ConfigError(
+                f"config key '{section}.{name}' must be a finite number of at least {minimum}, got {value}"
+            )
 
 
 def positive(section: str, obj: Any, *names: str) -> None:

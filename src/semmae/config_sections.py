@@ -8,6 +8,7 @@ Rules that join sections live in :func:`semmae.config.validate`, the only place.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -58,9 +59,16 @@ class DataConfig:
 
     def check(self) -> None:
         """Ranges and lengths of the data fields; raises ConfigError naming the key."""
-        at_least("data", self, 1, "image_size", "in_chans", "limit")
-        if not all(s > 0 for s in self.std):
-            raise ConfigError(f"config key 'data.std' must hold positive values (it divides), got {self.std}")
+        at_least("data", self, 1, "image_size", "limit")
+        at_least("data", self, 0, "num_workers")
+        if self.in_chans not in (1, 3):
+            raise ConfigError(f"config key 'data.in_chans' must be 1 (grey) or 3 (RGB), got {self.in_chans}")
+        if not all(0 < s < math.inf for s in self.std):
+            raise ConfigError(
+                f"config key 'data.std' must hold positive finite values (it divides), got {self.std}"
+            )
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ConfigError(f"config key 'data.mean' must hold finite values, got {self.mean}")
         scale_range("data.crop_scale", self.crop_scale)
         if len(self.mean) not in (1, self.in_chans) or len(self.std) != len(self.mean):
             raise ConfigError("config keys 'data.mean' and 'data.std' need 1 or data.in_chans values each")
@@ -184,7 +192,12 @@ class TrainConfig:
     def check(self) -> None:
         """Counts and lengths of the pretraining recipe; raises ConfigError naming the key."""
         at_least("train", self, 1, "batch_size", "accum_steps", "log_every", "max_steps")
-        at_least("train", self, 0, "epochs", "ckpt_every_steps", "warmup_epochs")
+        at_least("train", self, 0, "epochs", "ckpt_every_steps", "warmup_epochs", "min_lr", "weight_decay")
+        at_least("train", self, 0, "keep_every_epochs", "image_every_epochs", "knn_train", "knn_test")
+        at_least("train", self, -1, "knn_every_epochs")
+        positive("train", self, "base_lr", "clip_grad")
+        if not 0 <= self.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
+            raise ConfigError(f"config key 'train.seed' must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass
@@ -371,7 +384,9 @@ class EvalConfig:
         at_least("eval", self, 1, *sizes, "ft_batch_size", "ft_epochs")
         scale_range("eval.ft_crop_scale", self.ft_crop_scale)
         scale_range("eval.linear_crop_scale", self.linear_crop_scale)
-        positive("eval", self, "linear_blr")
+        positive("eval", self, "linear_blr", "knn_t", "ft_base_lr")
+        at_least("eval", self, 0, "linear_weight_decay", "linear_warmup_epochs", "ft_weight_decay")
+        at_least("eval", self, 0, "ft_warmup_epochs", "ft_min_lr")
         if not 0.0 <= self.linear_val_frac < 1.0:
             raise ConfigError("config key 'eval.linear_val_frac' must be in [0, 1)")
 
