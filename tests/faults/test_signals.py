@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -97,7 +98,9 @@ def test_signal_saves_exits_and_resumes(
     assert not (out / "summary.json").exists()
 
     capsys.readouterr()
-    assert main([*argv, "--resume"]) == 0
+    hint = shlex.split(last.split("Continue with: ", 1)[1])  # the printed command, run as it is
+    assert hint[0] == "semmae" and f"{out / 'config.yaml'}" in hint and hint[-1] == "--resume", hint
+    assert main(hint[1:]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == total
     assert result.get("complete", True) and result.get("steps", result.get("step")) == total

@@ -37,8 +37,9 @@ def finish_run(result: dict[str, Any], command: str) -> int:
     """The exit code of a training command, after printing its outcome.
 
     A run stopped by a signal (``result["interrupted"]``: its number, -1 for a stop request) prints
-    how to continue ``command`` and gives 128 + signal (1); any other prints ``result`` as one JSON
-    line (main process only) and gives 0.
+    how to continue (``command`` + ``--resume``; the command names the run's own ``config.yaml``) and
+    gives 128 + signal (1); any other prints ``result`` as one JSON line (main process only) and
+    gives 0.
     """
     # Imported here: runtime imports torch, and --help or a refused config must start without it.
     from semmae.runtime import is_main
@@ -51,7 +52,7 @@ def finish_run(result: dict[str, Any], command: str) -> int:
     name = signal.Signals(sig).name if sig > 0 else "stop request"
     print(
         f"semmae: stopped by {name} at step {result['step']}; checkpoint saved. "
-        f"Continue with: {command} --resume ...",
+        f"Continue with: {command} --resume",
         file=sys.stderr,
     )
     return 128 + sig if sig > 0 else 1

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from semmae import config as config_lib
@@ -113,7 +114,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
     from semmae.models.encoder import load_encoder
 
     loaded = load_encoder(args.checkpoint)
-    command = f"semmae eval {name} --checkpoint {args.checkpoint}"  # how to continue a stopped run
+    command = f"semmae eval {name} --checkpoint {quote(args.checkpoint)}"  # how to continue a stopped run
     cfg = eval_config(loaded[1].get("data"), args.config, list(args.overrides))
     if name == "knn":
         from semmae.eval.knn import run_knn
@@ -132,7 +133,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
         check_out(args, cfg, ("the --checkpoint", args.checkpoint))
         trainer = run_linear_probe if name == "linear" else run_finetune
         result = trainer(cfg, args.checkpoint, args.out, resume=args.resume, overwrite=args.overwrite)
-        command += f" --out {args.out}"
+        command += f" --config {quote(str(Path(args.out) / 'config.yaml'))} --out {quote(args.out)}"
     path = results_path(args.checkpoint, args.results)
     # A stopped run has no result yet; a finished one, resumed, recorded its result when it finished.
     record = not (result.get("already_complete") or result.get("interrupted") is not None)

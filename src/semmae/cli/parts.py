@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from shlex import quote
 
 from semmae.cli.common import add_config_args, check_out, finish_run, load_config
 from semmae.errors import RunDirError
@@ -71,7 +72,10 @@ def _train(args: argparse.Namespace) -> int:
     from semmae.train.parts import run_parts_train  # heavy: torch, timm, torchvision
 
     summary = run_parts_train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    return finish_run(summary, f"semmae parts train --out {args.out}")
+    return finish_run(
+        summary,
+        f"semmae parts train --config {quote(str(Path(args.out) / 'config.yaml'))} --out {quote(args.out)}",
+    )
 
 
 def _written(out: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from shlex import quote
 
 from semmae.cli.common import add_config_args, check_out, finish_run, load_config
 
@@ -24,4 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     from semmae.train.pretrain import run_pretrain  # heavy: torch, timm, torchvision
 
     summary = run_pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    return finish_run(summary, f"semmae pretrain --out {args.out}")
+    return finish_run(
+        summary,
+        f"semmae pretrain --config {quote(str(Path(args.out) / 'config.yaml'))} --out {quote(args.out)}",
+    )
