@@ -240,6 +240,11 @@ def test_bad_manifests(tmp_path: Path) -> None:
     _edit_manifest(tmp_path / "maps.npy", num_parts="four")
     with pytest.raises(DataError, match="num_parts"):
         load_part_maps(tmp_path / "maps.npy")
+    for huge in (10**9, 10**30, 0):  # a K past uint8 would size tensors by it (terabytes)
+        _write(tmp_path / "maps.npy")
+        _edit_manifest(tmp_path / "maps.npy", num_parts=huge)
+        with pytest.raises(DataError, match=r"num_parts .*outside \[1, 256\]"):
+            load_part_maps(tmp_path / "maps.npy")
 
 
 # ---------------------------------------------------------------- oracle maps

@@ -97,6 +97,11 @@ class PartMapManifest:
         grid = d["grid"]
         if len(grid) != 2 or not all(isinstance(g, int) and g > 0 for g in grid):
             raise DataError(f"part-map manifest {where} has an invalid grid {grid!r}; re-export part maps")
+        if not 1 <= d["num_parts"] <= 256:  # uint8 labels; a huge K would size tensors by it
+            raise DataError(
+                f"part-map manifest {where} has num_parts {d['num_parts']}, outside [1, 256] (labels are "
+                "uint8); re-export the part maps"
+            )
         fields = {k: d[k] for k in types if k != "grid"}
         return cls(format_version=FORMAT_VERSION, **fields, grid=(grid[0], grid[1]))
 
