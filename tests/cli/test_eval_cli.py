@@ -131,3 +131,8 @@ def test_a_results_file_of_ours_is_appended_to(tmp_path) -> None:
         ours.write_text(text)
         check_results_file(ours, None)  # accepted: empty, or JSON objects a line each
     check_results_file(tmp_path / "new.jsonl", None)  # a new file
+
+
+def test_a_folder_given_as_the_checkpoint_is_named_as_one(tmp_path, capsys) -> None:
+    assert main(["eval", "knn", "--checkpoint", str(tmp_path)]) == 2
+    assert "is a folder; give the file (a run's is RUN/checkpoints/last.pt)" in _error_line(capsys)

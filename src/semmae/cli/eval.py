@@ -106,6 +106,10 @@ def check_results_file(path: Path | None, checkpoint: Path | None) -> None:
 
 def _run(name: str, args: argparse.Namespace) -> int:
     weights = parse_encoder_spec(args.checkpoint).path  # a missing file is refused before torch loads
+    if weights is not None and weights.is_dir():
+        raise CheckpointError(
+            f"checkpoint {str(weights)!r} is a folder; give the file (a run's is RUN/checkpoints/last.pt)"
+        )
     if weights is not None and not weights.is_file():
         raise CheckpointError(f"checkpoint {str(weights)!r} not found")
     check_results_file(results_path(args.checkpoint, args.results), weights)
