@@ -56,6 +56,22 @@ def test_non_empty_out_is_refused_and_kept(tmp_path: Path, capsys: pytest.Captur
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+def test_resume_refuses_a_config_that_changes_what_the_run_computes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["pretrain", "--config", DEBUG, "--out", str(out), *FAST, "train.max_steps=2", "train.epochs=2"]
+    assert main(argv) == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    for changed in (["train.batch_size=16"], ["data.limit=96"], ["train.seed=1", "masking.ratio=0.6"]):
+        err = _err(capsys, [*argv, "--resume", *changed])
+        keys = [c.split("=")[0] for c in changed]
+        assert all(k in err for k in keys) and f"--config {out / 'config.yaml'}" in err, err
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before  # nothing trained on
+    # Training longer, elsewhere or with other logging is a resume.
+    assert main([*argv, "--resume", "train.max_steps=3", "train.log_every=1", "train.device=cpu"]) == 0
+
+
 def test_sigkill_mid_epoch_then_resume_continues(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [sys.executable, "-m", "semmae", "pretrain", "--config", DEBUG, "--out", str(out),

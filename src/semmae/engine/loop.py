@@ -221,7 +221,14 @@ class TrainLoop:
         if not has_checkpoint(self.run_dir):
             return
         t = self.task
-        ckpt = load_run_state(self.run_dir, kind=t.kind, arch=t.arch, model=t.model, optimizer=self.optimizer)
+        ckpt = load_run_state(
+            self.run_dir,
+            kind=t.kind,
+            arch=t.arch,
+            model=t.model,
+            optimizer=self.optimizer,
+            config=self.config,
+        )
         t.load_extra_state(ckpt)
         set_rng_state(ckpt["rng"])  # last: restoring the task's state may draw random numbers
         self.step = self.saved_step = int(ckpt["step"])

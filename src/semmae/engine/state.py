@@ -46,17 +46,48 @@ def save_run_state(path: Path, *, kind: str, arch: dict[str, Any], model: torch.
     return save_checkpoint(path, state)
 
 
+# Config keys a resumed run may change: how long it trains, where, and what it logs or monitors.
+# Any other key (data, batch, schedule, seed, masking, precision...) shapes what the run computes.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "data.root", "data.num_workers",
+        "train.epochs", "train.max_steps", "train.device", "train.compile", "train.progress_bar",
+        "train.log_every", "train.ckpt_every_steps", "train.keep_every_epochs",
+        "train.image_every_epochs", "train.knn_every_epochs", "train.knn_train", "train.knn_test",
+    }
+)  # fmt: skip
+
+
+def changed_config_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The ``section.field`` keys whose values differ between two config dicts, less
+    :data:`RESUME_MAY_CHANGE` and the ``pipeline`` section (the pipeline's own plan)."""
+    keys = {f"{s}.{k}" for tree in (saved, current) for s, fields in tree.items() for k in fields}
+
+    def value(tree: dict[str, Any], key: str) -> Any:
+        section, field_name = key.split(".", 1)
+        return tree.get(section, {}).get(field_name, "<unset>")
+
+    return sorted(
+        k for k in keys
+        if k not in RESUME_MAY_CHANGE and not k.startswith("pipeline.") and value(saved, k) != value(current, k)
+    )  # fmt: skip
+
+
 def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: torch.nn.Module,
-                   optimizer: torch.optim.Optimizer) -> dict[str, Any]:  # fmt: skip
+                   optimizer: torch.optim.Optimizer, config: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Read ``run_dir/checkpoints/last.pt`` and load model and optimiser (strictly) from it.
 
     The generator states (``ckpt["rng"]``) are left for the caller to restore last.
+
+    Args:
+        config: the resuming run's config dict; each key outside :data:`RESUME_MAY_CHANGE` must
+            equal the checkpoint's, or the run would go on computing something else.
 
     Returns:
         The checkpoint dict (for the trainer's own keys).
 
     Raises:
-        CheckpointError: another kind of checkpoint, or another architecture.
+        CheckpointError: another kind of checkpoint, another architecture or another config.
     """
     path = Path(run_dir) / LAST  # the caller has checked that it exists (rundir.has_checkpoint)
     ckpt = load_checkpoint(path)
@@ -66,6 +97,13 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
         raise CheckpointError(
             f"{path} was written for {ckpt.get('arch')} but the config builds {dict(arch)}; "
             "resume with the run's own config.yaml"
+        )
+    changed = changed_config_keys(ckpt.get("config") or {}, config) if config and ckpt.get("config") else []
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise CheckpointError(
+            f"{path} was trained with other values of {shown}; resume with the run's own config.yaml "
+            f"(--config {Path(run_dir) / 'config.yaml'}) or start a new --out"
         )
     load_state_strict(model, ckpt["model"])
     # The kernel belongs to this machine, not to the one that wrote the checkpoint: a run started on
