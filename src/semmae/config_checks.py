@@ -114,6 +114,13 @@ def positive(section: str, obj: Any, *names: str) -> None:
             raise ConfigError(f"config key '{section}.{name}' must be a positive finite number, got {value}")
 
 
+def finite_values(key: str, values: list[float], *, positive: bool = False) -> None:
+    """Every entry of a list field is finite (and > 0 with ``positive``)."""
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        kind = "positive finite values" if positive else "finite values"
+        raise ConfigError(f"config key {key!r} must hold {kind}, got {values}")
+
+
 def scale_range(key: str, value: list[float]) -> None:
     """A crop-scale range: ``[lo, hi]`` with 0 < lo <= hi <= 1."""
     lo, hi = value if len(value) == 2 else (-1.0, -1.0)

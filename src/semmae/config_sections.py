@@ -8,12 +8,11 @@ Rules that join sections live in :func:`semmae.config.validate`, the only place.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from semmae import names
-from semmae.config_checks import at_least, positive, scale_range
+from semmae.config_checks import at_least, finite_values, positive, scale_range
 from semmae.errors import ConfigError
 
 
@@ -63,12 +62,8 @@ class DataConfig:
         at_least("data", self, 0, "num_workers")
         if self.in_chans not in (1, 3):
             raise ConfigError(f"config key 'data.in_chans' must be 1 (grey) or 3 (RGB), got {self.in_chans}")
-        if not all(0 < s < math.inf for s in self.std):
-            raise ConfigError(
-                f"config key 'data.std' must hold positive finite values (it divides), got {self.std}"
-            )
-        if not all(math.isfinite(m) for m in self.mean):
-            raise ConfigError(f"config key 'data.mean' must hold finite values, got {self.mean}")
+        finite_values("data.std", self.std, positive=True)  # it divides
+        finite_values("data.mean", self.mean)
         scale_range("data.crop_scale", self.crop_scale)
         if len(self.mean) not in (1, self.in_chans) or len(self.std) != len(self.mean):
             raise ConfigError("config keys 'data.mean' and 'data.std' need 1 or data.in_chans values each")
@@ -385,8 +380,8 @@ class EvalConfig:
         scale_range("eval.ft_crop_scale", self.ft_crop_scale)
         scale_range("eval.linear_crop_scale", self.linear_crop_scale)
         positive("eval", self, "linear_blr", "knn_t", "ft_base_lr")
-        at_least("eval", self, 0, "linear_weight_decay", "linear_warmup_epochs", "ft_weight_decay")
-        at_least("eval", self, 0, "ft_warmup_epochs", "ft_min_lr")
+        at_least("eval", self, 0, "linear_weight_decay", "linear_warmup_epochs", "ft_weight_decay",
+                 "ft_warmup_epochs", "ft_min_lr")  # fmt: skip
         if not 0.0 <= self.linear_val_frac < 1.0:
             raise ConfigError("config key 'eval.linear_val_frac' must be in [0, 1)")
 

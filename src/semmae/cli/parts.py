@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _written(out: str) -> str:
     """The two files a part-map output writes, for the closing message."""
-    from semmae.data.partmaps import manifest_path, npy_path
+    from semmae.data.partmaps import manifest_path, npy_path  # heavy: torch
 
     return f"{npy_path(out)} and {manifest_path(out)}"
 
