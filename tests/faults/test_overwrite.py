@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from semmae import config as config_lib
 from semmae.cli.main import main
+from semmae.engine import rundir
 from semmae.engine.lock import release_run_lock
 from semmae.engine.rundir import MARKER, first_foreign_entry, prepare_run_dir
 from semmae.errors import RunDirError
@@ -165,3 +167,43 @@ def test_resume_into_a_foreign_directory_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="holds no semmae run to resume"):
         prepare_run_dir(mine, config_lib.load(None, TOY), resume=True, overwrite=False)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+
+
+def test_a_removal_the_file_system_refuses_leaves_the_run_whole(tmp_path: Path, monkeypatch, capsys) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    before = _snapshot(run)
+    real_rename = os.rename
+
+    def rename(src, dst):  # the last entry in sorted order ("tb") is on a read-only mount, say
+        if Path(src).name == "tb":
+            raise PermissionError(13, "Permission denied")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(rundir.os, "rename", rename)
+    line = _refused(capsys, ["pretrain", "--out", str(run), "--overwrite", *TOY, "train.max_steps=1"], "tb")
+    assert "nothing was deleted" in line and "Permission denied" in line
+    assert _snapshot(run) == before  # the entries moved before "tb" are back; no hidden folder left
+
+
+def test_an_overwrite_killed_midway_is_finished_by_the_next_start(tmp_path: Path) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    trash = run / f"{rundir.TRASH_PREFIX}abc.tmp"  # the entries had been moved; the process died
+    trash.mkdir()
+    for name in ("checkpoints", "metrics.jsonl", "tb"):
+        (run / name).rename(trash / name)
+    assert first_foreign_entry(run) is None  # so --overwrite is not refused for it
+    prepare_run_dir(run, None, resume=False, overwrite=True)
+    release_run_lock(run)
+    assert not trash.exists() and not (run / "checkpoints").exists()
+
+
+def test_a_folder_named_like_the_overwrite_folder_but_holding_a_users_file_is_kept(tmp_path: Path) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    trash = run / f"{rundir.TRASH_PREFIX}abc.tmp"
+    trash.mkdir()
+    (trash / "thesis.tex").write_text("x")
+    prepare_run_dir(run, None, resume=True, overwrite=False)
+    release_run_lock(run)
+    with pytest.raises(RunDirError, match="thesis.tex"):
+        prepare_run_dir(run, None, resume=False, overwrite=True)
+    assert (trash / "thesis.tex").read_text() == "x"

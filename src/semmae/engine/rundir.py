@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -52,6 +53,9 @@ STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "r
 PART_MAP_NAMES = frozenset({"parts_train.npy", "parts_test.npy", "oracle_train.npy"})
 EARLY_LOGS = ("metrics.jsonl", "tb", "images")  # written before a run's first checkpoint
 TEMP_PATTERN = ".*.tmp"  # atomic writes: ``.NAME.<random>.tmp`` next to NAME
+# ``--overwrite`` moves a run's entries here first, so a refused removal leaves the run whole.
+TRASH_PREFIX = ".semmae-overwrite."
+TRASH_PATTERN = TRASH_PREFIX + "*.tmp"
 # Evidence that a directory without a marker is a run written before markers existed.
 _LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json", *sorted(STAGE_DIRS))
 
@@ -92,7 +96,12 @@ def first_foreign_entry(path: Path) -> Path | None:
         if entry.is_dir():
             if entry.name in FILE_DIRS:
                 found = _stray_file(entry)
-            elif entry.name in STAGE_DIRS or path.name == "runs" or (entry / MARKER).is_file():
+            elif (
+                entry.name in STAGE_DIRS
+                or _is_trash(entry)
+                or path.name == "runs"
+                or (entry / MARKER).is_file()
+            ):
                 found = first_foreign_entry(entry)
             else:
                 return entry
@@ -108,6 +117,10 @@ def _is_toolkit_dir(path: Path) -> bool:
     if (path / MARKER).is_file():
         return True
     return (path / "config.yaml").is_file() and any((path / name).exists() for name in _LEGACY_EVIDENCE)
+
+
+def _is_trash(path: Path) -> bool:
+    return fnmatch.fnmatch(path.name, TRASH_PATTERN) and path.is_dir() and not path.is_symlink()
 
 
 def _is_temp(path: Path) -> bool:
@@ -221,17 +234,51 @@ def _clear(path: Path, inputs: Inputs) -> None:
     for lock in path.rglob(LOCK_NAME):  # a stage directory another process is using
         if lock.parent != path:
             acquire_run_lock(lock.parent)
-    for entry in entries:
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    _remove_all_or_none(path, sorted(entries))
+
+
+def _remove_all_or_none(path: Path, entries: list[Path]) -> None:
+    """Delete ``entries`` of ``path``: all, or (where the file system refuses one) none.
+
+    Each is first renamed into a hidden folder of ``path``; a refused rename puts back those
+    already moved, so a run the file system will not let us replace stays whole. The folder is
+    deleted once everything is in it (a stale one, left by a killed process, at the next start).
+    """
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, suffix=".tmp", dir=path))
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot --overwrite {str(path)!r}: {exc.strerror or exc}; nothing was deleted"
+        ) from exc
+    moved: list[Path] = []
+    try:
+        for entry in entries:
+            os.rename(entry, trash / entry.name)
+            moved.append(entry)
+    except OSError as exc:
+        for back in reversed(moved):
+            os.rename(trash / back.name, back)
+        trash.rmdir()
+        raise RunDirError(
+            f"cannot --overwrite {str(path)!r}: {str(entry)!r} cannot be removed ({exc.strerror or exc}); "
+            "nothing was deleted"
+        ) from exc
+    shutil.rmtree(trash)
+
+
+def _remove_stale_trash(path: Path) -> None:
+    """Finish the ``--overwrite`` of a process killed between moving a run's files and deleting them."""
+    for trash in filter(_is_trash, path.glob(TRASH_PATTERN)):
+        if first_foreign_entry(trash) is None:
+            log.info("removing %s, left by an interrupted --overwrite", trash)
+            shutil.rmtree(trash)
 
 
 def _prepare_locked(
     path: Path, cfg: config_lib.Config | None, resume: bool, overwrite: bool, inputs: Inputs
 ) -> None:
     """The checks and writes of :func:`prepare_run_dir`, with ``path`` existing and locked."""
+    _remove_stale_trash(path)
     fresh = _only_a_failed_start(path)
     if overwrite:
         _clear(path, inputs)
