@@ -33,6 +33,22 @@ def test_patch_size_that_does_not_fit_is_refused(capsys) -> None:
     assert "data.in_chans=1" in _error_line(capsys)
 
 
+def test_an_encoder_with_nan_weights_is_not_exported(tmp_path, capsys) -> None:
+    from semmae.models import build_mae
+    from semmae.models.checkpoint import save_checkpoint
+
+    mae = build_mae("mae_debug")
+    with torch.no_grad():
+        mae.patch_embed.proj.bias[0] = float("nan")
+    save_checkpoint(tmp_path / "last.pt", {"kind": "mae", "model": mae.state_dict(), "arch": mae.arch})
+    out = tmp_path / "enc.safetensors"
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "last.pt"), "--format", "timm", "--out", str(out)])
+        == 2
+    )
+    assert "patch_embed.proj.bias" in _error_line(capsys) and not out.exists()
+
+
 def test_unknown_export_format_and_overwrite(tmp_path, capsys) -> None:
     out = tmp_path / "enc.bin"
     assert main(["export", "--checkpoint", "random:mae_debug", "--format", "tflite", "--out", str(out)]) == 2

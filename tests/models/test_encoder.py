@@ -171,6 +171,18 @@ def test_non_vit_checkpoints_are_refused(tmp_path) -> None:
         load_encoder(str(tmp_path / "missing.pt"))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_with_the_tensor_named(tmp_path, bad) -> None:
+    mae = _rgb_mae()
+    save_checkpoint(tmp_path / "good.pt", {"kind": "mae", "model": mae.state_dict(), "arch": mae.arch})
+    load_encoder(str(tmp_path / "good.pt"))  # the same file, finite, loads
+    with torch.no_grad():
+        mae.blocks[1].mlp.fc2.weight[3, 5] = bad
+    save_checkpoint(tmp_path / "diverged.pt", {"kind": "mae", "model": mae.state_dict(), "arch": mae.arch})
+    with pytest.raises(CheckpointError, match=r"NaN or infinite weights \(blocks\.1\.mlp\.fc2\.weight\)"):
+        load_encoder(str(tmp_path / "diverged.pt"))
+
+
 def test_unsupported_vit_variants_are_refused(tmp_path) -> None:
     vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=64, depth=1, num_heads=1, init_values=1e-5)
     torch.save(vit.state_dict(), tmp_path / "ls.pth")

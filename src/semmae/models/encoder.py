@@ -191,6 +191,12 @@ def _build(state: dict[str, torch.Tensor], where: str, hint: dict[str, Any] | No
             f"checkpoint {where} holds a ViT variant this encoder does not support (missing {missing[:4]}, "
             f"unexpected {unexpected[:4]}; e.g. layer scale or qk-norm)"
         )
+    bad = next((name for name, t in enc.state_dict().items() if not bool(t.isfinite().all())), None)
+    if bad is not None:  # every feature would be NaN: kNN, probes and exports would report garbage
+        raise CheckpointError(
+            f"checkpoint {where} holds NaN or infinite weights ({bad}); the run diverged before it was "
+            "saved: use an earlier checkpoint"
+        )
     return enc.eval()
 
 
