@@ -164,3 +164,25 @@ def test_streamed_file_that_breaks_after_the_header_check(tmp_path: Path, caplog
     strict = build_dataset(_cfg(tmp_path, on_corrupt="error"), "train")
     with pytest.raises(DataError, match="data.on_corrupt=warn"):
         strict.load([1])
+
+
+def test_floating_point_images_are_refused_not_read_as_black(tmp_path: Path) -> None:
+    for i in range(4):
+        _save(tmp_path / "train" / "a" / f"{i}.png", 90)
+        _save(tmp_path / "test" / "a" / f"{i}.png", 90)
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp, "F").save(tmp_path / "train" / "a" / "float.tif")
+    assert Image.open(tmp_path / "train" / "a" / "float.tif").mode == "F"
+    for on_corrupt in ("warn", "error"):
+        with pytest.raises(DataError, match=r"float\.tif holds floating-point pixels; convert it"):
+            build_dataset(_cfg(tmp_path, on_corrupt=on_corrupt), "train")
+
+
+def test_a_pixel_type_refused_at_read_time_is_raised_even_under_warn(tmp_path: Path) -> None:
+    _save(tmp_path / "train" / "a" / "0.png", 90)
+    _save(tmp_path / "test" / "a" / "0.png", 90)
+    wide = np.full((8, 8), 70000, dtype=np.int32)  # 32-bit integers past 16 bits
+    Image.fromarray(wide, "I").save(tmp_path / "train" / "a" / "wide.tif")
+    ds = build_dataset(_cfg(tmp_path), "train")  # the header says "I": its values show on reading
+    with pytest.raises(DataError, match=r"wide\.tif holds 32-bit integer pixels"):
+        _all(ds)

@@ -238,3 +238,21 @@ def test_sigkill_before_the_first_checkpoint_then_a_plain_rerun(tmp_path: Path) 
     done = subprocess.run([*base, "train.max_steps=2"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["step"] == 2
+
+
+def test_an_error_in_a_data_loader_worker_is_one_line(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        folder = tmp_path / "imgs" / split / "a"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), 90).save(folder / f"{i}.png")
+    Image.new("I", (8, 8), 70000).save(tmp_path / "imgs" / "train" / "a" / "wide.tif")  # refused when read
+    argv = [
+        "pretrain", "--out", str(tmp_path / "run"), *TOY, "data.name=image_folder",
+        f"data.root={tmp_path / 'imgs'}", "data.image_size=8", "data.num_workers=1", "train.batch_size=5",
+        "train.max_steps=1", "train.knn_every_epochs=-1", "train.image_every_epochs=0",
+    ]  # fmt: skip
+    line = _one_line(capsys, argv, "wide.tif holds 32-bit integer pixels; convert it")
+    assert "DataLoader worker" not in line

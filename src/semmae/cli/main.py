@@ -86,11 +86,24 @@ def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | No
     return None
 
 
+def worker_error_message(text: str) -> str:
+    """The message of an error raised in a DataLoader worker, without the worker's traceback.
+
+    PyTorch re-raises it in the main process with the text ``Caught X in DataLoader worker
+    process N.`` and the worker's traceback, whose last line is ``module.X: message``.
+    """
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    kind, sep, message = last.partition(": ")
+    return message if sep and " " not in kind else last
+
+
 def _one_line(exc: BaseException, args: argparse.Namespace) -> str | None:
     """The one-line message of an error the user can fix, or None for a bug (keeps its traceback)."""
     out, resumable = getattr(args, "out", None), hasattr(args, "resume")
     if isinstance(exc, SemmaeError):
-        return str(exc)
+        return worker_error_message(str(exc))
     if isinstance(exc, OSError):
         return os_error_message(exc, out, resumable)
     if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED):

@@ -11,7 +11,9 @@ takes one view of the decoded pixels (:mod:`semmae.data.views`): pretraining's r
 crop; ``FileSource.read``) or the whole image squeezed to S x S (the view stage 1 labels). Every
 file's header is checked when the split is built: unreadable files are skipped with a warning
 (``data.on_corrupt=warn``) or stop the build (``error``); a file that still fails later yields a
-black image (warn) or an error.
+black image (warn) or an error. A readable file whose pixels have no faithful 8-bit form (floating
+point, or 32-bit integers past 16 bits) is refused under either setting: it is not broken, and a
+black or clipped stand-in would train on wrong pixels silently.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ class FileSource:
         path = self.base / self.files[index]
         try:
             return decode_image(path, self.in_chans)
+        except DataError:  # a pixel type with no 8-bit form: the file is fine, a black image is not
+            raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
             _corrupt(path, exc, self.on_corrupt, "using a black image")
             return None
@@ -192,16 +196,23 @@ def _corrupt(path: Path, exc: Exception, on_corrupt: str, instead: str) -> None:
 
 def _header_ok(path: Path) -> Exception | None:
     try:
-        with Image.open(path):  # reads the header only
-            return None
+        with Image.open(path) as im:  # reads the header only
+            mode = im.mode
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         return exc
+    if mode == "F":
+        return DataError(f"image {path} holds floating-point pixels; convert it to an 8- or 16-bit image")
+    return None
 
 
 def _verify_headers(files: list[Path], on_corrupt: str) -> list[bool]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         checks = pool.map(_header_ok, files)
         results = list(tqdm(checks, total=len(files), desc="checking images", disable=None))
+    refused = next((exc for exc in results if isinstance(exc, DataError)), None)
+    if refused is not None:  # not a broken file but one the toolkit cannot read faithfully
+        count = sum(isinstance(exc, DataError) for exc in results)
+        raise DataError(f"{refused}" + (f" ({count - 1} more such file(s))" if count > 1 else ""))
     for path, exc in zip(files, results, strict=True):
         if exc is not None:
             _corrupt(path, exc, on_corrupt, "skipped")
