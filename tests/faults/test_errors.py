@@ -68,6 +68,41 @@ def test_overrides_after_options_are_applied() -> None:
         parse_args(build_parser(), ["export", "--checkpoint", "a", "--format", "timm", "--out", "b", "x.y=1"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "prog", "needle"),
+    [
+        (["pretrain"], "semmae pretrain", "required: --out"),
+        (["frob"], "semmae", "invalid choice: 'frob'"),
+        (["eval", "knn"], "semmae eval knn", "required: --checkpoint"),
+        (
+            ["parts", "export", "--run", "r", "--split", "test", "--out", "o", "--zz"],
+            "semmae parts export",
+            "--zz",
+        ),
+        (
+            ["pretrain", "--out", "R", "--no-such-flag"],
+            "semmae pretrain",
+            "unrecognized arguments: --no-such-flag",
+        ),
+        (
+            ["export", "--checkpoint", "a", "--format", "timm", "--out", "b", "x.y=1"],
+            "semmae export",
+            "x.y=1",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_commands_help(capsys, argv, prog, needle) -> None:
+    with pytest.raises(SystemExit) as stop:
+        parse_args(build_parser(), argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1, err
+    assert (
+        err[0].startswith(f"{prog}: error: ")
+        and needle in err[0]
+        and err[0].endswith(f"(see '{prog} --help')")
+    )
+
+
 def test_an_override_after_out_reaches_the_config(tmp_path: Path, capsys) -> None:
     _one_line(
         capsys,

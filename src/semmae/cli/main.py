@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from semmae import __version__
 from semmae.errors import SemmaeError
@@ -27,9 +28,19 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line: what is wrong, and where help is.
+
+    Sub-command parsers are of the same class (``add_subparsers`` builds them with ``type(self)``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="semmae",
         description="Semantic-guided masked image modeling (SemMAE) and MAE baselines.",
     )
@@ -56,7 +67,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
     unknown = [a for a in extra if a not in overrides]
     if unknown or (overrides and not isinstance(getattr(args, "overrides", None), list)):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+        words = [getattr(args, dest, None) for dest in ("command", "eval_command", "parts_command")]
+        prog = " ".join([parser.prog, *filter(None, words)])  # the command the arguments were given to
+        message = f"unrecognized arguments: {' '.join(unknown or overrides)}"
+        parser.exit(2, f"{prog}: error: {message} (see '{prog} --help')\n")
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     return args
