@@ -58,3 +58,15 @@ def test_a_save_removes_the_temp_file_a_killed_writer_left(tmp_path: Path) -> No
     (tmp_path / ".other.pt.abc123.tmp").write_bytes(b"")  # another file's: not ours to remove
     save_checkpoint(tmp_path / "last.pt", {"step": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "last.pt"]
+
+
+def test_a_file_saved_with_pickle_protocol_4_is_refused_with_the_conversion(tmp_path: Path) -> None:
+    import warnings
+
+    torch.save({"model": {"w": torch.arange(3.0)}}, tmp_path / "p4.pt", pickle_protocol=4)
+    with warnings.catch_warnings(), pytest.raises(CheckpointError, match="pickle protocol above 2") as err:
+        warnings.simplefilter("error")  # torch's own warning would come before our message
+        load_checkpoint(tmp_path / "p4.pt")
+    assert "torch.save(torch.load('IN', weights_only=False), 'OUT.pth')" in str(err.value)
+    torch.save(torch.load(tmp_path / "p4.pt", weights_only=False), tmp_path / "p2.pt")  # what it says to run
+    assert torch.equal(load_checkpoint(tmp_path / "p2.pt")["model"]["w"], torch.arange(3.0))

@@ -9,6 +9,7 @@ import argparse
 import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         # argparse.Namespace: official MAE training checkpoints keep their ``args`` in one; it is a
         # plain attribute bag whose rebuild calls nothing but ``object.__new__`` and a dict update.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # The warning about a pickle protocol other than 2 comes before our own verdict on the file.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):  # the file asks to import and call something
             raise CheckpointError(_unsafe_message(path, exc)) from None
+        if "Unsupported operand" in str(exc):  # e.g. 149, FRAME: torch.save(..., pickle_protocol=4)
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was saved with a pickle protocol above 2, which safe loading "
+                "cannot read. If you trust the file, save it again with the default protocol: "
+                "python -c \"import torch; torch.save(torch.load('IN', weights_only=False), 'OUT.pth')\""
+            ) from None
         raise CheckpointError(
             f"checkpoint {str(path)!r} could not be read (not a torch checkpoint)"
         ) from None
