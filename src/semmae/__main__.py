@@ -1,7 +1,5 @@
 """``python -m semmae`` (also what ``torchrun -m semmae`` runs)."""
 
-import sys
+from semmae.cli import entry
 
-from semmae.cli.main import main
-
-sys.exit(main())
+entry()

@@ -1,1 +1,22 @@
 """The ``semmae`` command line: thin commands that load a config and call one ``run_*`` function."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+
+def entry() -> NoReturn:
+    """The ``semmae`` console script (and ``python -m semmae``): :func:`semmae.cli.main.main`,
+    with Ctrl-C handled from its first instant, imports included."""
+    from semmae.cli.interrupts import interrupts_outside_imports
+
+    with interrupts_outside_imports():
+        try:
+            from semmae.cli.main import main
+
+            code = main()
+        except KeyboardInterrupt:
+            print("semmae: interrupted", file=sys.stderr)
+            code = 130
+    sys.exit(code)

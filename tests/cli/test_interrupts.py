@@ -1,0 +1,61 @@
+"""Ctrl-C at start-up is never raised inside an import, and is not lost either."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from semmae.cli.interrupts import interrupts_outside_imports
+
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "fmnist_tiny.yaml"
+
+
+def _module(tmp_path: Path, name: str) -> None:
+    """A module whose import is hit by Ctrl-C halfway, then does more work and marks itself done."""
+    (tmp_path / f"{name}.py").write_text(
+        "import signal, time\nsignal.raise_signal(signal.SIGINT)\ntime.sleep(0.05)\nDONE = True\n"
+    )
+
+
+def test_a_ctrl_c_inside_an_import_is_raised_once_the_import_has_finished(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _module(tmp_path, "slow_to_import")
+    with interrupts_outside_imports(), pytest.raises(KeyboardInterrupt):
+        import slow_to_import  # noqa: F401
+
+        assert sys.modules["slow_to_import"].DONE  # the module is whole
+        time.sleep(2.0)  # the deferred Ctrl-C arrives here
+        pytest.fail("the Ctrl-C was lost")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_without_it_the_import_is_cut_short(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _module(tmp_path, "cut_short")
+    with pytest.raises(KeyboardInterrupt):
+        import cut_short  # noqa: F401
+    assert "cut_short" not in sys.modules
+
+
+def test_outside_imports_a_ctrl_c_is_raised_at_once() -> None:
+    with interrupts_outside_imports(), pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+        pytest.fail("not raised at once")
+
+
+def test_the_command_interrupted_while_it_starts_exits_130_in_one_line(tmp_path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semmae", "pretrain", "--config", str(RECIPE),
+         "--out", str(tmp_path / "run"), "train.max_steps=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.4)  # importing PyTorch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "semmae: interrupted", err
+    assert "Traceback" not in err
