@@ -10,6 +10,7 @@ import pickle
 import random
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from semmae.errors import CheckpointError
 
 
 def rng_state() -> dict[str, Any]:
-    """Global RNG states of Python, NumPy and torch (CPU and CUDA) as tensors and plain data.
+    """Global RNG states of Python, NumPy and torch (CPU, and this process's CUDA device).
 
     NumPy's state holds an ndarray, which a ``weights_only`` load refuses; it is stored as
-    ``[name, keys tensor, pos, has_gauss, cached_gaussian]``.
+    ``[name, keys tensor, pos, has_gauss, cached_gaussian]``. Of CUDA, only the current device's
+    generator (``cuda_device``): the one this process draws from. Touching every visible GPU would
+    open a context on each (under torchrun, every rank on every GPU), and a resume that sees
+    fewer GPUs could not restore them.
     """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -32,8 +36,8 @@ def rng_state() -> dict[str, Any]:
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -43,8 +47,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    cuda = state.get("cuda_device")
+    if cuda is None and state.get("cuda"):  # older checkpoints: every visible device's, in order
+        current = torch.cuda.current_device()
+        cuda = state["cuda"][current] if current < len(state["cuda"]) else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -81,9 +91,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):  # the file asks to import and call something
             raise CheckpointError(_unsafe_message(path, exc)) from None
-        if "Unsupported operand" in str(exc):  # e.g. 149, FRAME: torch.save(..., pickle_protocol=4)
+        protocol = _pickle_protocol(path)
+        if protocol is not None and protocol > 2:  # torch.save(..., pickle_protocol=4): FRAME opcodes
             raise CheckpointError(
-                f"checkpoint {str(path)!r} was saved with a pickle protocol above 2, which safe loading "
+                f"checkpoint {str(path)!r} was saved with pickle protocol {protocol}, which safe loading "
                 "cannot read. If you trust the file, save it again with the default protocol: "
                 "python -c \"import torch; torch.save(torch.load('IN', weights_only=False), 'OUT.pth')\""
             ) from None
@@ -98,6 +109,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict of state")
     return obj
+
+
+def _pickle_protocol(path: Path) -> int | None:
+    """The pickle protocol of a torch zip checkpoint's ``data.pkl`` (its PROTO opcode), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            head = archive.open(name).read(2) if name else b""
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return head[1] if len(head) == 2 and head[0] == 0x80 else None
 
 
 def _unsafe_message(path: Path, exc: Exception) -> str:
