@@ -33,6 +33,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use train.device=cpu")
     dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is not None and int(os.environ.get("LOCAL_WORLD_SIZE", 1)) > 1:
+        raise ConfigError(
+            f"train.device={name} would put every process of this node on one GPU; under torchrun use "
+            "train.device=cuda (each process takes the GPU of its LOCAL_RANK)"
+        )
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank() % torch.cuda.device_count())
     return dev

@@ -152,3 +152,24 @@ def test_resume_keeps_this_machines_optimiser_kernel(tmp_path: Path) -> None:
     loop.resume()
     assert [(g.get("fused"), g.get("foreach")) for g in resumed.optimizer.param_groups] == built
     assert all(fused is not True for fused, _ in built)
+
+
+def test_metrics_are_kept_where_tensorboard_is_not_installed(tmp_path: Path, monkeypatch, caplog) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    with caplog.at_level("WARNING"), MetricsLogger(tmp_path) as logger:
+        logger.log(3, loss=0.5)
+    assert "TensorBoard is not installed" in caplog.text and not (tmp_path / "tb").exists()
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 3, "loss": 0.5}]
+
+
+def test_one_gpu_named_for_every_process_of_a_node_is_refused(monkeypatch) -> None:
+    from semmae import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="under torchrun use train.device=cuda"):
+        runtime.resolve_device("cuda:0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: as given

@@ -9,11 +9,14 @@ generator and then moved to the images' device, so a seed gives the same batch o
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from semmae import runtime
 
 _TRIES = 10  # torchvision's RandomResizedCrop attempts before its centre-crop fallback
 
@@ -220,7 +223,7 @@ def augment_batch(
     uniforms = crop_uniforms(bsz, generator, hflip)
     boxes = boxes_from_uniforms(uniforms, height, width, scale, ratio)
     flip = uniforms[:, -1] > 0.5
-    theta = crop_theta(boxes, height, width, flip).to(device)
+    theta = runtime.to_device(crop_theta(boxes, height, width, flip), device)  # no host sync on CUDA
     grid = affine_grid(theta, out_size, out_size)
     images = images_u8.float().div_(255.0)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -263,7 +266,13 @@ def _stats(values: Sequence[float], images: torch.Tensor, name: str) -> torch.Te
     channels = images.shape[1]
     if len(values) not in (1, channels):
         raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")
-    return torch.as_tensor(values, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return _stats_on(tuple(float(v) for v in values), images.dtype, images.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_on(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) ``values`` on ``device``, made once: a copy from a list to a GPU waits for the GPU."""
+    return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
 
 
 def normalize(images01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

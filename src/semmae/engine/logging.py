@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from semmae.runtime import is_main
+
+log = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -24,7 +27,8 @@ class MetricsLogger:
 
     Args:
         run_dir: the run directory; writes ``metrics.jsonl`` and ``tb/`` under it.
-        tensorboard: also write TensorBoard event files.
+        tensorboard: also write TensorBoard event files (skipped, with a warning, where the
+            ``tensorboard`` package is not installed: ``metrics.jsonl`` holds the same numbers).
     """
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
@@ -32,8 +36,13 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if self.active and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning(
+                    "TensorBoard is not installed (pip install tensorboard): metrics go to %s only", self.path
+                )
+                return
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
 
     def log(self, step: int, **metrics: Any) -> None:

@@ -108,10 +108,14 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
     load_state_strict(model, ckpt["model"])
     # The kernel belongs to this machine, not to the one that wrote the checkpoint: a run started on
     # a GPU (fused AdamW) resumes on a CPU with PyTorch's default, and a CPU run fused on a GPU.
+    # The flags go into the saved groups before loading, as PyTorch places the step counters by
+    # them: on the parameters' device for the fused kernel, on the host otherwise.
     kernels = [{k: group.get(k) for k in KERNEL_FLAGS} for group in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group, flags in zip(optimizer.param_groups, kernels, strict=True):
-        group.update(flags)
+    saved = ckpt["optimizer"]
+    if len(saved.get("param_groups", ())) == len(kernels):
+        groups = [{**group, **flags} for group, flags in zip(saved["param_groups"], kernels, strict=True)]
+        saved = {**saved, "param_groups": groups}
+    optimizer.load_state_dict(saved)
     return ckpt
 
 

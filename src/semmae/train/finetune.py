@@ -115,14 +115,14 @@ class FinetuneBatches:
         for i, (images_u8, targets, _) in enumerate(batches, start=start):
             gen = runtime.step_generator(seed, 12, epoch, i, self.rank)
             images, _ = augment_batch(
-                images_u8.to(self.device, non_blocking=True),
+                runtime.to_device(images_u8, self.device),
                 out_size=self.out_size,
                 scale=tuple(self.cfg.eval.ft_crop_scale),
                 ratio=tuple(d.crop_ratio),
                 hflip=d.hflip,
                 generator=gen,
             )
-            images, targets = normalize(images, self.mean, self.std), targets.to(self.device)
+            images, targets = normalize(images, self.mean, self.std), runtime.to_device(targets, self.device)
             with runtime.seeded_global_rngs(int(torch.randint(2**62, (1,), generator=gen)), self.device):
                 if self.erase is not None:
                     images = self.erase(images)
@@ -151,7 +151,7 @@ class FinetuneBatches:
         )  # fmt: skip
         for i, (images, targets, _) in enumerate(batches, start=start):
             gen, _ = self._image_seeds(epoch, i)
-            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
+            images, targets = runtime.to_device(images, self.device), runtime.to_device(targets, self.device)
             if self.mixup is not None:
                 with runtime.seeded_global_rngs(int(torch.randint(2**62, (1,), generator=gen)), self.device):
                     images, targets = self.mixup(images, targets)

@@ -101,7 +101,8 @@ class PretrainMonitor:
         mask = build_strategy("random", ratio=self.cfg.masking.ratio)(
             x.shape[0], self.model.num_patches, generator=torch.Generator().manual_seed(0), device=self.device
         )
-        out = self.model(x, mask)
+        # forward, not __call__: a train.compile model would compile again (eval, no grad, batch 8).
+        out = self.model.forward(x, mask)
         panels = reconstruction_panels(x, out.pred, out.mask, self.model.patch_size, self.model.norm_pix_loss)
         tiles = denormalize(panels.flatten(0, 1), self.cfg.data.mean, self.cfg.data.std).clamp(0, 1).cpu()
         path = self.run_dir / "images" / f"recon_epoch_{epoch:04d}.png"
