@@ -2,7 +2,9 @@
 
 Writes one JSON object (``--out``, default ``results/gpu_check_<gpu-name>.json``):
 
-- ``cuda_tests``: ``pytest -m "" -k cuda`` over ``tests/`` (passed / failed / skipped).
+- ``packages``: the versions of the libraries the check and the tests import (None: missing).
+- ``cuda_tests``: ``pytest -m "" -k cuda`` over the test files that mention CUDA (passed /
+  failed / skipped, and the output's tail when anything failed).
 - ``matmul``: the GPU's measured bf16 matmul peak (TFLOP/s), the denominator of every MFU.
 - ``pretrain``: img/s of ``semmae pretrain``'s own loop (``run_pretrain``) on ViT-B/16 MAE at
   224 in bf16, batch 256 (halved until it fits), with random and with semantic masking, each
@@ -18,7 +20,9 @@ Writes one JSON object (``--out``, default ``results/gpu_check_<gpu-name>.json``
 - ``targets``: pass/fail of pretraining >= 4,000 img/s (H100/H200 class) and semantic/random
   <= 1.02.
 
-Each section has its own time budget; a section out of time records what it measured so far.
+Each section has its own time budget; a section out of time records what it measured so far,
+and one that fails records its error and lets the next one run. The JSON is written again after
+every section, so a check cut short still leaves what it measured.
 ``--smoke`` runs the same code paths on the CPU with a tiny model in seconds, for the test suite
 (there the compiled runs set ``train.compile`` but TorchDynamo is disabled: compiling would take
 minutes on a CPU).
@@ -38,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +65,9 @@ from semmae.train.pretrain import run_pretrain
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_IMG_S = 4000.0  # ViT-B/16 MAE pretraining on an H100/H200-class GPU (~22% MFU)
 TARGET_SEMANTIC_OVER_RANDOM = 1.02  # semantic masking may cost at most 2% of the step
+COMPILED_RUN_MIN_S = 75.0  # a compiled run starts only with this much of the section left
+PACKAGES = ("timm", "torchvision", "numpy", "pillow", "safetensors", "tensorboard", "scipy",
+            "scikit-learn", "matplotlib", "pytest", "tqdm", "pyyaml")  # fmt: skip
 
 
 def _classifier_step(
@@ -83,6 +91,7 @@ def _classifier_step(
 class Spec:
     """What one run of the check measures (the full GPU check, or the CPU smoke)."""
 
+    smoke: bool
     model: str
     image_size: int
     precision: str
@@ -93,18 +102,18 @@ class Spec:
     jpegs: int
     loader_batch: int
     ft_steps: int
-    test_paths: tuple[str, ...]
+    test_paths: tuple[str, ...]  # files, or folders whose test files that mention "cuda" are run
     budgets: dict[str, float]  # seconds per section
     total_s: float  # the whole check; a section gets less than its budget when time runs short
 
 
 FULL = Spec(
-    model="mae_vit_base_patch16", image_size=224, precision="bf16", batch=256, window=5, windows=2, matmul_n=8192,
+    smoke=False, model="mae_vit_base_patch16", image_size=224, precision="bf16", batch=256, window=5, windows=2, matmul_n=8192,
     jpegs=768, loader_batch=32, ft_steps=10, test_paths=("tests",),
     budgets={"cuda_tests": 90, "matmul": 15, "pretrain": 210, "finetune": 40, "loader": 45}, total_s=460,
 )  # fmt: skip
 SMOKE = Spec(
-    model="mae_debug", image_size=28, precision="fp32", batch=8, window=1, windows=1, matmul_n=256,
+    smoke=True, model="mae_debug", image_size=28, precision="fp32", batch=8, window=1, windows=1, matmul_n=256,
     jpegs=24, loader_batch=4, ft_steps=2, test_paths=("tests/models/test_speed_path.py",),
     # No budget cuts in the smoke: it must reach every code path even on a loaded machine.
     budgets={"cuda_tests": 900, "matmul": 900, "pretrain": 900, "finetune": 900, "loader": 900}, total_s=4500,
@@ -123,6 +132,35 @@ class Section:
     @property
     def over(self) -> bool:
         return self.left() <= 0
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """What a failed section or run records: the error, and the last lines of its traceback."""
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback_tail": _tail(trace, 12)}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`PACKAGES` (None where one is missing)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _sync(device: torch.device) -> None:
@@ -145,6 +183,20 @@ def peak_memory_gib(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
 
 
+def cuda_test_files(paths: tuple[str, ...]) -> list[str]:
+    """The test files under ``paths`` that mention CUDA (collecting the rest would cost time and
+    fail where a library only they import is missing)."""
+    files = []
+    for path in paths:
+        found = [ROOT / path] if (ROOT / path).is_file() else sorted((ROOT / path).rglob("test_*.py"))
+        files += [str(f.relative_to(ROOT)) for f in found if "cuda" in f.read_text().lower()]
+    return files
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
 def cuda_tests(spec: Spec, budget: Section) -> dict[str, Any]:
     """Run the CUDA-parametrised tests (``-k cuda``, slow ones included) in a subprocess."""
     cmd = [
@@ -158,7 +210,8 @@ def cuda_tests(spec: Spec, budget: Section) -> dict[str, Any]:
         "cuda",
         "-p",
         "no:cacheprovider",
-        *spec.test_paths,
+        "--continue-on-collection-errors",
+        *cuda_test_files(spec.test_paths),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
@@ -174,12 +227,15 @@ def cuda_tests(spec: Spec, budget: Section) -> dict[str, Any]:
         }  # fmt: skip
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail)}
-    return {
+    result = {
         "command": " ".join(cmd[2:]), "timed_out": False, "exit_code": proc.returncode,
         "passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)
         + counts.get("errors", 0), "skipped": counts.get("skipped", 0), "summary": tail,
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
+    if proc.returncode != 0:  # what failed, and why, without a second run
+        result.update(stdout_tail=_tail(proc.stdout, 40), stderr_tail=_tail(proc.stderr))
+    return result
 
 
 def mae_flops_per_image(spec: Spec, device: torch.device) -> float:
@@ -287,10 +343,15 @@ def pretrain_section(spec: Spec, device: torch.device, budget: Section, peak_tfl
         for compile_ in (False, True):
             for masking in ("random", "semantic"):
                 key = f"{masking}_{'compiled' if compile_ else 'eager'}"
-                if budget.over:
-                    out[key] = {"skipped": "section time budget spent"}
+                if budget.over or (compile_ and not spec.smoke and budget.left() < COMPILED_RUN_MIN_S):
+                    out[key] = {"skipped": f"section time budget spent ({budget.left():.0f} s left)"}
                     continue
-                run = time_pretrain(spec, device, masking, compile_, parts if masking == "semantic" else None)
+                try:
+                    run = time_pretrain(
+                        spec, device, masking, compile_, parts if masking == "semantic" else None
+                    )
+                except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+                    run = failure(exc)
                 if "img_per_s" in run:
                     run["mfu"] = round(run["img_per_s"] * flops / (peak_tflops * 1e12), 4)
                 out[key] = run
@@ -358,7 +419,7 @@ def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[st
 
     from semmae.data import folder
 
-    workers = os.cpu_count() or 1
+    workers = usable_cores()
     out: dict[str, Any] = {"images": spec.jpegs, "num_workers": workers}
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_jpegs(Path(tmp), spec.jpegs, spec.image_size + spec.image_size // 7)  # ~256 for 224
@@ -419,22 +480,29 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_check(spec: Spec, device: torch.device, smoke: bool) -> dict[str, Any]:
-    """Every section in order; returns the JSON-ready result."""
+def run_check(
+    spec: Spec, device: torch.device, smoke: bool, save: Callable[[dict[str, Any]], None] = lambda r: None
+) -> dict[str, Any]:
+    """Every section in order; returns the JSON-ready result, also handed to ``save`` after each."""
     t0 = time.perf_counter()
     runtime.configure_backends(device)
     if smoke:  # compiling takes minutes on a CPU: the compiled runs go through train.compile, eagerly
         torch._dynamo.config.disable = True
     result: dict[str, Any] = {
-        "gpu": runtime.describe_device(), "device": str(device), "smoke": smoke, "cpu_cores": os.cpu_count(),
-        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "gpu": runtime.describe_device(), "device": str(device), "smoke": smoke, "cpu_cores": usable_cores(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "packages": package_versions(),
     }  # fmt: skip
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         result.update(
             gpu_memory_gib=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}"
         )
-    result["cuda_tests"] = cuda_tests(spec, Section(spec.budgets["cuda_tests"]))
+    save(result)
+    try:
+        result["cuda_tests"] = cuda_tests(spec, Section(spec.budgets["cuda_tests"]))
+    except Exception as exc:  # noqa: BLE001 - e.g. pytest missing: the measurements still run
+        result["cuda_tests"] = failure(exc)
+    save(result)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 may be emulated
     peak = matmul_peak(dtype, device, n=spec.matmul_n, reps=5)[0] / 1000
     result["matmul"] = {
@@ -442,6 +510,7 @@ def run_check(spec: Spec, device: torch.device, smoke: bool) -> dict[str, Any]:
         "n": spec.matmul_n,
         "peak_tflop_s": round(peak, 3),
     }
+    save(result)
     sections = {
         "pretrain": lambda budget: pretrain_section(spec, device, budget, peak),
         "finetune": lambda budget: finetune_section(spec, device, budget),
@@ -451,8 +520,13 @@ def run_check(spec: Spec, device: torch.device, smoke: bool) -> dict[str, Any]:
         later = sum(spec.budgets[k] for k in list(sections)[i + 1 :])
         seconds = min(spec.budgets[name], spec.total_s - (time.perf_counter() - t0) - later)
         t = time.perf_counter()
-        result[name] = section(Section(seconds))
+        try:
+            result[name] = section(Section(seconds))
+        except Exception as exc:  # noqa: BLE001 - the next section still runs
+            result[name] = failure(exc)
         result[name]["seconds"] = round(time.perf_counter() - t, 1)
+        _free(device)
+        save(result)
     result["targets"] = targets(result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["provenance"] = runtime.provenance()
@@ -472,10 +546,15 @@ def main() -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     device = torch.device("cpu") if args.smoke else torch.device(args.device)
-    result = run_check(SMOKE if args.smoke else FULL, device, args.smoke)
-    name = re.sub(r"[^A-Za-z0-9]+", "_", result["gpu"]).strip("_").lower()
+    name = re.sub(r"[^A-Za-z0-9]+", "_", runtime.describe_device()).strip("_").lower()
     out = Path(args.out or ROOT / "results" / f"gpu_check_{'smoke' if args.smoke else name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(partial: dict[str, Any]) -> None:
+        out.write_text(json.dumps({**partial, "complete": False}, indent=2) + "\n")
+
+    result = run_check(SMOKE if args.smoke else FULL, device, args.smoke, save)
+    result["complete"] = True
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"wrote {out}", file=sys.stderr)

@@ -27,7 +27,9 @@ def test_smoke_fills_every_field(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["smoke"] is True and result["gpu"].startswith("CPU") and result["device"] == "cpu"
+    assert result["complete"] is True and isinstance(result["packages"]["timm"], str)
     tests = result["cuda_tests"]
+    assert "--continue-on-collection-errors" in tests["command"]
     assert not tests["timed_out"] and tests["exit_code"] == 0 and tests["failed"] == 0
     assert tests["passed"] + tests["skipped"] >= 1  # the CUDA-named tests were collected (skipped on CPU)
     assert _positive(result["matmul"]["peak_tflop_s"])
@@ -60,3 +62,39 @@ def test_without_a_gpu_the_full_check_refuses_in_one_line() -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("gpu_check: error: no CUDA GPU") and "--smoke" in proc.stderr
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    def boom(message: str):  # noqa: ANN202
+        def fail(*args: object) -> dict:
+            raise RuntimeError(message)
+
+        return fail
+
+    monkeypatch.setattr(torch._dynamo.config, "disable", torch._dynamo.config.disable)  # the smoke sets it
+    monkeypatch.setattr(gpu_check.runtime, "configure_backends", lambda device: None)
+    monkeypatch.setattr(gpu_check, "cuda_tests", boom("No module named pytest"))
+    monkeypatch.setattr(gpu_check, "pretrain_section", lambda *a: {"random_eager": {"img_per_s": 5.0}})
+    monkeypatch.setattr(gpu_check, "finetune_section", boom("CUDA error: an illegal memory access"))
+    monkeypatch.setattr(gpu_check, "loader_section", lambda *a: {"loader_img_per_s": 7.0})
+    saved: list[dict] = []
+    result = gpu_check.run_check(
+        gpu_check.SMOKE, torch.device("cpu"), True, lambda r: saved.append(json.loads(json.dumps(r)))
+    )
+    assert result["cuda_tests"]["error"] == "RuntimeError: No module named pytest"
+    assert "raise RuntimeError(message)" in result["cuda_tests"]["traceback_tail"]
+    assert result["finetune"]["error"] == "RuntimeError: CUDA error: an illegal memory access"
+    assert (
+        result["pretrain"]["random_eager"]["img_per_s"] == 5.0 and result["loader"]["loader_img_per_s"] == 7.0
+    )
+    assert result["targets"]["cpu_jpeg_loader_keeps_up"]["pass"] is True  # 7 img/s keeps up with 5
+    sections = [
+        [k for k in ("cuda_tests", "matmul", "pretrain", "finetune", "loader") if k in r] for r in saved
+    ]
+    assert sections[-1] == ["cuda_tests", "matmul", "pretrain", "finetune", "loader"]
+    assert len(saved) == 6 and sections[1] == ["cuda_tests"]  # written again after every section
