@@ -34,3 +34,28 @@ def test_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     assert summary["effective_batch"] == 32  # 16 per rank x 2 ranks
     digests = summary["rank_param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing"
+)
+def test_a_refused_out_stops_every_rank_at_once(tmp_path: Path) -> None:
+    """Rank 0 checks --out; the other rank learns the outcome and stops with the same one line
+    (it used to wait at a barrier until torchrun killed it, saying nothing)."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [
+        torchrun, "--nproc_per_node=2", "--standalone", "-m", "semmae", "pretrain",
+        "--config", str(ROOT / "configs" / "debug_tiny.yaml"), "--out", str(out), "--overwrite",
+        "train.device=cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    refusals = [
+        line for line in proc.stderr.splitlines() if line.startswith("semmae: error: refusing to --overwrite")
+    ]
+    assert len(refusals) == 2, proc.stderr[-2000:]  # each rank says why, in one line
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]

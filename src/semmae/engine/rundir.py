@@ -27,7 +27,7 @@ from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from semmae.engine.state import LAST
 from semmae.errors import RunDirError
-from semmae.runtime import barrier, is_main
+from semmae.runtime import broadcast_object, is_main
 
 log = logging.getLogger(__name__)
 
@@ -356,18 +356,25 @@ def prepare_run_dir(
         raise RunDirError("use either --resume or --overwrite, not both")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"output path {str(path)!r} exists and is not a directory")
+    failure: BaseException | None = None
     if is_main():
         named = list(inputs.items()) if isinstance(inputs, Mapping) else [("an input", p) for p in inputs]
         named += [(k, v) for k, v in config_inputs(cfg).items() if v]
         created = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
-        lock_existed = (path / LOCK_NAME).exists()
-        took = False
+        took = lock_existed = False
         try:
+            path.mkdir(parents=True, exist_ok=True)
+            lock_existed = (path / LOCK_NAME).exists()
             took = acquire_run_lock(path)
             _prepare_locked(path, cfg, resume, overwrite, named)
         except BaseException as exc:
             _undo_start(path, exc, took=took, lock_existed=lock_existed, created=created)
-            raise
-    barrier()
+            failure = exc
+    # Every rank learns the main one's outcome (this is also the barrier), so a refusal stops each
+    # with the same message instead of leaving the others waiting for a rank that has stopped.
+    refused = broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if refused is not None:
+        raise RunDirError(str(refused))
     return path
