@@ -14,8 +14,8 @@ Writes one JSON object (``--out``, default ``results/gpu_check_<gpu-name>.json``
   (``toy_sets_drawn``), so the loop's GPU augmentation is timed but no file decoding.
 - ``finetune``: img/s of the ViT-B/16 classifier's training step (the fine-tune trainer's step,
   layer-decay AdamW, bf16).
-- ``loader``: img/s the streamed image-folder loader delivers from a few hundred JPEGs on this
-  machine's cores, and ``torchvision.io.decode_jpeg(device="cuda")`` batch decoding, to say
+- ``loader``: img/s the streamed image-folder loader delivers from a few hundred JPEGs of
+  ImageNet's typical size and weight (500 x 375, about 110 KiB) on this machine's cores, and ``torchvision.io.decode_jpeg(device="cuda")`` batch decoding, to say
   whether GPU decoding is needed to keep up with pretraining.
 - ``targets``: pass/fail of pretraining >= 4,000 img/s (H100/H200 class) and semantic/random
   <= 1.02.
@@ -100,6 +100,7 @@ class Spec:
     windows: int  # timed windows
     matmul_n: int
     jpegs: int
+    jpeg_size: tuple[int, int]  # (W, H) of the loader's files
     loader_batch: int
     ft_steps: int
     test_paths: tuple[str, ...]  # files, or folders whose test files that mention "cuda" are run
@@ -109,12 +110,12 @@ class Spec:
 
 FULL = Spec(
     smoke=False, model="mae_vit_base_patch16", image_size=224, precision="bf16", batch=256, window=5, windows=2, matmul_n=8192,
-    jpegs=768, loader_batch=32, ft_steps=10, test_paths=("tests",),
+    jpegs=768, jpeg_size=(500, 375), loader_batch=32, ft_steps=10, test_paths=("tests",),
     budgets={"cuda_tests": 90, "matmul": 15, "pretrain": 210, "finetune": 40, "loader": 45}, total_s=460,
 )  # fmt: skip
 SMOKE = Spec(
     smoke=True, model="mae_debug", image_size=28, precision="fp32", batch=8, window=1, windows=1, matmul_n=256,
-    jpegs=24, loader_batch=4, ft_steps=2, test_paths=("tests/models/test_speed_path.py",),
+    jpegs=24, jpeg_size=(40, 30), loader_batch=4, ft_steps=2, test_paths=("tests/models/test_speed_path.py",),
     # No budget cuts in the smoke: it must reach every code path even on a loaded machine.
     budgets={"cuda_tests": 900, "matmul": 900, "pretrain": 900, "finetune": 900, "loader": 900}, total_s=4500,
 )  # fmt: skip
@@ -397,18 +398,27 @@ def finetune_section(spec: Spec, device: torch.device, budget: Section) -> dict[
     return {"error": "out of memory even at batch 1"}
 
 
-def write_jpegs(root: Path, n: int, size: int) -> list[Path]:
-    """``n`` JPEGs of toy-parts images at ``size`` (two class folders), as a user's folder holds them."""
+def write_jpegs(root: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    """``n`` JPEGs of ``size`` (W, H) in two class folders, as a user's folder holds them.
+
+    Toy-parts images, resized and overlaid with pixel noise at JPEG quality 90: smooth drawings
+    alone compress to a few KiB and decode far faster than photographs. At ImageNet's typical
+    500 x 375 the files come to roughly ImageNet's 110 KiB (``jpeg_kib_mean`` says how close).
+    """
+    import numpy as np
     from PIL import Image
 
     from semmae.data.synthetic import make_toy_parts
 
-    images = make_toy_parts(min(n, 64), size, 3, 0)[0].permute(0, 2, 3, 1).numpy()
+    images = make_toy_parts(min(n, 64), 64, 3, 0)[0].permute(0, 2, 3, 1).numpy()
+    rng = np.random.default_rng(0)
     paths = []
     for i in range(n):
         path = root / f"class_{i % 2}" / f"img_{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i % len(images)]).save(path, quality=90)
+        base = np.asarray(Image.fromarray(images[i % len(images)]).resize(size, Image.Resampling.BICUBIC))
+        noisy = np.clip(base + rng.normal(0.0, 24.0, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(path, quality=90)
         paths.append(path)
     return paths
 
@@ -422,7 +432,9 @@ def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[st
     workers = usable_cores()
     out: dict[str, Any] = {"images": spec.jpegs, "num_workers": workers}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_jpegs(Path(tmp), spec.jpegs, spec.image_size + spec.image_size // 7)  # ~256 for 224
+        paths = write_jpegs(Path(tmp), spec.jpegs, spec.jpeg_size)
+        out["jpeg_size"] = list(spec.jpeg_size)
+        out["jpeg_kib_mean"] = round(sum(p.stat().st_size for p in paths) / len(paths) / 1024, 1)
         limit = getattr(folder, "MEMORY_LIMIT_BYTES", None)
         folder.MEMORY_LIMIT_BYTES = 0  # stream, as a set too big for memory is read
         try:
