@@ -424,10 +424,16 @@ def write_jpegs(root: Path, n: int, size: tuple[int, int]) -> list[Path]:
 
 
 def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[str, Any]:
-    """Streamed image-folder loader img/s on all cores, and batch JPEG decoding on ``device``."""
+    """Pretraining's image-folder loader img/s on the usable cores, and batch JPEG decoding on ``device``.
+
+    The loader is the one ``semmae pretrain`` streams an image folder with: a random resized crop
+    (+ flip) of each file at full resolution, in DataLoader workers, batches pinned for a GPU.
+    """
     import torchvision.io
 
     from semmae.data import folder
+    from semmae.data.streaming import iterate_crops
+    from semmae.data.transforms import crop_uniforms
 
     workers = usable_cores()
     out: dict[str, Any] = {"images": spec.jpegs, "num_workers": workers}
@@ -442,10 +448,12 @@ def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[st
                                          "data.in_chans=3", f"data.num_workers={workers}"])  # fmt: skip
             ds = semmae.data.build_dataset(cfg.data, "train")
             out["streamed"] = bool(ds.streamed)
+            gen, order, b = torch.Generator().manual_seed(0), torch.randperm(len(ds)), spec.loader_batch
+            plan = ((order[k : k + b], crop_uniforms(b, gen, True)) for k in range(0, len(ds) - b + 1, b))
+            crops = iterate_crops(ds, plan, scale=cfg.data.crop_scale, ratio=cfg.data.crop_ratio,
+                                  num_workers=workers, pin_memory=device.type == "cuda")  # fmt: skip
             t0, n = None, 0
-            for images, _, _ in semmae.data.iterate_batches(
-                ds, torch.arange(len(ds)), spec.loader_batch, num_workers=workers
-            ):
+            for images, _, _ in crops:
                 if t0 is None:  # worker start-up excluded: a training run pays it once
                     t0 = time.perf_counter()
                     continue
