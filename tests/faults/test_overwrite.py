@@ -207,3 +207,24 @@ def test_a_folder_named_like_the_overwrite_folder_but_holding_a_users_file_is_ke
     with pytest.raises(RunDirError, match="thesis.tex"):
         prepare_run_dir(run, None, resume=False, overwrite=True)
     assert (trash / "thesis.tex").read_text() == "x"
+
+
+def test_a_users_config_yaml_beside_run_like_names_is_not_a_run(tmp_path: Path, capsys) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("lr: 0.1\n")  # the user's own files, named as a run's are
+    (mine / "summary.json").write_text('{"acc": 0.93}\n')
+    (mine / "results.jsonl").write_text('{"acc": 0.93}\n')
+    before = _snapshot(mine)
+    _refused(capsys, ["pretrain", "--out", str(mine), "--overwrite", *TOY, "train.max_steps=1"], "did not write")
+    _refused(capsys, ["pretrain", "--out", str(mine), "--resume", *TOY, "train.max_steps=1"], "no semmae run")
+    assert _snapshot(mine) == before
+
+
+def test_a_run_written_before_markers_is_still_recognised(tmp_path: Path) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    (run / MARKER).unlink()
+    assert rundir._is_toolkit_dir(run)  # its config.yaml is a whole resolved config
+    prepare_run_dir(run, None, resume=False, overwrite=True)
+    release_run_lock(run)
+    assert not (run / "checkpoints").exists()

@@ -20,13 +20,15 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import yaml
+
 from semmae import __version__
 from semmae import config as config_lib
 from semmae.atomic import atomic_path
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
 from semmae.engine.state import LAST
-from semmae.errors import RunDirError
+from semmae.errors import RunDirError, SemmaeError
 from semmae.runtime import broadcast_object, is_main
 
 log = logging.getLogger(__name__)
@@ -114,9 +116,28 @@ def first_foreign_entry(path: Path) -> Path | None:
 
 
 def _is_toolkit_dir(path: Path) -> bool:
+    """A run directory: the marker, or (written before markers existed) a run's files beside a
+    ``config.yaml`` that is a whole resolved semmae config, as runs save it."""
     if (path / MARKER).is_file():
         return True
-    return (path / "config.yaml").is_file() and any((path / name).exists() for name in _LEGACY_EVIDENCE)
+    if not any((path / name).exists() for name in _LEGACY_EVIDENCE):
+        return False
+    return _is_resolved_config(path / "config.yaml")
+
+
+def _is_resolved_config(path: Path) -> bool:
+    """Whether ``path`` holds every section of a semmae config and loads as one (names alone are
+    not enough: a user's own ``config.yaml`` beside a ``summary.json`` is not a run)."""
+    if not path.is_file():
+        return False
+    try:
+        sections = yaml.safe_load(path.read_text())
+        if not isinstance(sections, dict) or set(sections) != set(config_lib.Config().to_dict()):
+            return False
+        config_lib.load(path)
+    except (OSError, ValueError, yaml.YAMLError, SemmaeError):
+        return False
+    return True
 
 
 def _is_trash(path: Path) -> bool:
