@@ -291,3 +291,37 @@ def test_an_error_in_a_data_loader_worker_is_one_line(tmp_path: Path, capsys) ->
     ]  # fmt: skip
     line = _one_line(capsys, argv, "wide.tif holds 32-bit integer pixels; convert it")
     assert "DataLoader worker" not in line
+
+
+@pytest.mark.parametrize(
+    ("out", "needle"),
+    [
+        ("file.txt/run", "Not a directory"),
+        ("o/" + "a" * 300, "File name too long"),
+        ("dangling", "a file or a broken link is in the way"),
+    ],
+)
+def test_an_out_the_file_system_cannot_create_is_one_line(
+    tmp_path: Path, capsys, out: str, needle: str
+) -> None:
+    (tmp_path / "file.txt").write_text("precious")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    line = _one_line(capsys, ["pretrain", "--out", str(tmp_path / out), *TOY, "train.max_steps=1"], needle)
+    assert "choose another --out" in line
+    assert (tmp_path / "file.txt").read_text() == "precious"
+
+
+def test_a_path_error_elsewhere_keeps_its_traceback() -> None:
+    assert (
+        os_error_message(NotADirectoryError(errno.ENOTDIR, "Not a directory", "/src/x"), "runs/a", True)
+        is None
+    )
+
+
+def test_part_grid_and_export_outs_that_are_folders_or_not_images(tmp_path: Path, capsys) -> None:
+    _one_line(
+        capsys, ["parts", "show", "--maps", "m.npy", "--out", str(tmp_path / "g.txt")], "image file extension"
+    )
+    _one_line(capsys, ["parts", "show", "--maps", "m.npy", "--out", str(tmp_path)], "is a folder")
+    argv = ["export", "--checkpoint", "random:mae_debug", "--format", "timm", "--out", str(tmp_path)]
+    _one_line(capsys, argv, "is a directory; give a file name")

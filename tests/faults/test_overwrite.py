@@ -216,7 +216,9 @@ def test_a_users_config_yaml_beside_run_like_names_is_not_a_run(tmp_path: Path, 
     (mine / "summary.json").write_text('{"acc": 0.93}\n')
     (mine / "results.jsonl").write_text('{"acc": 0.93}\n')
     before = _snapshot(mine)
-    _refused(capsys, ["pretrain", "--out", str(mine), "--overwrite", *TOY, "train.max_steps=1"], "did not write")
+    _refused(
+        capsys, ["pretrain", "--out", str(mine), "--overwrite", *TOY, "train.max_steps=1"], "did not write"
+    )
     _refused(capsys, ["pretrain", "--out", str(mine), "--resume", *TOY, "train.max_steps=1"], "no semmae run")
     assert _snapshot(mine) == before
 

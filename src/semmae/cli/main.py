@@ -11,8 +11,10 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from semmae import __version__
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+# An --out the file system cannot create: a file on its way, too long, a broken link, a folder
+# where a file goes, a place that does not exist (/proc/x).
+_BAD_PATH = (errno.ENOTDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.EISDIR, errno.ELOOP, errno.ENOENT)
 # torch.save reports a failed write as a RuntimeError from its zip writer, with no errno.
 _TORCH_WRITE_FAILED = ("PytorchStreamWriter", "unexpected pos", "file write failed")
 
@@ -76,8 +81,23 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
+def _names_the_output(filename: object, out: str | None) -> bool:
+    """Whether the failed path is ``out``, a folder above it, something in it, or a sibling file
+    (a part map's manifest beside ``--out``)."""
+    if not filename or not out:
+        return False
+    failed, target = Path(os.fsdecode(filename)).absolute(), Path(out).absolute()
+    return (
+        failed == target
+        or failed in target.parents
+        or target in failed.parents
+        or failed.parent == target.parent
+    )
+
+
 def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | None:
-    """One line for a full or read-only file system, or None for other OS errors (bugs keep their trace).
+    """One line for a full or read-only file system, or an ``--out`` that cannot be a path there
+    (under a file, a name too long, a broken link, ...); None for other OS errors (bugs keep their trace).
 
     Args:
         exc: the error.
@@ -97,6 +117,9 @@ def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | No
         return f"cannot write {where}: read-only file system; choose an --out on a writable file system"
     if exc.errno in _NOT_WRITABLE:
         return f"permission denied on {where}; choose an --out you can write to (inputs must be readable)"
+    if exc.errno in _BAD_PATH and _names_the_output(exc.filename, out):
+        what = "a file or a broken link is in the way" if exc.errno == errno.EEXIST else exc.strerror
+        return f"cannot write {where}: {what or os.strerror(exc.errno)}; choose another --out"
     return None
 
 

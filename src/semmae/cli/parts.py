@@ -105,7 +105,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what parts show writes (PIL)
+
+
 def _show(args: argparse.Namespace) -> int:
+    if Path(args.out).is_dir():
+        raise RunDirError(f"--out {args.out!r} is a folder; give an image file name such as grid.png")
+    if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise RunDirError(f"--out {args.out!r} needs an image file extension ({', '.join(IMAGE_SUFFIXES)})")
     if Path(args.out).exists() and not args.overwrite:
         raise RunDirError(f"{args.out!r} exists; pass --overwrite to replace it")
     cfg = load_config(args)

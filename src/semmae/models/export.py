@@ -165,10 +165,10 @@ def run_export(
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RunDirError(f"output file {str(out)!r} exists; pass --overwrite to replace it")
     if out.is_dir():
         raise RunDirError(f"output path {str(out)!r} is a directory; give a file name")
+    if out.exists() and not overwrite:
+        raise RunDirError(f"output file {str(out)!r} exists; pass --overwrite to replace it")
     encoder, meta = load_encoder(spec)
     extra = {"mean": meta["mean"], "std": meta["std"], "source": meta["source"], "data": meta.get("data")}
     if fmt == "timm":
