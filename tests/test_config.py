@@ -85,6 +85,16 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("data.in_chans=4", "data.in_chans"),
         ("data.std=[inf]", "data.std"),
         ("data.mean=[nan]", "data.mean"),
+        ("train.device=foo", "train.device"),
+        ("train.device=cuda:x", "train.device"),
+        ("eval.ft_drop_path=2", "eval.ft_drop_path"),
+        ("eval.ft_label_smoothing=1.5", "eval.ft_label_smoothing"),
+        ("eval.ft_reprob=3", "eval.ft_reprob"),
+        ("eval.ft_mixup=-1", "eval.ft_mixup"),
+        ("eval.ft_auto_augment=garbage-xyz", "eval.ft_auto_augment"),
+        ("eval.linear_val_frac=1", "eval.linear_val_frac"),
+        ("pipeline.seeds=[]", "pipeline.seeds"),
+        ("pipeline.study_methods=[]", "pipeline.study_methods"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
@@ -92,6 +102,23 @@ def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
         config_lib.load(None, [override])
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.device=cuda:1", "train.device=mps", "eval.ft_auto_augment=\"\"", "eval.ft_auto_augment=augmix-m5-w4",
+     "eval.ft_auto_augment=original-mstd0.5", "eval.ft_reprob=1", "eval.ft_drop_path=0", "eval.ft_mixup=0"],
+)  # fmt: skip
+def test_values_at_the_edges_of_their_range_load(override: str) -> None:
+    config_lib.load(None, [override])
+
+
+def test_every_policy_the_check_accepts_builds_in_timm() -> None:
+    from timm.data import create_transform
+
+    for policy in ("rand-m9-mstd0.5-inc1", "augmix-m5-w4", "original-mstd0.5", "v0r", "3a"):
+        config_lib.load(None, [f"eval.ft_auto_augment={policy}"])
+        create_transform(32, is_training=True, auto_augment=policy)
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:
@@ -172,6 +199,7 @@ def test_parts_section_builds_the_learner_arch() -> None:
 def test_config_modules_import_nothing_above_the_bottom_layer() -> None:
     code = "import sys, semmae.config; print(sorted(m for m in sys.modules if m.startswith(('semmae', 'torch'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    bottom = {"semmae", "semmae.config", "semmae.config_checks", "semmae.config_sections", "semmae.errors",
+    bottom = {"semmae", "semmae.config", "semmae.config_checks", "semmae.config_parts", "semmae.config_sections",
+              "semmae.errors",
               "semmae.names"}  # fmt: skip
     assert set(ast.literal_eval(out)) == bottom

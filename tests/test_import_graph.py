@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "semmae.atomic": 0,
     "semmae.names": 0,
     "semmae.config_sections": 0,
+    "semmae.config_parts": 0,
     "semmae.runtime": 1,
     "semmae.layers": 1,
     "semmae.data": 2,

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -119,6 +120,36 @@ def finite_values(key: str, values: list[float], *, positive: bool = False) -> N
     if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
         kind = "positive finite values" if positive else "finite values"
         raise ConfigError(f"config key {key!r} must hold {kind}, got {values}")
+
+
+def fractions(section: str, obj: Any, *names: str, one: bool = False) -> None:
+    """Each field ``names`` of ``obj`` is in [0, 1) (a probability or rate), or [0, 1] with ``one``."""
+    for name in names:
+        value = getattr(obj, name)
+        if not (0.0 <= value <= 1.0 if one else 0.0 <= value < 1.0):
+            raise ConfigError(
+                f"config key '{section}.{name}' must be in [0, 1{']' if one else ')'}, got {value}"
+            )
+
+
+# torch device names the toolkit runs on (resolved by semmae.runtime.resolve_device).
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+# timm's augmentation policy strings: RandAugment / AugMix / AutoAugment, with "-m9-mstd0.5"-style options.
+_AUGMENT = re.compile(r"((rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*)*)?")
+
+
+def device_name(key: str, value: str) -> None:
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
+    if not _DEVICE.fullmatch(value):
+        raise ConfigError(f"config key {key!r} must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def augment_policy(key: str, value: str) -> None:
+    """A timm auto-augment policy (``rand-m9-mstd0.5-inc1``, ``augmix-m5``, ``original``) or ``""``."""
+    if not _AUGMENT.fullmatch(value):
+        raise ConfigError(
+            f"config key {key!r} must be a timm policy such as rand-m9-mstd0.5-inc1 (or empty for none), got {value!r}"
+        )
 
 
 def scale_range(key: str, value: list[float]) -> None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semmae.config_sections import PartLearnerArch
+from semmae.config_parts import PartLearnerArch
 from semmae.errors import CheckpointError
 from semmae.parts.decoder import StyleDecoder
 
