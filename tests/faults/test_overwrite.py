@@ -230,3 +230,18 @@ def test_a_run_written_before_markers_is_still_recognised(tmp_path: Path) -> Non
     prepare_run_dir(run, None, resume=False, overwrite=True)
     release_run_lock(run)
     assert not (run / "checkpoints").exists()
+
+
+def test_resuming_with_a_config_that_changes_the_computation_is_refused(tmp_path: Path) -> None:
+    """What keeps a pipeline or study from training its remaining stages with other settings."""
+    run = _toolkit_run(tmp_path / "run")  # config.yaml: TOY, as the run saved it
+    before = _snapshot(run)
+    changed = config_lib.load(None, [*TOY, "masking.ratio=0.5", "train.base_lr=0.1"])
+    with pytest.raises(
+        RunDirError, match=r"other values of masking\.ratio, train\.base_lr; resume with its own"
+    ):
+        prepare_run_dir(run, changed, resume=True, overwrite=False)
+    assert _snapshot(run) == before
+    longer = config_lib.load(None, [*TOY, "train.epochs=9", "train.device=cpu", "pipeline.seeds=[1]"])
+    prepare_run_dir(run, longer, resume=True, overwrite=False)  # how long, where: may change
+    release_run_lock(run)

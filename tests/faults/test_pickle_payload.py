@@ -63,10 +63,10 @@ def _mae_state(cfg: config_lib.Config, **extra: object) -> dict:
     return {"kind": "mae", "model": mae.state_dict(), "arch": mae.arch, "config": cfg.to_dict(), **extra}
 
 
-def _evil_run(root: Path, state: dict, marker: Path) -> Path:
-    """A run directory whose ``checkpoints/last.pt`` carries the payload."""
+def _evil_run(root: Path, state: dict, marker: Path, cfg: config_lib.Config | None = None) -> Path:
+    """A run directory whose ``checkpoints/last.pt`` carries the payload (``cfg``: its config.yaml)."""
     (root / "checkpoints").mkdir(parents=True)
-    config_lib.dump(_toy_cfg(), root / "config.yaml")
+    config_lib.dump(cfg or _toy_cfg(), root / "config.yaml")
     torch.save({**state, "evil": _Payload(marker)}, root / "checkpoints" / "last.pt")
     return root
 
@@ -147,7 +147,8 @@ def test_pretrain_resume(tmp_path: Path, capsys, marker: Path) -> None:
 
 
 def test_parts_train_resume(tmp_path: Path, capsys, marker: Path) -> None:
-    run = _evil_run(tmp_path / "p", _parts_state(), marker)
+    cfg = config_lib.load(None, [*TOY, "parts.backbone=random:mae_debug"])  # the run's own config
+    run = _evil_run(tmp_path / "p", _parts_state(), marker, cfg)
     _refused(
         capsys,
         ["parts", "train", "--out", str(run), "--resume", *TOY, "parts.backbone=random:mae_debug"],

@@ -78,6 +78,21 @@ def test_rerun_skips_finished_stages_and_redoes_unfinished(pipeline_dir: Path) -
     assert records["eval"]["result"].keys() == json.loads(before["eval"])["result"].keys()
 
 
+def test_a_resume_with_other_settings_is_refused_before_any_stage_runs(pipeline_dir: Path) -> None:
+    from semmae.errors import RunDirError
+
+    cfg = config_lib.load(ROOT / "configs" / "pipeline_fmnist.yaml", [*TINY, "masking.ratio=0.5"])
+    before = {
+        p: p.read_bytes() for p in sorted(pipeline_dir.rglob("*")) if p.is_file() and p.name != ".semmae.lock"
+    }
+    with pytest.raises(RunDirError, match=r"other values of masking\.ratio"):
+        run_pipeline(cfg, pipeline_dir, resume=True)
+    after = {
+        p: p.read_bytes() for p in sorted(pipeline_dir.rglob("*")) if p.is_file() and p.name != ".semmae.lock"
+    }
+    assert after == before
+
+
 def test_a_resumed_stage_counts_the_time_of_every_attempt(tmp_path: Path) -> None:
     import time
 

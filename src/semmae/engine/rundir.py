@@ -27,7 +27,7 @@ from semmae import config as config_lib
 from semmae.atomic import atomic_path
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
-from semmae.engine.state import LAST
+from semmae.engine.state import LAST, changed_config_keys
 from semmae.errors import RunDirError, SemmaeError
 from semmae.runtime import broadcast_object, is_main
 
@@ -295,6 +295,27 @@ def _remove_stale_trash(path: Path) -> None:
             shutil.rmtree(trash)
 
 
+def _check_same_computation(path: Path, cfg: config_lib.Config) -> None:
+    """Refuse to resume ``path`` with a config that changes what its run computes.
+
+    The run's own ``config.yaml`` is the reference: a pipeline or study whose finished stages are
+    kept would otherwise train its remaining stages with other settings, and say nothing.
+    """
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return  # no readable record (a run from before config.yaml): the checkpoints still check
+    if not isinstance(saved, dict):
+        return
+    changed = changed_config_keys(saved, cfg.to_dict())
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise RunDirError(
+            f"{str(path)!r} was started with other values of {shown}; resume with its own config "
+            f"(--config {path / 'config.yaml'}) or start a new --out"
+        )
+
+
 def _prepare_locked(
     path: Path, cfg: config_lib.Config | None, resume: bool, overwrite: bool, inputs: Inputs
 ) -> None:
@@ -315,6 +336,8 @@ def _prepare_locked(
         )
     elif resume and fresh:
         log.info("nothing to resume in %s (no checkpoint yet): starting from scratch", path)
+    if resume and not fresh and cfg is not None:
+        _check_same_computation(path, cfg)
     if fresh and not overwrite:
         _drop_early_logs(path)
     remove_stale_temps(path)
