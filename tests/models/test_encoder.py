@@ -196,6 +196,28 @@ def test_unsupported_vit_variants_are_refused(tmp_path) -> None:
         load_encoder(str(tmp_path / "noembed.pth"))
 
 
+def test_a_part_checkpoint_follows_only_the_backbone_it_was_trained_on(tmp_path, monkeypatch) -> None:
+    from semmae.models.checkpoint import backbone_hash
+
+    monkeypatch.chdir(tmp_path)  # the backbone is named as the user gave it: relative to this folder
+    mae = _rgb_mae()
+    save_checkpoint(tmp_path / "mae.pt", {"kind": "mae", "model": mae.state_dict(), "arch": mae.arch})
+    record = {"spec": "mae.pt", "hash": backbone_hash("mae.pt"), "global_token": "cls"}
+    parts = {"kind": "parts", "model": {"head.w": torch.ones(2)}, "config": {"parts": {"backbone": "mae.pt"}},
+             "backbone": record}  # fmt: skip
+    torch.save(parts, tmp_path / "parts.pt")
+    enc, _ = load_encoder(str(tmp_path / "parts.pt"))
+    x = _images(3, 16)
+    assert torch.equal(enc.forward_features(x), _encoder_of(mae).forward_features(x))
+    other = build_mae("mae_debug")
+    save_checkpoint(tmp_path / "mae.pt", {"kind": "mae", "model": other.state_dict(), "arch": other.arch})
+    with pytest.raises(CheckpointError, match="is not the file the part learner was trained on"):
+        load_encoder(str(tmp_path / "parts.pt"))
+    monkeypatch.chdir(tmp_path.parent)
+    with pytest.raises(CheckpointError, match="relative to the folder it was trained from"):
+        load_encoder(str(tmp_path / "parts.pt"))
+
+
 def test_parts_checkpoint_with_a_prefixed_backbone_loads(tmp_path) -> None:
     mae = build_mae("mae_debug").eval()
     enc_state = {f"backbone.{k}": v for k, v in _encoder_of(mae).state_dict().items()}

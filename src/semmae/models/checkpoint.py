@@ -6,6 +6,7 @@ directory (:func:`semmae.atomic.atomic_path`), moved into place, so a crash neve
 from __future__ import annotations
 
 import argparse
+import hashlib
 import pickle
 import random
 import re
@@ -109,6 +110,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict of state")
     return obj
+
+
+def file_hash(path: str | Path) -> str:
+    """First 16 hex digits of the sha256 of a file."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def backbone_hash(spec: str) -> str:
+    """:func:`file_hash` of the backbone file, or the same digest of the spec if it is not a file."""
+    if Path(spec).is_file():
+        return file_hash(spec)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 def _pickle_protocol(path: Path) -> int | None:

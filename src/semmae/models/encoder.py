@@ -34,7 +34,7 @@ import torch
 
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.errors import CheckpointError, ConfigError
-from semmae.models.checkpoint import load_checkpoint
+from semmae.models.checkpoint import backbone_hash, load_checkpoint
 from semmae.models.presets import preset
 from semmae.models.vit_encoder import ENCODER_KEYS, ViTEncoder
 
@@ -288,11 +288,36 @@ def _read_file(
     obj = load_checkpoint(path, map_location=map_location)
     if "kind" in obj and isinstance(obj.get("model"), dict):
         norm = obj.get("normalization") or {}  # what a fine-tune actually fed its encoder
-        return obj["model"], dict(kind=obj["kind"], arch=obj.get("arch"), config=obj.get("config"), norm=norm)
+        return obj["model"], dict(kind=obj["kind"], arch=obj.get("arch"), config=obj.get("config"), norm=norm,
+                                  backbone=obj.get("backbone"))  # fmt: skip
     for key, kind in (("model", "official_mae"), ("state_dict", "timm"), ("model_ema", "timm")):
         if isinstance(obj.get(key), dict):
             return obj[key], {"kind": kind, "arch": None, "config": None}
     return obj, {"kind": "timm", "arch": None, "config": None}
+
+
+def _recorded_backbone(backbone: str, where: str) -> str:
+    """The backbone a part checkpoint names, or a CheckpointError saying why it cannot be found."""
+    parsed = parse_encoder_spec(backbone)
+    if parsed.path is not None and not Path(parsed.path).is_file():
+        relative = "" if Path(parsed.path).is_absolute() else " (relative to the folder it was trained from)"
+        raise CheckpointError(
+            f"part checkpoint {where} was trained on the backbone {backbone!r}{relative}, which is not "
+            "there; run from that folder, or evaluate the backbone itself"
+        )
+    return backbone
+
+
+def _check_backbone_unchanged(backbone: str, recorded: Any, where: str) -> None:
+    """The backbone file must be the one the part learner was trained on (its recorded hash)."""
+    if not isinstance(recorded, dict) or "hash" not in recorded or "state" in recorded:
+        return  # no record (an older checkpoint), or a random backbone rebuilt from its spec
+    current = backbone_hash(backbone)  # as training computed it, from the same spec
+    if current != recorded["hash"]:
+        raise CheckpointError(
+            f"backbone {backbone!r} of part checkpoint {where} is not the file the part learner was "
+            f"trained on (hash {current} != {recorded['hash']}); restore that file or retrain the parts"
+        )
 
 
 def load_encoder(spec: str, *, map_location: str | torch.device = "cpu") -> tuple[ViTEncoder, dict[str, Any]]:
@@ -340,7 +365,8 @@ def _load_encoder(
     if backbone and not any(k.endswith("patch_embed.proj.weight") for k in state):
         # A part learner that stored only its own head: its frozen encoder is the backbone it names.
         log.info("checkpoint %s holds no encoder weights; loading its backbone %s", where, backbone)
-        enc, meta = _load_encoder(backbone, map_location, (*chain, path.resolve()))
+        enc, meta = _load_encoder(_recorded_backbone(backbone, where), map_location, (*chain, path.resolve()))
+        _check_backbone_unchanged(backbone, desc.get("backbone"), where)
         return enc, {**meta, "via": spec}
     enc_state = _encoder_state(state, where)
     enc = _build(enc_state, where, {**hint, **(desc["arch"] or {})}).to(map_location)

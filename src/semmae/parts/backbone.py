@@ -9,17 +9,16 @@ un-augmented images so that the learner trains on the stored (F, g).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from semmae.errors import ConfigError
+from semmae.models.checkpoint import backbone_hash
 from semmae.models.encoder import check_encoder_fits, load_encoder
 
 log = logging.getLogger(__name__)
@@ -87,22 +86,6 @@ def check_backbone_fits(backbone: FrozenBackbone, image_size: int, in_chans: int
             f"config key 'parts.num_parts' ({num_parts}) exceeds the backbone's {backbone.num_patches} "
             f"patches per image; use at most {backbone.num_patches}"
         )
-
-
-def file_hash(path: str | Path) -> str:
-    """First 16 hex digits of the sha256 of a file."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def backbone_hash(spec: str) -> str:
-    """:func:`file_hash` of the backbone file, or the same digest of the spec if it is not a file."""
-    if Path(spec).is_file():
-        return file_hash(spec)
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
 def load_backbone(spec: str | None, global_token: str = "cls") -> tuple[FrozenBackbone, dict[str, Any]]:

@@ -27,8 +27,8 @@ from semmae.data.oracle import part_maps_from_masks
 from semmae.data.partmaps import PartMapWriter, manifest_path, npy_path, write_part_maps
 from semmae.data.transforms import center_batch, normalize
 from semmae.errors import CheckpointError, RunDirError
-from semmae.models.checkpoint import load_checkpoint, load_state_strict
-from semmae.parts.backbone import FrozenBackbone, file_hash, load_backbone
+from semmae.models.checkpoint import file_hash, load_checkpoint, load_state_strict
+from semmae.parts.backbone import FrozenBackbone, load_backbone
 from semmae.parts.labels import maps_to_labels
 from semmae.parts.learner import PartLearner
 from semmae.runtime import (
