@@ -183,6 +183,14 @@ def test_non_finite_weights_are_refused_with_the_tensor_named(tmp_path, bad) -> 
         load_encoder(str(tmp_path / "diverged.pt"))
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool])
+def test_integer_or_bool_weights_are_refused(tmp_path, dtype) -> None:
+    state = {k: v.to(dtype) for k, v in _encoder_of(_rgb_mae()).state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match=f"holds {dtype} weights"):
+        load_encoder(str(tmp_path / "w.safetensors"))
+
+
 def test_unsupported_vit_variants_are_refused(tmp_path) -> None:
     vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=64, depth=1, num_heads=1, init_values=1e-5)
     torch.save(vit.state_dict(), tmp_path / "ls.pth")

@@ -177,6 +177,14 @@ def infer_arch(
 
 
 def _build(state: dict[str, torch.Tensor], where: str, hint: dict[str, Any] | None) -> ViTEncoder:
+    integral = next(
+        (k for k, t in state.items() if isinstance(t, torch.Tensor) and not t.is_floating_point()), None
+    )
+    if integral is not None:  # load_state_dict would cast them silently: every feature would be wrong
+        raise CheckpointError(
+            f"checkpoint {where} holds {state[integral].dtype} weights ({integral}); an encoder's weights "
+            "are floating point (a quantised or corrupted file?)"
+        )
     arch = infer_arch(state, where, hint)
     enc = ViTEncoder(**arch)
     try:
