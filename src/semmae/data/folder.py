@@ -138,7 +138,7 @@ class FileSource:
         except DataError:  # a pixel type with no 8-bit form: the file is fine, a black image is not
             raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-            _corrupt(path, exc, self.on_corrupt, "using a black image")
+            _corrupt(path, exc, self.on_corrupt, "a black image stands in for it")
             return None
 
     def read(self, index: int) -> torch.Tensor:
@@ -190,7 +190,7 @@ def whole_image_view(ds: ImageSet) -> ImageSet:
 def _corrupt(path: Path, exc: Exception, on_corrupt: str, instead: str) -> None:
     """Refuse an unreadable file (``on_corrupt=error``) or warn what is done ``instead``."""
     if on_corrupt == "error":
-        raise DataError(f"unreadable image {path} ({exc}); data.on_corrupt=warn skips such files") from None
+        raise DataError(f"unreadable image {path} ({exc}); under data.on_corrupt=warn {instead}") from None
     log.warning("unreadable image %s (%s): %s", path, exc, instead)
 
 
@@ -215,7 +215,7 @@ def _verify_headers(files: list[Path], on_corrupt: str) -> list[bool]:
         raise DataError(f"{refused}" + (f" ({count - 1} more such file(s))" if count > 1 else ""))
     for path, exc in zip(files, results, strict=True):
         if exc is not None:
-            _corrupt(path, exc, on_corrupt, "skipped")
+            _corrupt(path, exc, on_corrupt, "the file is skipped")
     return [exc is None for exc in results]
 
 
