@@ -93,6 +93,20 @@ def test_a_resume_with_other_settings_is_refused_before_any_stage_runs(pipeline_
     assert after == before
 
 
+def test_a_damaged_stage_record_is_named_with_the_way_out(tmp_path: Path) -> None:
+    from semmae.errors import RunDirError
+    from semmae.pipeline.layout import StageDir
+
+    stage = StageDir(tmp_path / "mae")
+    stage.path.mkdir()
+    stage.done.write_text("{bad")
+    with pytest.raises(RunDirError, match=r"DONE\.json' is damaged .*delete it"):
+        stage.record()
+    stage.done.write_text("[1, 2]")  # JSON, but not a record
+    with pytest.raises(RunDirError, match="is damaged"):
+        stage.record()
+
+
 def test_a_resumed_stage_counts_the_time_of_every_attempt(tmp_path: Path) -> None:
     import time
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+from semmae.errors import RunDirError
 from semmae.names import PipelineStage
 
 STAGES = get_args(PipelineStage)  # in the order they run
@@ -60,7 +61,25 @@ class StageDir:
 
     def record(self) -> dict[str, Any] | None:
         """The stage's ``DONE.json`` content, or None when the stage has not completed."""
-        return json.loads(self.done.read_text()) if self.done.is_file() else None
+        return read_record(self.done) if self.done.is_file() else None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A stage's JSON record (``DONE.json``, ``PARTIAL.json``).
+
+    Raises:
+        RunDirError: the file is not a JSON object (damaged): say how to run the stage again.
+    """
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise RunDirError(
+            f"stage record {str(path)!r} is damaged (not a JSON object); delete it (or the stage folder) "
+            "and run again to redo that stage"
+        )
+    return record
 
 
 @dataclass(frozen=True)

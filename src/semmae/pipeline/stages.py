@@ -24,7 +24,7 @@ from semmae.errors import SemmaeError
 from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
 from semmae.pipeline.evaluate import evaluate_encoders
-from semmae.pipeline.layout import STAGES, PipelineLayout, StageDir
+from semmae.pipeline.layout import STAGES, PipelineLayout, StageDir, read_record
 from semmae.pipeline.report import write_report
 from semmae.train.parts import run_parts_train
 from semmae.train.pretrain import run_pretrain
@@ -59,7 +59,7 @@ def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
     runtime.barrier()
     earlier = {"seconds": 0.0, "attempts": 0}
     if resume and stage.partial.is_file():
-        earlier = json.loads(stage.partial.read_text())
+        earlier = read_record(stage.partial)
     log.info("[%s] %s", name, "resuming" if resume else "starting")
     t0 = time.perf_counter()
     try:
