@@ -94,6 +94,8 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("eval.ft_auto_augment=garbage-xyz", "eval.ft_auto_augment"),
         ("eval.linear_val_frac=1", "eval.linear_val_frac"),
         ("pipeline.seeds=[]", "pipeline.seeds"),
+        ("eval.linear_lrs=[]", "eval.linear_lrs"),
+        ("eval.linear_lrs=[0.1,-1]", "eval.linear_lrs"),
         ("pipeline.study_methods=[]", "pipeline.study_methods"),
     ],
 )
@@ -119,6 +121,16 @@ def test_every_policy_the_check_accepts_builds_in_timm() -> None:
     for policy in ("rand-m9-mstd0.5-inc1", "augmix-m5-w4", "original-mstd0.5", "v0r", "3a"):
         config_lib.load(None, [f"eval.ft_auto_augment={policy}"])
         create_transform(32, is_training=True, auto_augment=policy)
+
+
+def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  epochs: 3\n  batch_size: 8\n  epochs: 30\n")
+    with pytest.raises(ConfigError, match="key 'epochs' is given twice"):
+        config_lib.load(recipe)
+    recipe.write_text("train:\n  epochs: 3\ndata:\n  limit: 5\ntrain:\n  seed: 1\n")
+    with pytest.raises(ConfigError, match="key 'train' is given twice"):
+        config_lib.load(recipe)
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:

@@ -185,6 +185,21 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe(path: str | Path) -> Any:
     """The YAML tree of a recipe file ({} when empty).
 
@@ -195,7 +210,7 @@ def read_recipe(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - safe
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 text; give a YAML recipe") from None
     except OSError as exc:

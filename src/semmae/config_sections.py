@@ -282,6 +282,9 @@ class EvalConfig:
         fractions("eval", self, "ft_drop_path", "ft_label_smoothing", "linear_val_frac")
         fractions("eval", self, "ft_reprob", one=True)
         augment_policy("eval.ft_auto_augment", self.ft_auto_augment)
+        if not self.linear_lrs:
+            raise ConfigError("config key 'eval.linear_lrs' must list at least one learning rate")
+        finite_values("eval.linear_lrs", self.linear_lrs, positive=True)
 
 
 @dataclass

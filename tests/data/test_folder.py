@@ -109,6 +109,8 @@ def test_missing_or_empty_folder(tmp_path: Path) -> None:
         build_dataset(_cfg(tmp_path / "empty"), "train")
     with pytest.raises(DataError, match="data.root"):
         build_dataset(DataConfig(name="image_folder"), "train")
+    with pytest.raises(DataError, match="readme.md is a file; set data.root to the folder"):
+        build_dataset(_cfg(tmp_path / "empty" / "readme.md"), "train")
 
 
 def test_streamed_batches_and_fingerprint(tmp_path: Path, caplog) -> None:

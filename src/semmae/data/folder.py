@@ -230,6 +230,8 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
             f"data.name=image_folder needs data.root=DIR (images or class subfolders; {_ACCEPTED})"
         )
     root = Path(cfg.root).expanduser()
+    if root.is_file():
+        raise DataError(f"data.root {root} is a file; set data.root to the folder that holds the images")
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; set data.root=DIR ({_ACCEPTED})")
     base, files, targets, classes = _split_files(root, split)
