@@ -325,3 +325,17 @@ def test_part_grid_and_export_outs_that_are_folders_or_not_images(tmp_path: Path
     _one_line(capsys, ["parts", "show", "--maps", "m.npy", "--out", str(tmp_path)], "is a folder")
     argv = ["export", "--checkpoint", "random:mae_debug", "--format", "timm", "--out", str(tmp_path)]
     _one_line(capsys, argv, "is a directory; give a file name")
+
+
+def test_a_damaged_last_checkpoint_on_resume_says_how_to_go_on(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    argv = ["pretrain", "--out", str(run), *TOY, "train.max_steps=1", "train.knn_every_epochs=-1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])  # damaged after it was written
+    resume = ["pretrain", "--config", str(run / "config.yaml"), "--out", str(run), "--resume"]
+    _one_line(capsys, resume, "could not be read")
+    assert "start the run again with --overwrite" in _one_line(capsys, resume, "last.pt")
+    (run / "checkpoints" / "epoch_0001.pt").write_bytes(b"kept")
+    assert "copy epoch_0001.pt over last.pt" in _one_line(capsys, resume, "last.pt")

@@ -191,6 +191,13 @@ def test_integer_or_bool_weights_are_refused(tmp_path, dtype) -> None:
         load_encoder(str(tmp_path / "w.safetensors"))
 
 
+def test_an_arch_record_that_is_not_a_mapping_is_refused(tmp_path) -> None:
+    mae = _rgb_mae()
+    torch.save({"kind": "mae", "model": mae.state_dict(), "arch": "vit_base"}, tmp_path / "a.pt")
+    with pytest.raises(CheckpointError, match="records 'arch' as a str, not a mapping"):
+        load_encoder(str(tmp_path / "a.pt"))
+
+
 def test_unsupported_vit_variants_are_refused(tmp_path) -> None:
     vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=64, depth=1, num_heads=1, init_values=1e-5)
     torch.save(vit.state_dict(), tmp_path / "ls.pth")

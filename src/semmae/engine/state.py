@@ -90,7 +90,12 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
         CheckpointError: another kind of checkpoint, another architecture or another config.
     """
     path = Path(run_dir) / LAST  # the caller has checked that it exists (rundir.has_checkpoint)
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:  # writes are atomic, so a damaged last.pt was damaged after it
+        kept = sorted(path.parent.glob("epoch_*.pt"))
+        way = f"copy {kept[-1].name} over last.pt to resume from it, or " if kept else ""
+        raise CheckpointError(f"{exc}; {way}start the run again with --overwrite") from None
     if ckpt.get("kind") != kind:
         raise CheckpointError(f"{path} is a {ckpt.get('kind')!r} checkpoint, not a {kind!r} one")
     if ckpt.get("arch") != dict(arch):

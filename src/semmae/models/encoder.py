@@ -294,6 +294,12 @@ def _read_file(
                 if k in meta}  # fmt: skip
         return state, {"kind": "timm", "arch": kwargs, "config": None, "norm": norm}
     obj = load_checkpoint(path, map_location=map_location)
+    for key in ("arch", "config"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            raise CheckpointError(
+                f"checkpoint {where} records {key!r} as a {type(obj[key]).__name__}, not a mapping; "
+                "the file is damaged or was not written by semmae"
+            )
     if "kind" in obj and isinstance(obj.get("model"), dict):
         norm = obj.get("normalization") or {}  # what a fine-tune actually fed its encoder
         return obj["model"], dict(kind=obj["kind"], arch=obj.get("arch"), config=obj.get("config"), norm=norm,
