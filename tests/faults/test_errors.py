@@ -329,7 +329,15 @@ def test_part_grid_and_export_outs_that_are_folders_or_not_images(tmp_path: Path
 
 def test_a_damaged_last_checkpoint_on_resume_says_how_to_go_on(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    argv = ["pretrain", "--out", str(run), *TOY, "train.max_steps=1", "train.knn_every_epochs=-1"]
+    argv = [
+        "pretrain",
+        "--out",
+        str(run),
+        *TOY,
+        "train.max_steps=1",
+        "train.knn_every_epochs=-1",
+        "train.batch_size=8",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     last = run / "checkpoints" / "last.pt"
