@@ -95,6 +95,17 @@ def test_suffix_is_added_and_overwrite_replaces(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_part_maps(tmp_path / "maps").labels, new)
 
 
+def test_the_manifest_name_stands_for_its_pair_and_another_file_is_named(tmp_path: Path) -> None:
+    _write(tmp_path / "maps.json")  # the manifest's name given as --out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.json", "maps.npy"]
+    np.testing.assert_array_equal(
+        load_part_maps(tmp_path / "maps.json").labels, load_part_maps(tmp_path / "maps").labels
+    )
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="notes.txt is not a part-map file; give the .npy"):
+        load_part_maps(tmp_path / "notes.txt")
+
+
 def test_lookup_returns_the_right_rows(tmp_path: Path) -> None:
     labels = _labels(2)
     _write(tmp_path / "maps.npy", labels)

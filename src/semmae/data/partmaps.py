@@ -107,9 +107,12 @@ class PartMapManifest:
 
 
 def npy_path(path: str | os.PathLike[str]) -> Path:
-    """The ``.npy`` file of a part-map path (``.npy`` is appended when missing)."""
+    """The ``.npy`` file of a part-map path: ``X.npy`` for ``X.npy``, ``X`` or the manifest ``X.json``
+    (``.npy`` is appended to any other name)."""
     p = Path(path)
-    return p if p.suffix == ".npy" else p.with_name(p.name + ".npy")
+    if p.suffix == ".npy":
+        return p
+    return p.with_suffix(".npy") if p.suffix == ".json" else p.with_name(p.name + ".npy")
 
 
 def manifest_path(path: str | os.PathLike[str]) -> Path:
@@ -355,6 +358,8 @@ def load_part_maps(path: str | os.PathLike[str], *, dataset: Any = None) -> Part
             names the field with the file's and the dataset's values.
     """
     p = npy_path(path)
+    if not p.is_file() and Path(path).is_file():
+        raise DataError(f"{path} is not a part-map file; give the .npy that 'semmae parts export' wrote")
     if not p.is_file():
         raise DataError(f"part-map file {p} does not exist; export part maps for this dataset first")
     manifest = _read_manifest(p)
