@@ -245,3 +245,17 @@ def test_resuming_with_a_config_that_changes_the_computation_is_refused(tmp_path
     longer = config_lib.load(None, [*TOY, "train.epochs=9", "train.device=cpu", "pipeline.seeds=[1]"])
     prepare_run_dir(run, longer, resume=True, overwrite=False)  # how long, where: may change
     release_run_lock(run)
+
+
+def test_a_rank_other_than_the_main_one_raises_the_main_ones_refusal(tmp_path: Path, monkeypatch) -> None:
+    """Under torchrun only rank 0 opens --out; the others learn its outcome from a broadcast."""
+    sent: list[object] = []
+    monkeypatch.setattr(rundir, "is_main", lambda: False)
+    monkeypatch.setattr(
+        rundir, "broadcast_object", lambda obj: sent.append(obj) or "output directory 'x' is in use"
+    )
+    with pytest.raises(RunDirError, match="output directory 'x' is in use"):
+        prepare_run_dir(tmp_path / "run", None, resume=False, overwrite=False)
+    assert sent == [None] and not (tmp_path / "run").exists()  # it sent nothing and touched nothing
+    monkeypatch.setattr(rundir, "broadcast_object", lambda obj: None)  # the main rank succeeded
+    assert prepare_run_dir(tmp_path / "run", None, resume=False, overwrite=False) == tmp_path / "run"
