@@ -14,9 +14,10 @@ Writes one JSON object (``--out``, default ``results/gpu_check_<gpu-name>.json``
   (``toy_sets_drawn``), so the loop's GPU augmentation is timed but no file decoding.
 - ``finetune``: img/s of the ViT-B/16 classifier's training step (the fine-tune trainer's step,
   layer-decay AdamW, bf16).
-- ``loader``: img/s the streamed image-folder loader delivers from a few hundred JPEGs of
-  ImageNet's typical size and weight (500 x 375, about 110 KiB) on this machine's cores, and ``torchvision.io.decode_jpeg(device="cuda")`` batch decoding, to say
-  whether GPU decoding is needed to keep up with pretraining.
+- ``loader``: img/s pretraining's image-folder loader delivers from a few hundred JPEGs of
+  ImageNet's typical size and weight (500 x 375, about 104 KiB) on the usable cores; the same
+  with ``data.decode=device`` (workers read bytes, each batch is decoded with nvJPEG and cropped
+  on the GPU); and ``torchvision.io.decode_jpeg(device="cuda")`` alone: which keeps up.
 - ``targets``: pass/fail of pretraining >= 4,000 img/s (H100/H200 class) and semantic/random
   <= 1.02.
 
@@ -423,6 +424,32 @@ def write_jpegs(root: Path, n: int, size: tuple[int, int]) -> list[Path]:
     return paths
 
 
+def device_decode_rate(
+    spec: Spec, ds: Any, cfg: Any, device: torch.device, workers: int, budget: Section
+) -> float | None:
+    """img/s of ``data.decode=device``: workers read the files, each batch is decoded on ``device``."""
+    from semmae.data.device_decode import decode_crops, iterate_encoded
+    from semmae.data.transforms import crop_uniforms
+
+    gen, order, b = torch.Generator().manual_seed(1), torch.randperm(len(ds)), spec.loader_batch
+    plan = ((order[k : k + b], crop_uniforms(b, gen, True)) for k in range(0, len(ds) - b + 1, b))
+    batches = iterate_encoded(
+        ds, plan, scale=cfg.data.crop_scale, ratio=cfg.data.crop_ratio, num_workers=workers
+    )
+    t0, n = None, 0
+    for payloads, metas, idx in batches:
+        decode_crops(payloads, metas, spec.image_size, 3, device)
+        if t0 is None:  # worker start-up and the decoder's first call excluded
+            _sync(device)
+            t0 = time.perf_counter()
+            continue
+        n += len(idx)
+        if budget.over:
+            break
+    _sync(device)
+    return round(n / (time.perf_counter() - t0), 1) if t0 is not None and n else None
+
+
 def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[str, Any]:
     """Pretraining's image-folder loader img/s on the usable cores, and batch JPEG decoding on ``device``.
 
@@ -461,6 +488,7 @@ def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[st
                 if budget.over:
                     break
             out["loader_img_per_s"] = round(n / (time.perf_counter() - t0), 1)
+            out["device_decode_loader_img_per_s"] = device_decode_rate(spec, ds, cfg, device, workers, budget)
         finally:
             if limit is not None:
                 folder.MEMORY_LIMIT_BYTES = limit
@@ -490,6 +518,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             ratio = round(r / s, 3)  # time per image, semantic over random
             break
     loader = result.get("loader", {}).get("loader_img_per_s")
+    on_device = result.get("loader", {}).get("device_decode_loader_img_per_s")
     return {
         "pretrain_img_per_s": {"min": TARGET_IMG_S, "value": best_random,
                                "pass": None if best_random is None else best_random >= TARGET_IMG_S},
@@ -497,6 +526,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
                                       "pass": None if ratio is None else ratio <= TARGET_SEMANTIC_OVER_RANDOM},
         "cpu_jpeg_loader_keeps_up": {"value": loader, "needs": best_random,
                                      "pass": None if not (loader and best_random) else loader >= best_random},
+        "device_decode_loader_keeps_up": {"value": on_device, "needs": best_random,
+                                          "pass": None if not (on_device and best_random) else on_device >= best_random},
     }  # fmt: skip
 
 

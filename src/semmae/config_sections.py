@@ -50,6 +50,10 @@ class DataConfig:
             (bicubic), then the centre ``image_size`` square. None = 0.875 (timm/MAE's 256 -> 224).
             Only image folders are read at full resolution; the small sets are stored at their
             training size, which is crop_pct 1.0.
+        decode: where pretraining decodes an image folder's JPEGs: ``cpu`` (in the DataLoader
+            workers, PIL; MAE's crops pixel for pixel) or ``device`` (the workers read the bytes,
+            ``torchvision.io.decode_jpeg`` decodes each batch on the training device: nvJPEG on a
+            GPU, for when the CPU cores cannot keep up; see :mod:`semmae.data.device_decode`).
     """
 
     name: names.DatasetName = "fashion_mnist"
@@ -66,6 +70,7 @@ class DataConfig:
     toy_size: int = 2000
     num_workers: int = 0
     crop_pct: float | None = None
+    decode: Literal["cpu", "device"] = "cpu"
 
     def check(self) -> None:
         """Ranges and lengths of the data fields; raises ConfigError naming the key."""
@@ -76,6 +81,10 @@ class DataConfig:
         finite_values("data.std", self.std, positive=True)  # it divides
         finite_values("data.mean", self.mean)
         scale_range("data.crop_scale", self.crop_scale)
+        if self.decode == "device" and self.name != "image_folder":
+            raise ConfigError(
+                "config key 'data.decode=device' decodes image-folder files; this dataset is in memory"
+            )
         if len(self.mean) not in (1, self.in_chans) or len(self.std) != len(self.mean):
             raise ConfigError("config keys 'data.mean' and 'data.std' need 1 or data.in_chans values each")
         pct = self.crop_pct

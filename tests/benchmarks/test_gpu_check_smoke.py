@@ -46,11 +46,13 @@ def test_smoke_fills_every_field(tmp_path: Path) -> None:
     loader = result["loader"]
     assert loader["streamed"] is True and _positive(loader["loader_img_per_s"])
     assert _positive(loader["decode_jpeg_cpu_img_per_s"])
+    assert _positive(loader["device_decode_loader_img_per_s"])  # data.decode=device, on the CPU here
     targets = result["targets"]
     assert targets["pretrain_img_per_s"]["min"] == 4000 and targets["pretrain_img_per_s"]["pass"] is False
     ratio = targets["semantic_over_random_time"]
     assert ratio["max"] == 1.02 and _positive(ratio["value"]) and ratio["pass"] == (ratio["value"] <= 1.02)
     assert isinstance(targets["cpu_jpeg_loader_keeps_up"]["pass"], bool)
+    assert isinstance(targets["device_decode_loader_keeps_up"]["pass"], bool)
     assert result["provenance"]["torch"] == result["torch"]
 
 

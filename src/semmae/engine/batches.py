@@ -21,6 +21,7 @@ import torch
 from semmae import runtime
 from semmae.config import DataConfig
 from semmae.data import ImageSet, iterate_batches
+from semmae.data.device_decode import decode_crops, iterate_encoded
 from semmae.data.streaming import iterate_crops
 from semmae.data.transforms import (
     augment_batch,
@@ -107,20 +108,26 @@ class PretrainBatches:
         gen = step_generator(self.seed, 2, epoch, i, self.rank)
         return gen, crop_uniforms(self.batch_size, gen, self.data.hflip)
 
+    def _crops(self, plan: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """``(crops uint8 (B, C, S, S), boxes (B, 4), indices (B,))`` per micro-batch: decoded in the
+        workers (``data.decode=cpu``) or, from the files' bytes, on the training device (``device``)."""
+        d = self.data
+        if d.decode == "device":
+            encoded = iterate_encoded(self.dataset, plan, scale=d.crop_scale, ratio=d.crop_ratio,
+                                      num_workers=d.num_workers)  # fmt: skip
+            for payloads, metas, idx in encoded:
+                yield (*decode_crops(payloads, metas, d.image_size, d.in_chans, self.device), idx)
+            return
+        yield from iterate_crops(self.dataset, plan, scale=d.crop_scale, ratio=d.crop_ratio,
+                                 num_workers=d.num_workers, pin_memory=self.device.type == "cuda")  # fmt: skip
+
     def _streamed_epoch(self, epoch: int, start: int, indices: torch.Tensor) -> Iterator[MicroBatch]:
         bsz = self.batch_size
         plan = (
             (indices[k * bsz : (k + 1) * bsz], self._draws(epoch, start + k)[1])
             for k in range(len(indices) // bsz)
         )
-        crops = iterate_crops(
-            self.dataset,
-            plan,
-            scale=self.data.crop_scale,
-            ratio=self.data.crop_ratio,
-            num_workers=self.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        crops = self._crops(plan)
         for offset, (images_u8, boxes, idx) in enumerate(crops):
             i = start + offset
             gen, draws = self._draws(epoch, i)  # the mask continues from the same generator
