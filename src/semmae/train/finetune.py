@@ -73,7 +73,7 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
     if per_epoch < 1:
         raise ConfigError(
             f"one fine-tuning step needs {eff} images but the data has {num_train}; "
-            "lower eval.ft_batch_size or raise data.limit"
+            "lower eval.ft_batch_size (or raise data.limit, if set, or add images)"
         )
     return make_plan(
         steps_per_epoch=per_epoch, epochs=e.ft_epochs, max_steps=None, warmup_epochs=e.ft_warmup_epochs,

@@ -45,7 +45,7 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
     if steps_per_epoch < 1:
         raise ConfigError(
             f"one optimiser step needs {eff} images but the data has fewer per epoch; lower train.batch_size "
-            "or train.accum_steps, or raise data.limit"
+            "or train.accum_steps (or raise data.limit, if set, or add images)"
         )
     return make_plan(
         steps_per_epoch=steps_per_epoch, epochs=tc.epochs, max_steps=tc.max_steps,
