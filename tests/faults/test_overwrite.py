@@ -259,3 +259,21 @@ def test_a_rank_other_than_the_main_one_raises_the_main_ones_refusal(tmp_path: P
     assert sent == [None] and not (tmp_path / "run").exists()  # it sent nothing and touched nothing
     monkeypatch.setattr(rundir, "broadcast_object", lambda obj: None)  # the main rank succeeded
     assert prepare_run_dir(tmp_path / "run", None, resume=False, overwrite=False) == tmp_path / "run"
+
+
+def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path: Path) -> None:
+    """A key added later (data.decode, say) ran with its default: not a change."""
+    import yaml
+
+    from semmae.engine.state import changed_config_keys
+
+    run = _toolkit_run(tmp_path / "run")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["data"]["decode"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = config_lib.load(None, TOY)
+    assert changed_config_keys(saved, cfg.to_dict()) == []
+    prepare_run_dir(run, cfg, resume=True, overwrite=False)
+    release_run_lock(run)
+    other = config_lib.load(None, [*TOY, "data.decode=device", "data.name=image_folder", "data.root=x"])
+    assert "data.decode" in changed_config_keys(saved, other.to_dict())  # a real change still counts

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from semmae import __version__
+from semmae.config import Config
 from semmae.errors import CheckpointError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint
 
@@ -62,10 +63,12 @@ def changed_config_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[
     """The ``section.field`` keys whose values differ between two config dicts, less
     :data:`RESUME_MAY_CHANGE` and the ``pipeline`` section (the pipeline's own plan)."""
     keys = {f"{s}.{k}" for tree in (saved, current) for s, fields in tree.items() for k in fields}
+    defaults = Config().to_dict()  # a key added after the run was saved: it ran with the default
 
     def value(tree: dict[str, Any], key: str) -> Any:
         section, field_name = key.split(".", 1)
-        return tree.get(section, {}).get(field_name, "<unset>")
+        fallback = defaults.get(section, {}).get(field_name, "<unset>")
+        return (tree.get(section) or {}).get(field_name, fallback)
 
     return sorted(
         k for k in keys
