@@ -128,3 +128,26 @@ def test_pretraining_decodes_on_the_device_and_resumes_exactly(tmp_path: Path, m
 def test_decoding_on_the_device_is_for_image_folders() -> None:
     with pytest.raises(ConfigError, match="data.decode=device"):
         config_lib.load(None, ["data.decode=device"])  # Fashion-MNIST is held in memory
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_jpeg_cut_after_its_header_is_black_or_refused(tmp_path: Path, device: str) -> None:
+    from semmae.data.device_decode import iterate_encoded
+    from semmae.errors import DataError
+
+    folder = _folder(tmp_path, n=4)
+    cut = folder / "train" / "a" / "01.jpg"
+    cut.write_bytes(cut.read_bytes()[:1200])  # the header reads, the data stops
+    source = _source(folder)
+    draws = crop_uniforms(len(source), torch.Generator().manual_seed(0), True)
+    plan = [(torch.arange(len(source)), draws)]
+    ds = build_dataset(config_lib.load(None, ["data.name=image_folder", f"data.root={folder}", "data.image_size=32",
+                                              "data.in_chans=3", "data.mean=[0.5]", "data.std=[0.25]"]).data, "train")  # fmt: skip
+    [(payloads, metas, indices)] = list(iterate_encoded(ds, plan, scale=SCALE, ratio=RATIO))
+    assert [len(p) for p in payloads] == [source.base.joinpath(f).stat().st_size for f in source.files]
+    crops, boxes = decode_crops(payloads, metas, 32, 3, torch.device(device))
+    bad = source.files.index("a/01.jpg")
+    assert int(crops[bad].max()) == 0 and torch.equal(boxes[bad], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert all(int(crops[i].max()) > 0 for i in range(len(payloads)) if i != bad)
+    with pytest.raises(DataError, match="could not be decoded"):
+        decode_crops(payloads, metas, 32, 3, torch.device(device), on_corrupt="error")

@@ -19,6 +19,7 @@ torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from torch.utils.data import DataLoader
 from semmae import runtime
 from semmae.data.imageset import ImageSet, _PerImageItems
 from semmae.data.transforms import box_from_draws
+from semmae.errors import DataError
 
+log = logging.getLogger(__name__)
 ENCODED, DECODED = 1.0, 0.0  # meta[0]: what a payload holds
 _ORIENTATION = 0x0112  # EXIF orientation tag
 _DEVICE_MODES = ("L", "RGB")  # JPEG colour modes decode_jpeg returns as they are
@@ -82,12 +85,14 @@ def read_encoded(
     return payload, meta
 
 
-def _lists(
-    batch: list[tuple[torch.Tensor, torch.Tensor, int]],
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Collate payloads of different lengths as a list; metas and indices as tensors."""
+def _packed(batch: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, ...]:
+    """Collate payloads of different lengths into one buffer and their end offsets.
+
+    One tensor per batch crosses from a worker (one shared-memory segment), not one per image.
+    """
     payloads, metas, indices = zip(*batch, strict=True)
-    return list(payloads), torch.stack(metas), torch.tensor(indices, dtype=torch.int64)
+    ends = torch.tensor([p.numel() for p in payloads], dtype=torch.int64).cumsum(0)
+    return torch.cat(payloads), ends, torch.stack(metas), torch.tensor(indices, dtype=torch.int64)
 
 
 def iterate_encoded(
@@ -111,12 +116,49 @@ def iterate_encoded(
     read = partial(read_encoded, ds.source, **ranges)
     plan = (list(zip(indices.tolist(), values.tolist(), strict=True)) for indices, values in batches)
     loader = DataLoader(_PerImageItems(read), batch_sampler=plan, num_workers=num_workers,
-                        collate_fn=_lists, generator=torch.Generator())  # fmt: skip
-    yield from loader
+                        collate_fn=_packed, generator=torch.Generator())  # fmt: skip
+    for buffer, ends, metas, indices in loader:
+        starts = [0, *ends[:-1].tolist()]
+        yield [buffer[a:b] for a, b in zip(starts, ends.tolist(), strict=True)], metas, indices
+
+
+def _decode_each(
+    payloads: list[torch.Tensor], jpegs: list[int], mode: object, device: torch.device, on_corrupt: str
+) -> list[torch.Tensor | None]:
+    """``decode_jpeg`` of the batch at once; if that fails, image by image (None: undecodable).
+
+    A JPEG whose header reads but whose data is cut or corrupt fails the whole batched call.
+    """
+    from torchvision.io import decode_jpeg
+
+    if not jpegs:
+        return []
+    try:
+        return list(decode_jpeg([payloads[i] for i in jpegs], mode=mode, device=device))
+    except RuntimeError:
+        pass
+    images: list[torch.Tensor | None] = []
+    for i in jpegs:
+        try:
+            images.append(decode_jpeg(payloads[i], mode=mode, device=device))
+        except RuntimeError as exc:
+            if on_corrupt == "error":
+                raise DataError(
+                    f"a JPEG of this batch could not be decoded ({exc}); under data.on_corrupt=warn a "
+                    "black image stands in for it"
+                ) from None
+            log.warning("undecodable JPEG in the batch (%s): a black image stands in for it", exc)
+            images.append(None)
+    return images
 
 
 def decode_crops(
-    payloads: list[torch.Tensor], metas: torch.Tensor, size: int, in_chans: int, device: torch.device
+    payloads: list[torch.Tensor],
+    metas: torch.Tensor,
+    size: int,
+    in_chans: int,
+    device: torch.device,
+    on_corrupt: str = "warn",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode, crop, resize (bicubic, antialiased) and flip a batch on ``device``.
 
@@ -126,20 +168,24 @@ def decode_crops(
         size: S.
         in_chans: C (1 or 3).
         device: where to decode (nvJPEG on CUDA; libjpeg-turbo on the CPU).
+        on_corrupt: a JPEG that fails to decode: ``warn`` (a black image) or ``error`` (DataError).
 
     Returns:
         ``(crops uint8 (B, C, S, S) on device, boxes float32 (B, 4))``: boxes ``(top, left, h, w)``
         as fractions of each image's height and width, as the CPU path gives them.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io import ImageReadMode
 
     mode = ImageReadMode.GRAY if in_chans == 1 else ImageReadMode.RGB
     out = torch.empty(len(payloads), in_chans, size, size, dtype=torch.uint8, device=device)
     boxes = torch.empty(len(payloads), 4, dtype=torch.float32)
     rows = metas.tolist()
     jpegs = [i for i, row in enumerate(rows) if row[0] == ENCODED]
-    decoded = decode_jpeg([payloads[i] for i in jpegs], mode=mode, device=device) if jpegs else []
-    for i, image in zip(jpegs, decoded, strict=True):
+    for i, image in zip(jpegs, _decode_each(payloads, jpegs, mode, device, on_corrupt), strict=True):
+        if image is None:  # broken past its header: black, as the CPU path's on_corrupt=warn
+            out[i] = 0
+            boxes[i] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+            continue
         _, top, left, h, w, height, width, flip = (int(v) for v in rows[i])
         crop = image[:, top : top + h, left : left + w].unsqueeze(0).float()
         crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)

@@ -116,7 +116,10 @@ class PretrainBatches:
             encoded = iterate_encoded(self.dataset, plan, scale=d.crop_scale, ratio=d.crop_ratio,
                                       num_workers=d.num_workers)  # fmt: skip
             for payloads, metas, idx in encoded:
-                yield (*decode_crops(payloads, metas, d.image_size, d.in_chans, self.device), idx)
+                yield (
+                    *decode_crops(payloads, metas, d.image_size, d.in_chans, self.device, d.on_corrupt),
+                    idx,
+                )
             return
         yield from iterate_crops(self.dataset, plan, scale=d.crop_scale, ratio=d.crop_ratio,
                                  num_workers=d.num_workers, pin_memory=self.device.type == "cuda")  # fmt: skip
