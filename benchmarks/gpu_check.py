@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import re
 import resource
@@ -488,7 +489,13 @@ def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[st
                 if budget.over:
                     break
             out["loader_img_per_s"] = round(n / (time.perf_counter() - t0), 1)
-            out["device_decode_loader_img_per_s"] = device_decode_rate(spec, ds, cfg, device, workers, budget)
+            crops.close()  # its workers stop before the next loader's start
+            try:
+                out["device_decode_loader_img_per_s"] = device_decode_rate(
+                    spec, ds, cfg, device, workers, budget
+                )
+            except Exception as exc:  # noqa: BLE001 - keep the CPU loader's figure
+                out["device_decode_loader"] = failure(exc)
         finally:
             if limit is not None:
                 folder.MEMORY_LIMIT_BYTES = limit
@@ -555,12 +562,12 @@ def run_check(
         result["cuda_tests"] = failure(exc)
     save(result)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 may be emulated
-    peak = matmul_peak(dtype, device, n=spec.matmul_n, reps=5)[0] / 1000
-    result["matmul"] = {
-        "dtype": str(dtype).removeprefix("torch."),
-        "n": spec.matmul_n,
-        "peak_tflop_s": round(peak, 3),
-    }
+    try:
+        peak = matmul_peak(dtype, device, n=spec.matmul_n, reps=5)[0] / 1000
+        result["matmul"] = {"dtype": str(dtype).removeprefix("torch."), "n": spec.matmul_n,
+                            "peak_tflop_s": round(peak, 3)}  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the rest runs; MFU is then unknown
+        peak, result["matmul"] = math.nan, failure(exc)
     save(result)
     sections = {
         "pretrain": lambda budget: pretrain_section(spec, device, budget, peak),

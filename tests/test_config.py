@@ -118,7 +118,8 @@ def test_values_at_the_edges_of_their_range_load(override: str) -> None:
 def test_every_policy_the_check_accepts_builds_in_timm() -> None:
     from timm.data import create_transform
 
-    for policy in ("rand-m9-mstd0.5-inc1", "augmix-m5-w4", "original-mstd0.5", "v0r", "3a"):
+    for policy in ("rand-m9-mstd0.5-inc1", "augmix-m5-w4", "original-mstd0.5", "v0r", "3a", "rand-m9-mstd0.5-t3a",
+                   "rand-m9-n2-t3aw"):  # fmt: skip
         config_lib.load(None, [f"eval.ft_auto_augment={policy}"])
         create_transform(32, is_training=True, auto_augment=policy)
 

@@ -135,7 +135,7 @@ def fractions(section: str, obj: Any, *names: str, one: bool = False) -> None:
 # torch device names the toolkit runs on (resolved by semmae.runtime.resolve_device).
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 # timm's augmentation policy strings: RandAugment / AugMix / AutoAugment, with "-m9-mstd0.5"-style options.
-_AUGMENT = re.compile(r"((rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*)*)?")
+_AUGMENT = re.compile(r"((rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*|-t[a-z0-9]+)*)?")
 
 
 def device_name(key: str, value: str) -> None:
