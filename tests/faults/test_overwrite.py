@@ -245,6 +245,10 @@ def test_resuming_with_a_config_that_changes_the_computation_is_refused(tmp_path
     longer = config_lib.load(None, [*TOY, "train.epochs=9", "train.device=cpu", "pipeline.seeds=[1]"])
     prepare_run_dir(run, longer, resume=True, overwrite=False)  # how long, where: may change
     release_run_lock(run)
+    with pytest.raises(
+        RunDirError, match=r"other values of train\.epochs"
+    ):  # a pipeline's stages: not longer
+        prepare_run_dir(run, longer, resume=True, overwrite=False, same_length=True)
 
 
 def test_a_rank_other_than_the_main_one_raises_the_main_ones_refusal(tmp_path: Path, monkeypatch) -> None:

@@ -295,11 +295,13 @@ def _remove_stale_trash(path: Path) -> None:
             shutil.rmtree(trash)
 
 
-def _check_same_computation(path: Path, cfg: config_lib.Config) -> None:
+def _check_same_computation(path: Path, cfg: config_lib.Config, same_length: bool) -> None:
     """Refuse to resume ``path`` with a config that changes what its run computes.
 
     The run's own ``config.yaml`` is the reference: a pipeline or study whose finished stages are
-    kept would otherwise train its remaining stages with other settings, and say nothing.
+    kept would otherwise train its remaining stages with other settings, and say nothing. With
+    ``same_length`` (pipelines, studies) the training length may not change either: the stages
+    already trained set it for the others.
     """
     try:
         saved = yaml.safe_load((path / "config.yaml").read_text())
@@ -308,6 +310,11 @@ def _check_same_computation(path: Path, cfg: config_lib.Config) -> None:
     if not isinstance(saved, dict):
         return
     changed = changed_config_keys(saved, cfg.to_dict())
+    if same_length:
+        ran = saved.get("train") or {}
+        changed += [
+            f"train.{k}" for k in ("epochs", "max_steps") if k in ran and ran[k] != getattr(cfg.train, k)
+        ]
     if changed:
         shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
         raise RunDirError(
@@ -317,7 +324,12 @@ def _check_same_computation(path: Path, cfg: config_lib.Config) -> None:
 
 
 def _prepare_locked(
-    path: Path, cfg: config_lib.Config | None, resume: bool, overwrite: bool, inputs: Inputs
+    path: Path,
+    cfg: config_lib.Config | None,
+    resume: bool,
+    overwrite: bool,
+    inputs: Inputs,
+    same_length: bool,
 ) -> None:
     """The checks and writes of :func:`prepare_run_dir`, with ``path`` existing and locked."""
     _remove_stale_trash(path)
@@ -337,7 +349,7 @@ def _prepare_locked(
     elif resume and fresh:
         log.info("nothing to resume in %s (no checkpoint yet): starting from scratch", path)
     if resume and not fresh and cfg is not None:
-        _check_same_computation(path, cfg)
+        _check_same_computation(path, cfg, same_length)
     if fresh and not overwrite:
         _drop_early_logs(path)
     remove_stale_temps(path)
@@ -371,6 +383,7 @@ def prepare_run_dir(
     resume: bool,
     overwrite: bool,
     inputs: Mapping[str, str | os.PathLike[str] | None] | Iterable[str | os.PathLike[str]] = (),
+    same_length: bool = False,
 ) -> Path:
     """Create or reuse ``out`` as a run directory, locked by this process until it exits.
 
@@ -386,6 +399,8 @@ def prepare_run_dir(
         resume: continue a run already in ``out``.
         overwrite: replace the run in ``out``.
         inputs: further files or folders the caller reads (by name, or a plain list).
+        same_length: on resume, ``train.epochs`` and ``max_steps`` must not change either (a pipeline or
+            study: its finished stages were trained that long).
 
     Returns:
         The directory as a Path.
@@ -410,7 +425,7 @@ def prepare_run_dir(
             path.mkdir(parents=True, exist_ok=True)
             lock_existed = (path / LOCK_NAME).exists()
             took = acquire_run_lock(path)
-            _prepare_locked(path, cfg, resume, overwrite, named)
+            _prepare_locked(path, cfg, resume, overwrite, named, same_length)
         except BaseException as exc:
             _undo_start(path, exc, took=took, lock_existed=lock_existed, created=created)
             failure = exc

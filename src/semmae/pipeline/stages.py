@@ -173,7 +173,9 @@ def run_pipeline(
     Returns:
         Per-stage records (``DONE.json`` contents) of the stages run, and the report path.
     """
-    layout = PipelineLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite))
+    layout = PipelineLayout(
+        prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True)
+    )
     wanted = set(cfg.pipeline.stages)
     plan: dict[str, StageFn] = {
         "mae": pretrain_stage(with_masking(cfg, "random")),

@@ -191,7 +191,7 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
             f"pipeline.study_methods lists 'oracle', which needs ground-truth part masks: use data.name "
             f"{' or '.join(PART_MASK_SETS)} (got {cfg.data.name!r}), or drop 'oracle'"
         )
-    layout = StudyLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite))
+    layout = StudyLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True))
     prov = provenance()  # the code this process started with, not the tree when it finishes
     mae, learned, oracle, prefix_records = _prefix(cfg, layout.prefix)
     methods = list(cfg.pipeline.study_methods) + (
