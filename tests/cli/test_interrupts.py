@@ -59,3 +59,15 @@ def test_the_command_interrupted_while_it_starts_exits_130_in_one_line(tmp_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "semmae: interrupted", err
     assert "Traceback" not in err
+
+
+def test_a_second_ctrl_c_during_a_hung_import_is_raised_at_once(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "hangs.py").write_text(
+        "import signal\nsignal.raise_signal(signal.SIGINT)\nsignal.raise_signal(signal.SIGINT)\n"
+        "import time\ntime.sleep(5)\nDONE = True\n"
+    )
+    start = time.perf_counter()
+    with interrupts_outside_imports(), pytest.raises(KeyboardInterrupt):
+        import hangs  # noqa: F401
+    assert time.perf_counter() - start < 2.0 and "hangs" not in sys.modules  # not after the 5 s

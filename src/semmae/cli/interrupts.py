@@ -5,7 +5,8 @@ in the middle of an import can be caught by a library's broad ``except`` clause:
 left half-initialised (a later ``AttributeError: module 'numpy' has no attribute ...``) or the
 Ctrl-C is lost and the run goes on. While :func:`interrupts_outside_imports` is active, SIGINT
 raises ``KeyboardInterrupt`` as usual unless an import is running; then it is raised as soon as
-the import has finished. The training loop installs its own handler (a graceful stop) on top.
+the import has finished; a second Ctrl-C while one waits is raised at once (a hung import can
+still be interrupted). The training loop installs its own handler (a graceful stop) on top.
 """
 
 from __future__ import annotations
@@ -30,12 +31,28 @@ def importing(frame: FrameType | None) -> bool:
     return False
 
 
+class _Deferred:
+    """The state of one deferred Ctrl-C: whether one waits, and the timer that retries it."""
+
+    pending = False
+    retrying = False
+    timer: threading.Timer | None = None
+
+
+def _retry() -> None:
+    _Deferred.retrying = True
+    _thread.interrupt_main()  # runs _handle in the main thread, as a real SIGINT would
+
+
 def _handle(signum: int, frame: FrameType | None) -> None:
-    if importing(frame):  # try again shortly: interrupt_main() calls this handler in the main thread
-        timer = threading.Timer(RETRY_S, _thread.interrupt_main)
-        timer.daemon = True
-        timer.start()
+    retry, _Deferred.retrying = _Deferred.retrying, False
+    if importing(frame) and not (_Deferred.pending and not retry):
+        _Deferred.pending = True  # try again shortly, once the import has finished
+        _Deferred.timer = threading.Timer(RETRY_S, _retry)
+        _Deferred.timer.daemon = True
+        _Deferred.timer.start()
         return
+    _Deferred.pending = False  # outside an import, or pressed a second time while one waited
     raise KeyboardInterrupt
 
 
@@ -53,3 +70,6 @@ def interrupts_outside_imports() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+        if _Deferred.timer is not None:  # a retry must not reach the handler put back
+            _Deferred.timer.cancel()
+        _Deferred.pending = _Deferred.retrying = False
