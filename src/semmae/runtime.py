@@ -40,6 +40,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         )
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank() % torch.cuda.device_count())
+    if dev.type == "cuda":  # the current device: the CUDA generator a checkpoint saves is this one's
+        torch.cuda.set_device(dev)
     return dev
 
 

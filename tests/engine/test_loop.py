@@ -172,4 +172,7 @@ def test_one_gpu_named_for_every_process_of_a_node_is_refused(monkeypatch) -> No
     with pytest.raises(ConfigError, match="under torchrun use train.device=cuda"):
         runtime.resolve_device("cuda:0")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: as given
+    assert current == [torch.device("cuda", 1)]  # and current: its generator is the one saved

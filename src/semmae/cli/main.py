@@ -81,18 +81,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
-def _names_the_output(filename: object, out: str | None) -> bool:
-    """Whether the failed path is ``out``, a folder above it, something in it, or a sibling file
-    (a part map's manifest beside ``--out``)."""
+def _names_the_output(filename: object, out: str | None, *, strict: bool = False) -> bool:
+    """Whether the failed path is ``out`` or a folder above it, or (unless ``strict``: a missing
+    file inside the run may be a bug) something in it or a sibling file (a part map's manifest)."""
     if not filename or not out:
         return False
     failed, target = Path(os.fsdecode(filename)).absolute(), Path(out).absolute()
-    return (
-        failed == target
-        or failed in target.parents
-        or target in failed.parents
-        or failed.parent == target.parent
-    )
+    if failed == target or failed in target.parents:
+        return True
+    return not strict and (target in failed.parents or failed.parent == target.parent)
 
 
 def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | None:
@@ -117,7 +114,7 @@ def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | No
         return f"cannot write {where}: read-only file system; choose an --out on a writable file system"
     if exc.errno in _NOT_WRITABLE:
         return f"permission denied on {where}; choose an --out you can write to (inputs must be readable)"
-    if exc.errno in _BAD_PATH and _names_the_output(exc.filename, out):
+    if exc.errno in _BAD_PATH and _names_the_output(exc.filename, out, strict=exc.errno == errno.ENOENT):
         what = "a file or a broken link is in the way" if exc.errno == errno.EEXIST else exc.strerror
         return f"cannot write {where}: {what or os.strerror(exc.errno)}; choose another --out"
     return None

@@ -284,7 +284,9 @@ def _remove_all_or_none(path: Path, entries: list[Path]) -> None:
             f"cannot --overwrite {str(path)!r}: {str(entry)!r} cannot be removed ({exc.strerror or exc}); "
             "nothing was deleted"
         ) from exc
-    shutil.rmtree(trash)
+    shutil.rmtree(trash, ignore_errors=True)  # all moved: the run is replaced even if some stay
+    if trash.exists():  # a file held open on NFS, say; the next start tries again
+        log.warning("could not delete all of %s; the next start removes it", trash)
 
 
 def _remove_stale_trash(path: Path) -> None:
