@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from semmae import runtime
-from semmae.data.imageset import ImageSet, _PerImageItems
+from semmae.data.imageset import ImageSet, per_image_batches
 from semmae.data.transforms import box_from_draws
 from semmae.errors import DataError
 
@@ -108,16 +108,13 @@ def iterate_encoded(
     Yields:
         ``(payloads, metas (B, 8), indices (B,))`` for :func:`decode_crops`.
     """
-    from functools import partial
-
     if ds.source is None or not hasattr(ds.source, "read_crop"):
         raise ValueError("data.decode=device needs a streamed image folder")
     ranges = {"scale": (float(scale[0]), float(scale[1])), "ratio": (float(ratio[0]), float(ratio[1]))}
     read = partial(read_encoded, ds.source, **ranges)
-    plan = (list(zip(indices.tolist(), values.tolist(), strict=True)) for indices, values in batches)
-    loader = DataLoader(_PerImageItems(read), batch_sampler=plan, num_workers=num_workers,
-                        collate_fn=_packed, generator=torch.Generator())  # fmt: skip
-    for buffer, ends, metas, indices in loader:
+    for buffer, ends, metas, indices in per_image_batches(
+        read, batches, num_workers=num_workers, collate_fn=_packed
+    ):
         starts = [0, *ends[:-1].tolist()]
         yield [buffer[a:b] for a, b in zip(starts, ends.tolist(), strict=True)], metas, indices
 

@@ -171,7 +171,8 @@ def per_image_batches(
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> Iterator[Any]:
     """Batches of ``read(index, value)`` made by ``num_workers`` DataLoader workers (0 = here).
 
     Args:
@@ -179,9 +180,11 @@ def per_image_batches(
             be picklable (a bound method, a ``functools.partial``).
         batches: ``(indices (B,), values (B, ...))`` per batch, consumed lazily (a few ahead).
         num_workers, pin_memory: DataLoader settings.
+        collate_fn: how the workers assemble a batch of ``(a, b, index)`` items (default: stacked).
 
     Yields:
-        ``(a (B, ...), b (B, ...), indices int64 (B,))``, the collated reads and their indices.
+        ``(a (B, ...), b (B, ...), indices int64 (B,))``, the collated reads and their indices
+        (with ``collate_fn``: what it returns).
     """
     # The values travel to the workers as plain Python values, not tensor rows: a tensor sent to a
     # worker is moved to its own shared-memory segment, which costs more than decoding the image.
@@ -190,9 +193,11 @@ def per_image_batches(
     # draws of anything else using it (drop path) between a run and its resumed copy.
     items = _PerImageItems(read)
     gen = torch.Generator()
-    loader = DataLoader(
-        items, batch_sampler=plan, num_workers=num_workers, pin_memory=pin_memory, generator=gen
-    )
+    loader = DataLoader(items, batch_sampler=plan, num_workers=num_workers, pin_memory=pin_memory,
+                        generator=gen, collate_fn=collate_fn)  # fmt: skip
+    if collate_fn is not None:
+        yield from loader
+        return
     for first, second, indices in loader:
         yield first, second, indices.long()
 
