@@ -210,7 +210,8 @@ def read_recipe(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
-        return yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # noqa: S506 - safe
+        # A SafeLoader subclass: it builds plain data only, never a Python object.
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 text; give a YAML recipe") from None
     except OSError as exc:

@@ -11,7 +11,7 @@ import torch
 
 from semmae import config as config_lib
 from semmae.cli.main import main
-from semmae.engine import rundir
+from semmae.engine import rundir, runfiles
 from semmae.engine.lock import release_run_lock
 from semmae.engine.rundir import MARKER, first_foreign_entry, prepare_run_dir
 from semmae.errors import RunDirError
@@ -226,7 +226,7 @@ def test_a_users_config_yaml_beside_run_like_names_is_not_a_run(tmp_path: Path, 
 def test_a_run_written_before_markers_is_still_recognised(tmp_path: Path) -> None:
     run = _toolkit_run(tmp_path / "run")
     (run / MARKER).unlink()
-    assert rundir._is_toolkit_dir(run)  # its config.yaml is a whole resolved config
+    assert runfiles.is_toolkit_dir(run)  # its config.yaml is a whole resolved config
     prepare_run_dir(run, None, resume=False, overwrite=True)
     release_run_lock(run)
     assert not (run / "checkpoints").exists()

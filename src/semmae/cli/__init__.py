@@ -5,15 +5,15 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
+from semmae.cli.interrupts import interrupts_outside_imports  # light: signal and threading only
+
 
 def entry() -> NoReturn:
     """The ``semmae`` console script (and ``python -m semmae``): :func:`semmae.cli.main.main`,
     with Ctrl-C handled from its first instant, imports included."""
-    from semmae.cli.interrupts import interrupts_outside_imports
-
     with interrupts_outside_imports():
         try:
-            from semmae.cli.main import main
+            from semmae.cli.main import main  # imported under the handler: Ctrl-C may come during it
 
             code = main()
         except KeyboardInterrupt:

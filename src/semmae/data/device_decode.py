@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from semmae import runtime
 from semmae.data.imageset import ImageSet, per_image_batches
@@ -126,8 +127,6 @@ def _decode_each(
 
     A JPEG whose header reads but whose data is cut or corrupt fails the whole batched call.
     """
-    from torchvision.io import decode_jpeg
-
     if not jpegs:
         return []
     try:
@@ -171,26 +170,23 @@ def decode_crops(
         ``(crops uint8 (B, C, S, S) on device, boxes float32 (B, 4))``: boxes ``(top, left, h, w)``
         as fractions of each image's height and width, as the CPU path gives them.
     """
-    from torchvision.io import ImageReadMode
-
     mode = ImageReadMode.GRAY if in_chans == 1 else ImageReadMode.RGB
     out = torch.empty(len(payloads), in_chans, size, size, dtype=torch.uint8, device=device)
-    boxes = torch.empty(len(payloads), 4, dtype=torch.float32)
+    # (top, left, h, w) over (H, W, H, W); a worker's crop carries fractions already, over (1, 1).
+    boxes = metas[:, 1:5] / metas[:, [5, 6, 5, 6]]
     rows = metas.tolist()
     jpegs = [i for i, row in enumerate(rows) if row[0] == ENCODED]
     for i, image in zip(jpegs, _decode_each(payloads, jpegs, mode, device, on_corrupt), strict=True):
-        if image is None:  # broken past its header: black, as the CPU path's on_corrupt=warn
+        if image is None:  # broken past its header: black and whole, as the CPU path's on_corrupt=warn
             out[i] = 0
             boxes[i] = torch.tensor([0.0, 0.0, 1.0, 1.0])
             continue
-        _, top, left, h, w, height, width, flip = (int(v) for v in rows[i])
-        crop = image[:, top : top + h, left : left + w].unsqueeze(0).float()
+        _, top, left, h, w, _, _, flip = (int(v) for v in rows[i])
+        crop = image[:, top : top + h, left : left + w].unsqueeze(0).float()  # sizes differ per image
         crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
         crop = crop.round_().clamp_(0, 255).to(torch.uint8)[0]
         out[i] = crop.flip(-1) if flip else crop
-        boxes[i] = torch.tensor([top / height, left / width, h / height, w / width])
     for i, row in enumerate(rows):
         if row[0] == DECODED:
             out[i] = runtime.to_device(payloads[i].view(in_chans, size, size), device)
-            boxes[i] = torch.tensor(row[1:5])
     return out, boxes

@@ -2,8 +2,7 @@
 
 Every run directory the toolkit creates holds a small ``.semmae-run`` marker and, while a process
 uses it, the lock file of :mod:`semmae.engine.lock`. ``--overwrite`` deletes only what the toolkit
-writes into run directories (:data:`RUN_FILES`, :data:`FILE_DIRS`, part-map files, stage
-sub-directories) and refuses, before deleting anything, a directory holding anything else or one
+writes into run directories (as :mod:`semmae.engine.runfiles` recognises it) and refuses, before deleting anything, a directory holding anything else or one
 that holds an input of the same command.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fnmatch
 import json
 import logging
 import os
@@ -20,13 +18,23 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import yaml
-
 from semmae import __version__
 from semmae import config as config_lib
 from semmae.atomic import atomic_path
+from semmae.config_checks import read_recipe
 from semmae.encoder_spec import parse_encoder_spec
 from semmae.engine.lock import LOCK_NAME, acquire_run_lock, release_run_lock
+from semmae.engine.runfiles import (
+    MARKER,
+    TEMP_PATTERN,
+    TRASH_PATTERN,
+    TRASH_PREFIX,
+    first_foreign_entry,
+    is_temp,
+    is_toolkit_dir,
+    is_trash,
+    stray_file,
+)
 from semmae.engine.state import LAST, changed_config_keys
 from semmae.errors import RunDirError, SemmaeError
 from semmae.runtime import broadcast_object, is_main
@@ -36,116 +44,7 @@ log = logging.getLogger(__name__)
 # What a command reads, as (what, path) pairs: ("--checkpoint", "runs/mae/checkpoints/last.pt").
 Inputs = Sequence[tuple[str, "str | os.PathLike[str] | None"]]
 
-MARKER = ".semmae-run"
-# Files the toolkit writes at any level of a run tree (run, pipeline, study and stage directories).
-RUN_FILES = frozenset({
-    MARKER, LOCK_NAME, "config.yaml", "metrics.jsonl", "summary.json", "results.jsonl", "DONE.json",
-    "PARTIAL.json", "partseg.json", "eval.json", "report.md", "report.html", "study.json", "study.md",
-})  # fmt: skip
-# Sub-directories holding only files of one kind.
-FILE_DIRS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("*.pt",),
-    "tb": ("events.out.tfevents.*",),
-    "images": ("*.png",),
-    "figures": ("*.png",),
-}
-# Sub-directories of pipelines and studies (stages, the study's shared prefix and its runs).
-STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "runs"})
-# Part-map files the pipeline and study write (an interrupted export may lack its manifest).
-PART_MAP_NAMES = frozenset({"parts_train.npy", "parts_test.npy", "oracle_train.npy"})
 EARLY_LOGS = ("metrics.jsonl", "tb", "images")  # written before a run's first checkpoint
-TEMP_PATTERN = ".*.tmp"  # atomic writes: ``.NAME.<random>.tmp`` next to NAME
-# ``--overwrite`` moves a run's entries here first, so a refused removal leaves the run whole.
-TRASH_PREFIX = ".semmae-overwrite."
-TRASH_PATTERN = TRASH_PREFIX + "*.tmp"
-# Evidence that a directory without a marker is a run written before markers existed.
-_LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json", *sorted(STAGE_DIRS))
-
-
-def _is_part_map_manifest(path: Path) -> bool:
-    try:
-        return "format_version" in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def _known_file(path: Path) -> bool:
-    name = path.name
-    if name in RUN_FILES or fnmatch.fnmatch(name, TEMP_PATTERN):
-        return True
-    if name.endswith(".npy"):
-        return name in PART_MAP_NAMES or _is_part_map_manifest(path.with_suffix(".json"))
-    return name.endswith(".json") and _is_part_map_manifest(path)
-
-
-def _stray_file(folder: Path) -> Path | None:
-    """The first entry of a :data:`FILE_DIRS` folder that is not a plain file of its kind or a temp file."""
-    patterns = (*FILE_DIRS[folder.name], TEMP_PATTERN)
-    for sub in sorted(folder.iterdir()):
-        if sub.is_symlink() or not sub.is_file() or not any(fnmatch.fnmatch(sub.name, p) for p in patterns):
-            return sub
-    return None
-
-
-def first_foreign_entry(path: Path) -> Path | None:
-    """The first entry under the directory ``path`` that the toolkit does not write, or None.
-
-    Symbolic links are always foreign: deleting through one could reach anywhere.
-    """
-    for entry in sorted(path.iterdir()):
-        if entry.is_symlink():
-            return entry
-        if entry.is_dir():
-            if entry.name in FILE_DIRS:
-                found = _stray_file(entry)
-            elif (
-                entry.name in STAGE_DIRS
-                or _is_trash(entry)
-                or path.name == "runs"
-                or (entry / MARKER).is_file()
-            ):
-                found = first_foreign_entry(entry)
-            else:
-                return entry
-            if found is not None:
-                return found
-            continue
-        if not (entry.is_file() and _known_file(entry)):
-            return entry
-    return None
-
-
-def _is_toolkit_dir(path: Path) -> bool:
-    """A run directory: the marker, or (written before markers existed) a run's files beside a
-    ``config.yaml`` that is a whole resolved semmae config, as runs save it."""
-    if (path / MARKER).is_file():
-        return True
-    if not any((path / name).exists() for name in _LEGACY_EVIDENCE):
-        return False
-    return _is_resolved_config(path / "config.yaml")
-
-
-def _is_resolved_config(path: Path) -> bool:
-    """Whether ``path`` holds every section of a semmae config and loads as one (names alone are
-    not enough: a user's own ``config.yaml`` beside a ``summary.json`` is not a run)."""
-    if not path.is_file():
-        return False
-    try:
-        sections = yaml.safe_load(path.read_text())
-        if not isinstance(sections, dict) or set(sections) != set(config_lib.Config().to_dict()):
-            return False
-        config_lib.load(path)
-    except (OSError, ValueError, yaml.YAMLError, SemmaeError):
-        return False
-    return True
-
-
-def _is_trash(path: Path) -> bool:
-    return fnmatch.fnmatch(path.name, TRASH_PATTERN) and path.is_dir() and not path.is_symlink()
-
-
-def _is_temp(path: Path) -> bool:
-    return fnmatch.fnmatch(path.name, TEMP_PATTERN) and path.is_file() and not path.is_symlink()
 
 
 def _early_log(entry: Path) -> bool:
@@ -154,7 +53,7 @@ def _early_log(entry: Path) -> bool:
         return False
     if entry.is_file():
         return entry.name == "metrics.jsonl"
-    return _stray_file(entry) is None
+    return stray_file(entry) is None
 
 
 def _only_a_failed_start(path: Path) -> bool:
@@ -165,11 +64,11 @@ def _only_a_failed_start(path: Path) -> bool:
     """
     marked = (path / MARKER).is_file()
     for entry in path.iterdir():
-        if entry.name in (MARKER, LOCK_NAME) or _is_temp(entry):
+        if entry.name in (MARKER, LOCK_NAME) or is_temp(entry):
             continue
         if marked and (entry.name == "config.yaml" or _early_log(entry)):
             continue
-        if entry.is_dir() and not entry.is_symlink() and all(_is_temp(e) for e in entry.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and all(is_temp(e) for e in entry.iterdir()):
             continue
         return False
     return True
@@ -235,7 +134,7 @@ def remove_stale_temps(path: Path) -> None:
     """Delete temp files left by atomic writes of a killed process (``.last.pt.*.tmp``, ...)."""
     for folder in (path, path / "checkpoints"):
         if folder.is_dir():
-            for tmp in filter(_is_temp, folder.glob(TEMP_PATTERN)):
+            for tmp in filter(is_temp, folder.glob(TEMP_PATTERN)):
                 log.info("removing %s, left by an interrupted write", tmp)
                 tmp.unlink()
 
@@ -246,7 +145,7 @@ def _clear(path: Path, inputs: Inputs) -> None:
     entries = [e for e in path.iterdir() if e.name != LOCK_NAME]
     if not entries:
         return
-    foreign = first_foreign_entry(path) if _is_toolkit_dir(path) else next(iter(sorted(entries)))
+    foreign = first_foreign_entry(path) if is_toolkit_dir(path) else next(iter(sorted(entries)))
     if foreign is not None:
         raise RunDirError(
             f"refusing to --overwrite {str(path)!r}: it holds {str(foreign)!r}, which semmae did not write; "
@@ -291,7 +190,7 @@ def _remove_all_or_none(path: Path, entries: list[Path]) -> None:
 
 def _remove_stale_trash(path: Path) -> None:
     """Finish the ``--overwrite`` of a process killed between moving a run's files and deleting them."""
-    for trash in filter(_is_trash, path.glob(TRASH_PATTERN)):
+    for trash in filter(is_trash, path.glob(TRASH_PATTERN)):
         if first_foreign_entry(trash) is None:
             log.info("removing %s, left by an interrupted --overwrite", trash)
             shutil.rmtree(trash)
@@ -306,8 +205,8 @@ def _check_same_computation(path: Path, cfg: config_lib.Config, same_length: boo
     already trained set it for the others.
     """
     try:
-        saved = yaml.safe_load((path / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        saved = read_recipe(path / "config.yaml")
+    except SemmaeError:
         return  # no readable record (a run from before config.yaml): the checkpoints still check
     if not isinstance(saved, dict):
         return
@@ -343,7 +242,7 @@ def _prepare_locked(
             f"output directory {str(path)!r} is not empty; pass --resume to continue it or "
             "--overwrite to replace it"
         )
-    elif resume and not fresh and not _is_toolkit_dir(path):
+    elif resume and not fresh and not is_toolkit_dir(path):
         raise RunDirError(
             f"output directory {str(path)!r} holds no semmae run to resume (no {MARKER} marker, no checkpoint); "
             "choose another --out"

@@ -1,0 +1,127 @@
+"""What the toolkit writes into run directories, and how a directory is recognised as a run.
+
+:mod:`semmae.engine.rundir` deletes only what these rules call the toolkit's: its files at any
+level of a run tree, its single-kind sub-directories, part maps with their manifests, stage
+directories, temp files of atomic writes and the folder an ``--overwrite`` moves a run into.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+
+from semmae import config as config_lib
+from semmae.config_checks import read_recipe
+from semmae.engine.lock import LOCK_NAME
+from semmae.errors import SemmaeError
+
+MARKER = ".semmae-run"
+# Files the toolkit writes at any level of a run tree (run, pipeline, study and stage directories).
+RUN_FILES = frozenset({
+    MARKER, LOCK_NAME, "config.yaml", "metrics.jsonl", "summary.json", "results.jsonl", "DONE.json",
+    "PARTIAL.json", "partseg.json", "eval.json", "report.md", "report.html", "study.json", "study.md",
+})  # fmt: skip
+# Sub-directories holding only files of one kind.
+FILE_DIRS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("*.pt",),
+    "tb": ("events.out.tfevents.*",),
+    "images": ("*.png",),
+    "figures": ("*.png",),
+}
+# Sub-directories of pipelines and studies (stages, the study's shared prefix and its runs).
+STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "runs"})
+# Part-map files the pipeline and study write (an interrupted export may lack its manifest).
+PART_MAP_NAMES = frozenset({"parts_train.npy", "parts_test.npy", "oracle_train.npy"})
+TEMP_PATTERN = ".*.tmp"  # atomic writes: ``.NAME.<random>.tmp`` next to NAME
+# ``--overwrite`` moves a run's entries here first, so a refused removal leaves the run whole.
+TRASH_PREFIX = ".semmae-overwrite."
+TRASH_PATTERN = TRASH_PREFIX + "*.tmp"
+# Evidence that a directory without a marker is a run written before markers existed.
+_LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json", *sorted(STAGE_DIRS))
+
+
+def _is_part_map_manifest(path: Path) -> bool:
+    try:
+        return "format_version" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _known_file(path: Path) -> bool:
+    name = path.name
+    if name in RUN_FILES or fnmatch.fnmatch(name, TEMP_PATTERN):
+        return True
+    if name.endswith(".npy"):
+        return name in PART_MAP_NAMES or _is_part_map_manifest(path.with_suffix(".json"))
+    return name.endswith(".json") and _is_part_map_manifest(path)
+
+
+def stray_file(folder: Path) -> Path | None:
+    """The first entry of a :data:`FILE_DIRS` folder that is not a plain file of its kind or a temp file."""
+    patterns = (*FILE_DIRS[folder.name], TEMP_PATTERN)
+    for sub in sorted(folder.iterdir()):
+        if sub.is_symlink() or not sub.is_file() or not any(fnmatch.fnmatch(sub.name, p) for p in patterns):
+            return sub
+    return None
+
+
+def first_foreign_entry(path: Path) -> Path | None:
+    """The first entry under the directory ``path`` that the toolkit does not write, or None.
+
+    Symbolic links are always foreign: deleting through one could reach anywhere.
+    """
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_dir():
+            if entry.name in FILE_DIRS:
+                found = stray_file(entry)
+            elif (
+                entry.name in STAGE_DIRS
+                or is_trash(entry)
+                or path.name == "runs"
+                or (entry / MARKER).is_file()
+            ):
+                found = first_foreign_entry(entry)
+            else:
+                return entry
+            if found is not None:
+                return found
+            continue
+        if not (entry.is_file() and _known_file(entry)):
+            return entry
+    return None
+
+
+def is_toolkit_dir(path: Path) -> bool:
+    """A run directory: the marker, or (written before markers existed) a run's files beside a
+    ``config.yaml`` that is a whole resolved semmae config, as runs save it."""
+    if (path / MARKER).is_file():
+        return True
+    if not any((path / name).exists() for name in _LEGACY_EVIDENCE):
+        return False
+    return is_resolved_config(path / "config.yaml")
+
+
+def is_resolved_config(path: Path) -> bool:
+    """Whether ``path`` holds every section of a semmae config and loads as one (names alone are
+    not enough: a user's own ``config.yaml`` beside a ``summary.json`` is not a run)."""
+    if not path.is_file():
+        return False
+    try:
+        tree = read_recipe(path)
+        if not isinstance(tree, dict) or set(tree) != set(config_lib.Config().to_dict()):
+            return False
+        config_lib.validate(config_lib.from_dict(tree))
+    except (SemmaeError, ValueError):
+        return False
+    return True
+
+
+def is_trash(path: Path) -> bool:
+    return fnmatch.fnmatch(path.name, TRASH_PATTERN) and path.is_dir() and not path.is_symlink()
+
+
+def is_temp(path: Path) -> bool:
+    return fnmatch.fnmatch(path.name, TEMP_PATTERN) and path.is_file() and not path.is_symlink()
