@@ -51,3 +51,81 @@ def parse_encoder_spec(spec: str) -> EncoderSpec:
             raise CheckpointError(f"encoder {spec!r} must look like timm:MODEL_NAME@WEIGHTS_FILE")
         return EncoderSpec("timm", name=name, path=Path(path))
     return EncoderSpec("file", path=Path(spec))
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save since PyTorch 1.6 writes a zip archive
+PICKLE_PROTO = 0x80  # older torch.save files (and a pickle's PROTO opcode) start with this byte
+TAR_MAGIC = b"ustar"  # at offset 257: the tar format of PyTorch before 0.4, which torch.load still reads
+HEAD_BYTES = 512
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length that fits the file, then the JSON header's ``{``."""
+    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _is_torch_file(head: bytes) -> bool:
+    return head.startswith(ZIP_MAGIC) or head[0] == PICKLE_PROTO or head[257:262] == TAR_MAGIC
+
+
+def _looks_like(head: bytes) -> str:
+    """A few words on what a file that holds no weights seems to be, for the refusal."""
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM")):
+        return "it is an image"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is gzip-compressed; decompress it first"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its first bytes match no known format"
+    return "it is text"
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse, from its first bytes and without importing torch, a file that cannot hold weights.
+
+    The formats read are a torch file (``torch.save``: a zip archive, or from PyTorch before 1.6 a
+    pickle or a tar archive) and, by its ``.safetensors`` suffix, a safetensors file (an 8-byte
+    little-endian header length, then a JSON header). This looks only at the format; whether the
+    contents are an encoder is for the loader to say.
+
+    Raises:
+        CheckpointError: ``path`` is missing, a folder, unreadable, empty, or in neither format
+            (or in the other one than its suffix says, with the rename that fixes it).
+    """
+    where = repr(str(path))
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {where} is a folder; give the file (a run's is RUN/checkpoints/last.pt)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {where} not found")
+    try:
+        with path.open("rb") as f:
+            head = f.read(HEAD_BYTES)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {where} could not be read ({exc.strerror})") from None
+    if not head:
+        raise CheckpointError(f"checkpoint {where} is empty")
+    if path.suffix == ".safetensors":
+        if not _is_safetensors(head, size):
+            hint = "it is a torch file: name it .pth" if _is_torch_file(head) else _looks_like(head)
+            raise CheckpointError(f"checkpoint {where} is not a safetensors file ({hint})")
+    elif not _is_torch_file(head):
+        hint = (
+            "it is a safetensors file: name it .safetensors"
+            if _is_safetensors(head, size)
+            else _looks_like(head)
+        )
+        raise CheckpointError(
+            f"checkpoint {where} is not a weights file ({hint}); give a torch checkpoint (.pt, .pth) "
+            "or a .safetensors file"
+        )
+
+
+def check_encoder_files(spec: str) -> None:
+    """:func:`check_weights_file` on the file ``spec`` names, if any (``random:`` names none)."""
+    path = parse_encoder_spec(spec).path
+    if path is not None:
+        check_weights_file(path)

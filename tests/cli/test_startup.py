@@ -83,3 +83,29 @@ def test_eval_refuses_a_missing_checkpoint_before_torch(spec: str, tmp_path: Pat
     assert result["heavy"] == [], (
         f"`semmae eval knn --checkpoint {spec}` imported {result['heavy']} to refuse it"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "knn", "--checkpoint", "{notes}"],
+        ["export", "--checkpoint", "{notes}", "--format", "timm", "--out", "{tmp}/e.safetensors"],
+        [
+            "parts",
+            "train",
+            "--config",
+            "configs/parts_toy.yaml",
+            "--out",
+            "{tmp}/run",
+            "parts.backbone={notes}",
+        ],
+    ],
+    ids=["eval", "export", "parts_train"],
+)
+def test_a_file_that_is_no_checkpoint_is_refused_before_torch(argv: list[str], tmp_path: Path) -> None:
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not weights")
+    result = _heavy_modules([a.format(notes=notes, tmp=tmp_path) for a in argv])
+    assert result["code"] == 2
+    assert result["heavy"] == [], f"`semmae {argv[0]}` imported {result['heavy']} to refuse a text file"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "e.safetensors").exists()

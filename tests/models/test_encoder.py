@@ -165,7 +165,7 @@ def test_non_vit_checkpoints_are_refused(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="holds no ViT encoder"):
         load_encoder(str(tmp_path / "parts.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="is not a weights file"):
         load_encoder(str(tmp_path / "junk.pt"))
     with pytest.raises(CheckpointError, match="not found"):
         load_encoder(str(tmp_path / "missing.pt"))

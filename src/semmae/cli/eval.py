@@ -17,8 +17,8 @@ from typing import Any
 
 from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, finish_run
-from semmae.encoder_spec import parse_encoder_spec
-from semmae.errors import CheckpointError, ConfigError, RunDirError
+from semmae.encoder_spec import check_encoder_files, parse_encoder_spec
+from semmae.errors import ConfigError, RunDirError
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
@@ -105,13 +105,8 @@ def check_results_file(path: Path | None, checkpoint: Path | None) -> None:
 
 
 def _run(name: str, args: argparse.Namespace) -> int:
-    weights = parse_encoder_spec(args.checkpoint).path  # a missing file is refused before torch loads
-    if weights is not None and weights.is_dir():
-        raise CheckpointError(
-            f"checkpoint {str(weights)!r} is a folder; give the file (a run's is RUN/checkpoints/last.pt)"
-        )
-    if weights is not None and not weights.is_file():
-        raise CheckpointError(f"checkpoint {str(weights)!r} not found")
+    check_encoder_files(args.checkpoint)  # a missing or non-weights file is refused before torch loads
+    weights = parse_encoder_spec(args.checkpoint).path
     check_results_file(results_path(args.checkpoint, args.results), weights)
     # Heavy (torch, timm): imported when a command runs, so `semmae --help` starts without them.
     from semmae.engine.logging import append_result

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from semmae.cli.common import check_out
+from semmae.encoder_spec import check_encoder_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_out(args, None, ("the --checkpoint", args.checkpoint))
+    check_encoder_files(args.checkpoint)  # before torch: a bad file is refused at once
     from semmae.models.export import run_export  # heavy (torch, timm, onnx): only when run
 
-    check_out(args, None, ("the --checkpoint", args.checkpoint))
     result = run_export(
         args.checkpoint, args.format, args.out, overwrite=args.overwrite, verify=not args.no_verify
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from shlex import quote
 
 from semmae.cli.common import add_config_args, check_out, finish_run, load_config
+from semmae.encoder_spec import check_encoder_files
 from semmae.errors import RunDirError
 
 
@@ -69,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
     check_out(args, cfg)
+    if cfg.parts.backbone is not None:
+        check_encoder_files(cfg.parts.backbone)
     from semmae.train.parts import run_parts_train  # heavy: torch, timm, torchvision
 
     summary = run_parts_train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)

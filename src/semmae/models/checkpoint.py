@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from semmae.atomic import atomic_path, remove_stale_temps_of
+from semmae.encoder_spec import check_weights_file
 from semmae.errors import CheckpointError
 
 
@@ -80,8 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         CheckpointError: missing, unreadable, needing unsafe unpickling, or not a dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    check_weights_file(path)  # a missing, empty or non-torch file gets its own one-line reason
     try:
         # argparse.Namespace: official MAE training checkpoints keep their ``args`` in one; it is a
         # plain attribute bag whose rebuild calls nothing but ``object.__new__`` and a dict update.
