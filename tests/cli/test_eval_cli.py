@@ -152,3 +152,21 @@ def test_a_results_file_of_ours_is_appended_to(tmp_path) -> None:
 def test_a_folder_given_as_the_checkpoint_is_named_as_one(tmp_path, capsys) -> None:
     assert main(["eval", "knn", "--checkpoint", str(tmp_path)]) == 2
     assert "is a folder; give the file (a run's is RUN/checkpoints/last.pt)" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("flag", ["--out", "--resume", "--overwrite"])
+def test_run_directory_flags_of_the_fast_probe_are_refused_not_ignored(tmp_path, capsys, flag: str) -> None:
+    argv = [
+        "eval",
+        "linear",
+        "--checkpoint",
+        "random:mae_debug",
+        "--results",
+        str(tmp_path / "r.jsonl"),
+        flag,
+    ]
+    argv += [str(tmp_path / "probe")] if flag == "--out" else []
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert f"{flag} is for eval.linear_protocol=mae" in line and "drop " + flag in line
+    assert not (tmp_path / "probe").exists() and not (tmp_path / "r.jsonl").exists()

@@ -104,6 +104,24 @@ def check_results_file(path: Path | None, checkpoint: Path | None) -> None:
         raise RunDirError(f"{where} exists and is not a JSON-lines results file; {fix}")
 
 
+def _check_fast_probe_flags(args: argparse.Namespace, cfg: config_lib.Config) -> None:
+    """Refuse run-directory flags for the fast probe, which writes no run directory.
+
+    Raises:
+        ConfigError: ``--out``, ``--resume`` or ``--overwrite`` with ``eval.linear_protocol=fast``.
+    """
+    given = [
+        flag
+        for flag, on in (("--out", args.out), ("--resume", args.resume), ("--overwrite", args.overwrite))
+        if on
+    ]
+    if given and cfg.eval.linear_protocol == "fast":
+        raise ConfigError(
+            f"{given[0]} is for eval.linear_protocol=mae (a trained probe in a run directory); the fast "
+            f"protocol writes only its result line: drop {given[0]} or add eval.linear_protocol=mae"
+        )
+
+
 def _run(name: str, args: argparse.Namespace) -> int:
     check_encoder_files(args.checkpoint)  # a missing or non-weights file is refused before torch loads
     weights = parse_encoder_spec(args.checkpoint).path
@@ -120,6 +138,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
 
         result = run_knn(cfg, args.checkpoint, loaded=loaded)
     elif name == "linear" and cfg.eval.linear_protocol == "fast":
+        _check_fast_probe_flags(args, cfg)
         from semmae.eval.linear import run_linear
 
         result = run_linear(cfg, args.checkpoint, loaded=loaded)
