@@ -40,7 +40,13 @@ def test_smoke_fills_every_field(tmp_path: Path) -> None:
         run = pre[key]
         assert run["batch"] == 8 and run["steps_timed"] >= 1, key
         assert _positive(run["img_per_s"]) and _positive(run["peak_memory_gib"]), key
-        assert 0 < run["mfu"] < 1, key
+        # MFU is img/s x FLOPs per image / the matmul peak: in proportion to img/s across the runs.
+        # (Not below 1 here: a 256³ matmul on a CPU is no ceiling for a compiled tiny model.)
+        first = pre[RUNS[0]]
+        assert _positive(run["mfu"]), key
+        assert math.isclose(run["mfu"] / first["mfu"], run["img_per_s"] / first["img_per_s"], rel_tol=0.01), (
+            key
+        )
     ft = result["finetune"]
     assert ft["batch"] == 8 and _positive(ft["img_per_s"]) and _positive(ft["peak_memory_gib"])
     loader = result["loader"]
