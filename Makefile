@@ -49,5 +49,6 @@ bench: install dataset
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py
 
+# The environment and caches only: runs/ holds users' runs (the demo's included) and is never deleted.
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache
