@@ -72,12 +72,22 @@ def test_a_foreign_directory_is_refused_and_kept_byte_identical(tmp_path: Path, 
     assert _snapshot(mine) == before
 
 
-def test_a_foreign_file_inside_a_run_is_refused(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("name", ["notes.txt", "my_best_copy.pt", "epoch_best.pt"])
+def test_a_foreign_file_inside_a_run_is_refused(tmp_path: Path, capsys, name: str) -> None:
+    # A user's own checkpoint copy is theirs although it ends in .pt: only last.pt, epoch_N.pt and
+    # nonfinite.pt are the toolkit's.
     run = _toolkit_run(tmp_path / "run")
-    (run / "checkpoints" / "notes.txt").write_text("keep me")
+    (run / "checkpoints" / name).write_text("keep me")
     before = _snapshot(run)
     err = _refused(capsys, ["pretrain", "--out", str(run), "--overwrite", *TOY], "semmae did not write")
-    assert "notes.txt" in err and _snapshot(run) == before
+    assert name in err and _snapshot(run) == before
+
+
+def test_every_checkpoint_name_the_loop_writes_counts_as_the_toolkits(tmp_path: Path) -> None:
+    run = _toolkit_run(tmp_path / "run")
+    for name in ("epoch_0001.pt", "epoch_12345.pt", "nonfinite.pt", ".last.pt.x1y2.tmp"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    assert runfiles.first_foreign_entry(run) is None
 
 
 def test_out_holding_the_config_file_is_refused(tmp_path: Path, capsys) -> None:
@@ -133,7 +143,7 @@ def test_a_toolkit_run_is_replaced(tmp_path: Path, capsys) -> None:
     (stage / "parts_train.npy").write_bytes(b"\x93NUMPY")
     (stage / "parts_train.json").write_text(json.dumps({"format_version": 1}))
     (stage / "DONE.json").write_text("{}")
-    assert first_foreign_entry(run) is None
+    assert runfiles.first_foreign_entry(run) is None
     assert main(["pretrain", "--out", str(run), "--overwrite", *TOY, "train.max_steps=1"]) == 0
     capsys.readouterr()
     assert not stage.exists() and (run / MARKER).is_file()

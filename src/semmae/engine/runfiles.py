@@ -24,7 +24,7 @@ RUN_FILES = frozenset({
 })  # fmt: skip
 # Sub-directories holding only files of one kind.
 FILE_DIRS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("*.pt",),
+    "checkpoints": ("last.pt", "epoch_[0-9]*.pt", "nonfinite.pt"),  # a user's own copy there is not ours
     "tb": ("events.out.tfevents.*",),
     "images": ("*.png",),
     "figures": ("*.png",),
