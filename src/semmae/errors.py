@@ -30,3 +30,16 @@ class RunDirError(SemmaeError):
 
 class NonFiniteLossError(SemmaeError):
     """Training produced a NaN/Inf loss or parameter; only finite state was ever checkpointed."""
+
+
+class StageStopped(SemmaeError):
+    """A pipeline or study stage stopped by a signal or a stop request, its checkpoint saved.
+
+    Attributes:
+        step: the step the stage's run stopped at.
+        signum: the signal's number, -1 for a stop request.
+    """
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(f"stage stopped at step {step}; resume it with --resume")
+        self.step, self.signum = step, signum

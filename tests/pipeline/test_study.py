@@ -122,3 +122,48 @@ def test_quick_study_runs_end_to_end_from_the_cli(tmp_path: Path) -> None:
     assert set(study["table"]) == methods and study["budget"] == "quick"
     assert all(r["pretrain_cpu_s"] is not None for r in study["runs"])
     assert (out / "study.html").is_file() and "Δ linear" in (out / "study.md").read_text()
+
+
+@pytest.mark.parametrize("budget", ["quick", "gpu"])
+def test_a_stopped_study_prints_a_resume_that_keeps_its_budget_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], budget: str
+) -> None:
+    # The study's own config.yaml holds its budget's values; the printed resume must not apply the
+    # budget again (the gpu budget scales epochs and images from the config it is given).
+    import shlex
+
+    import yaml
+
+    import semmae.pipeline.study as study
+    from semmae.cli.main import main
+    from semmae.errors import StageStopped
+
+    seen: list[config_lib.Config] = []
+
+    def stop_after_writing_config(cfg: config_lib.Config, out: Path, **kwargs: object) -> dict:
+        seen.append(cfg)
+        if len(seen) == 1:
+            Path(out).mkdir()
+            (Path(out) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+            raise StageStopped(7, 15)
+        return {}
+
+    monkeypatch.setattr(study, "run_study", stop_after_writing_config)
+    out = tmp_path / "study"
+    argv = [
+        "study",
+        "--config",
+        str(ROOT / "configs" / "study_fmnist.yaml"),
+        "--budget",
+        budget,
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 128 + 15
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(
+        "semmae: stopped by SIGTERM at step 7; checkpoint saved. Continue with: semmae study"
+    )
+    hint = shlex.split(last.split("Continue with: ", 1)[1])
+    assert main(hint[1:]) == 0
+    assert seen[1].to_dict() == seen[0].to_dict()

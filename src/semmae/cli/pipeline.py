@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from shlex import quote
 from typing import get_args
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, check_out, load_config
+from semmae.cli.common import add_config_args, check_out, finish_run, load_config
+from semmae.errors import StageStopped
 from semmae.names import StudyBudget
 
 
@@ -15,14 +18,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline",
         help="MAE -> parts -> part maps -> SemMAE -> kNN/linear -> report, resumable",
-        description="Run the whole SemMAE pipeline into --out; run it again to resume after an interruption. "
+        description="Run the whole SemMAE pipeline into --out; after an interruption, the same command with "
+        "--resume skips the finished stages and resumes the stopped one. "
         "Example: semmae pipeline --config configs/pipeline_fmnist.yaml --out runs/demo",
     )
     add_config_args(p)
     p.set_defaults(func=_pipeline)
     s = sub.add_parser(
         "study",
-        help="masking study: random, block, semantic variants over seeds, mean ± std",
+        help="masking study: random, block, semantic variants over seeds, paired 95% intervals",
         description="Compare masking strategies under one recipe over pipeline.seeds. "
         "Example: semmae study --config configs/study_fmnist.yaml --budget quick --out runs/study",
     )
@@ -37,12 +41,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_study)
 
 
+def _own_config(args: argparse.Namespace) -> Path:
+    """The run directory's resolved config, what a resume names as ``--config``."""
+    return Path(args.out) / "config.yaml"
+
+
+def _same_file(a: str | Path, b: Path) -> bool:
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return False
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
     from semmae.pipeline.stages import run_pipeline  # heavy: torch, timm, matplotlib, sklearn
 
     check_out(args, cfg)
-    records = run_pipeline(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    try:
+        records = run_pipeline(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    except StageStopped as stop:
+        command = f"semmae pipeline --config {quote(str(_own_config(args)))} --out {quote(args.out)}"
+        return finish_run({"interrupted": stop.signum, "step": stop.step}, command)
     report = records.get("report", {}).get("path")
     if report:
         print(f"report: {report} (and {report[:-3]}.html)")
@@ -55,8 +75,16 @@ def _study(args: argparse.Namespace) -> int:
     base = load_config(args)
     from semmae.pipeline.study import budget_overrides, run_study  # heavy: torch, timm, matplotlib
 
-    cfg = config_lib.load(args.config, budget_overrides(args.budget, base) + list(args.overrides))
+    # The study's own config.yaml already holds its budget's values: applied again, the gpu budget
+    # would scale them twice.
+    own = args.resume and args.config is not None and _same_file(args.config, _own_config(args))
+    budget = [] if own else budget_overrides(args.budget, base)
+    cfg = config_lib.load(args.config, budget + list(args.overrides))
     check_out(args, cfg)
-    table = run_study(cfg, args.out, budget=args.budget, resume=args.resume, overwrite=args.overwrite)
+    try:
+        table = run_study(cfg, args.out, budget=args.budget, resume=args.resume, overwrite=args.overwrite)
+    except StageStopped as stop:
+        command = f"semmae study --config {quote(str(_own_config(args)))} --budget {args.budget} --out {quote(args.out)}"
+        return finish_run({"interrupted": stop.signum, "step": stop.step}, command)
     print(json.dumps(table))
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 from semmae import runtime
 from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
-from semmae.errors import SemmaeError
+from semmae.errors import StageStopped
 from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
 from semmae.pipeline.evaluate import evaluate_encoders
@@ -108,7 +108,7 @@ def _until_complete(train: StageFn) -> StageFn:
     def fn(d: Path, resume: bool) -> dict[str, Any]:
         summary = train(d, resume)
         if not summary.get("complete"):
-            raise SemmaeError(f"stage stopped at step {summary['step']}; run the pipeline again to resume it")
+            raise StageStopped(summary["step"], summary.get("interrupted") or -1)
         return summary
 
     return fn
