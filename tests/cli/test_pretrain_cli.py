@@ -52,7 +52,7 @@ def test_non_empty_out_is_refused_and_kept(tmp_path: Path, capsys: pytest.Captur
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     err = _err(capsys, ["pretrain", "--config", DEBUG, "--out", str(out), *FAST])
-    assert "--resume" in err
+    assert "holds no semmae run ('notes.txt' is not semmae's); choose another --out" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 

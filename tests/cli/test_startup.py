@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,26 @@ def test_a_file_that_is_no_checkpoint_is_refused_before_torch(argv: list[str], t
     assert result["code"] == 2
     assert result["heavy"] == [], f"`semmae {argv[0]}` imported {result['heavy']} to refuse a text file"
     assert not (tmp_path / "run").exists() and not (tmp_path / "e.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["pipeline"], ["study"], ["parts", "train"]])
+@pytest.mark.parametrize("holds", ["run", "finished_run", "user_file"])
+def test_an_occupied_out_is_refused_before_torch(command: list[str], holds: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    if holds in ("run", "finished_run"):
+        (out / ".semmae-run").write_text("{}")
+        (out / "checkpoints").mkdir()
+        (out / "checkpoints" / "last.pt").write_bytes(b"PK")
+    if holds == "finished_run":  # the lock file its process left, naming a PID now dead
+        done = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        )
+        holder = {"pid": int(done.stdout), "host": socket.gethostname()}
+        (out / ".semmae.lock").write_text(json.dumps(holder))
+    else:
+        (out / "thesis.tex").write_text("mine")
+    before = sorted(p.name for p in out.rglob("*"))
+    result = _heavy_modules([*command, "--config", "configs/debug_tiny.yaml", "--out", str(out)])
+    assert result["code"] == 2 and result["heavy"] == [], result
+    assert sorted(p.name for p in out.rglob("*")) == before

@@ -291,3 +291,15 @@ def test_a_run_saved_before_a_config_key_existed_resumes(tmp_path: Path) -> None
     release_run_lock(run)
     other = config_lib.load(None, [*TOY, "data.decode=device", "data.name=image_folder", "data.root=x"])
     assert "data.decode" in changed_config_keys(saved, other.to_dict())  # a real change still counts
+
+
+def test_a_new_run_into_a_users_folder_says_to_choose_another_out(tmp_path: Path, capsys) -> None:
+    # Neither flag would help there (--resume finds no run, --overwrite deletes nothing of the user's).
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    err = _refused(capsys, ["pretrain", "--out", str(mine), *TOY], "holds no semmae run")
+    assert "('thesis.tex' is not semmae's); choose another --out" in err and "--resume" not in err
+    run = _toolkit_run(tmp_path / "run")
+    err = _refused(capsys, ["pretrain", "--out", str(run), *TOY], "is not empty")
+    assert "pass --resume to continue it or --overwrite to replace it" in err

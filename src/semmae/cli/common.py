@@ -6,9 +6,11 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from semmae import config as config_lib
+from semmae.engine.runfiles import refuse_occupied_out  # reads files only: no torch
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume: bool = True) -> None:
@@ -56,6 +58,17 @@ def finish_run(result: dict[str, Any], command: str) -> int:
         file=sys.stderr,
     )
     return 128 + sig if sig > 0 else 1
+
+
+def check_run_out(args: argparse.Namespace) -> None:
+    """Before torch loads: refuse a run command's occupied ``--out`` when neither ``--resume`` nor
+    ``--overwrite`` is given (what the run would refuse seconds later, once its libraries load).
+
+    Raises:
+        RunDirError: ``--out`` holds a run, or files that are not semmae's.
+    """
+    if args.out and not args.resume and not args.overwrite:
+        refuse_occupied_out(Path(args.out))
 
 
 def check_out(

@@ -16,7 +16,7 @@ from shlex import quote
 from typing import Any
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, check_out, finish_run
+from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run
 from semmae.encoder_spec import check_encoder_files, parse_encoder_spec
 from semmae.errors import ConfigError, RunDirError
 
@@ -124,6 +124,8 @@ def _check_fast_probe_flags(args: argparse.Namespace, cfg: config_lib.Config) ->
 
 def _run(name: str, args: argparse.Namespace) -> int:
     check_encoder_files(args.checkpoint)  # a missing or non-weights file is refused before torch loads
+    if getattr(args, "out", None):
+        check_run_out(args)
     weights = parse_encoder_spec(args.checkpoint).path
     check_results_file(results_path(args.checkpoint, args.results), weights)
     # Heavy (torch, timm): imported when a command runs, so `semmae --help` starts without them.

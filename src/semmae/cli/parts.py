@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from shlex import quote
 
-from semmae.cli.common import add_config_args, check_out, finish_run, load_config
+from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
 from semmae.encoder_spec import check_encoder_files
 from semmae.errors import RunDirError
 
@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    check_run_out(args)
     check_out(args, cfg)
     if cfg.parts.backbone is not None:
         check_encoder_files(cfg.parts.backbone)

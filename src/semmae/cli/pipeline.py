@@ -9,7 +9,7 @@ from shlex import quote
 from typing import get_args
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, check_out, finish_run, load_config
+from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
 from semmae.errors import StageStopped
 from semmae.names import StudyBudget
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_pipeline)
     s = sub.add_parser(
         "study",
-        help="masking study: random, block, semantic variants over seeds, paired 95% intervals",
+        help="masking study: random, block, semantic variants over seeds, paired 95%% intervals",
         description="Compare masking strategies under one recipe over pipeline.seeds. "
         "Example: semmae study --config configs/study_fmnist.yaml --budget quick --out runs/study",
     )
@@ -55,6 +55,7 @@ def _same_file(a: str | Path, b: Path) -> bool:
 
 def _pipeline(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    check_run_out(args)
     from semmae.pipeline.stages import run_pipeline  # heavy: torch, timm, matplotlib, sklearn
 
     check_out(args, cfg)
@@ -73,6 +74,7 @@ def _study(args: argparse.Namespace) -> int:
     # The config as the user wrote it is refused before torch is imported (start-up time); the gpu
     # budget also scales its sizes.
     base = load_config(args)
+    check_run_out(args)
     from semmae.pipeline.study import budget_overrides, run_study  # heavy: torch, timm, matplotlib
 
     # The study's own config.yaml already holds its budget's values: applied again, the gpu budget

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from shlex import quote
 
-from semmae.cli.common import add_config_args, check_out, finish_run, load_config
+from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    check_run_out(args)
     check_out(args, cfg)
     from semmae.train.pretrain import run_pretrain  # heavy: torch, timm, torchvision
 

@@ -109,3 +109,31 @@ def holds_run_lock(run_dir: str | Path) -> bool:
     key = Path(run_dir).resolve()
     fd = _HELD.get(key)
     return fd is not None and _same_file(fd, key / LOCK_NAME)
+
+
+def may_be_held_elsewhere(run_dir: str | Path) -> bool:
+    """Whether the lock file of ``run_dir`` names a live process other than this one, read only.
+
+    A look that takes no lock (a probe could make a starting run see its directory in use). Another
+    host, a PID since reused or an unreadable file count as held: the caller then leaves the verdict
+    to :func:`acquire_run_lock`, which knows for sure.
+    """
+    lock_path = Path(run_dir) / LOCK_NAME
+    if not lock_path.exists():
+        return False
+    try:
+        info = json.loads(lock_path.read_text())
+        pid, host = int(info["pid"]), info["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    if host != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -29,11 +29,13 @@ from semmae.engine.runfiles import (
     TEMP_PATTERN,
     TRASH_PATTERN,
     TRASH_PREFIX,
+    early_log,
     first_foreign_entry,
     is_temp,
     is_toolkit_dir,
     is_trash,
-    stray_file,
+    only_a_failed_start,
+    refuse_occupied_out,
 )
 from semmae.engine.state import LAST, changed_config_keys
 from semmae.errors import RunDirError, SemmaeError
@@ -44,39 +46,10 @@ log = logging.getLogger(__name__)
 # What a command reads, as (what, path) pairs: ("--checkpoint", "runs/mae/checkpoints/last.pt").
 Inputs = Sequence[tuple[str, "str | os.PathLike[str] | None"]]
 
-EARLY_LOGS = ("metrics.jsonl", "tb", "images")  # written before a run's first checkpoint
-
-
-def _early_log(entry: Path) -> bool:
-    """A log a run writes before its first checkpoint: ``metrics.jsonl``, ``tb/``, ``images/``."""
-    if entry.is_symlink() or entry.name not in EARLY_LOGS:
-        return False
-    if entry.is_file():
-        return entry.name == "metrics.jsonl"
-    return stray_file(entry) is None
-
-
-def _only_a_failed_start(path: Path) -> bool:
-    """True when ``path`` holds nothing worth keeping: a start that died before its first checkpoint.
-
-    That is the marker, the lock, the toolkit's own ``config.yaml`` and early logs (both only with
-    the marker), sub-directories that are empty or hold only stale temp files, and stale temp files.
-    """
-    marked = (path / MARKER).is_file()
-    for entry in path.iterdir():
-        if entry.name in (MARKER, LOCK_NAME) or is_temp(entry):
-            continue
-        if marked and (entry.name == "config.yaml" or _early_log(entry)):
-            continue
-        if entry.is_dir() and not entry.is_symlink() and all(is_temp(e) for e in entry.iterdir()):
-            continue
-        return False
-    return True
-
 
 def _drop_early_logs(path: Path) -> None:
     """Remove the logs of a start that never reached a checkpoint, so a new start begins clean."""
-    logs = [e for e in path.iterdir() if _early_log(e)]
+    logs = [e for e in path.iterdir() if early_log(e)]
     if logs:
         log.info(
             "%s never reached a checkpoint; removing its logs (%s)", path, ", ".join(e.name for e in logs)
@@ -234,14 +207,11 @@ def _prepare_locked(
 ) -> None:
     """The checks and writes of :func:`prepare_run_dir`, with ``path`` existing and locked."""
     _remove_stale_trash(path)
-    fresh = _only_a_failed_start(path)
+    fresh = only_a_failed_start(path)
     if overwrite:
         _clear(path, inputs)
     elif not fresh and not resume:
-        raise RunDirError(
-            f"output directory {str(path)!r} is not empty; pass --resume to continue it or "
-            "--overwrite to replace it"
-        )
+        refuse_occupied_out(path)
     elif resume and not fresh and not is_toolkit_dir(path):
         raise RunDirError(
             f"output directory {str(path)!r} holds no semmae run to resume (no {MARKER} marker, no checkpoint); "

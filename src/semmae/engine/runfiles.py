@@ -13,8 +13,8 @@ from pathlib import Path
 
 from semmae import config as config_lib
 from semmae.config_checks import read_recipe
-from semmae.engine.lock import LOCK_NAME
-from semmae.errors import SemmaeError
+from semmae.engine.lock import LOCK_NAME, may_be_held_elsewhere
+from semmae.errors import RunDirError, SemmaeError
 
 MARKER = ".semmae-run"
 # Files the toolkit writes at any level of a run tree (run, pipeline, study and stage directories).
@@ -125,3 +125,56 @@ def is_trash(path: Path) -> bool:
 
 def is_temp(path: Path) -> bool:
     return fnmatch.fnmatch(path.name, TEMP_PATTERN) and path.is_file() and not path.is_symlink()
+
+
+EARLY_LOGS = ("metrics.jsonl", "tb", "images")  # written before a run's first checkpoint
+
+
+def early_log(entry: Path) -> bool:
+    """A log a run writes before its first checkpoint: ``metrics.jsonl``, ``tb/``, ``images/``."""
+    if entry.is_symlink() or entry.name not in EARLY_LOGS:
+        return False
+    if entry.is_file():
+        return entry.name == "metrics.jsonl"
+    return stray_file(entry) is None
+
+
+def only_a_failed_start(path: Path) -> bool:
+    """True when ``path`` holds nothing worth keeping: a start that died before its first checkpoint.
+
+    That is the marker, the lock, the toolkit's own ``config.yaml`` and early logs (both only with
+    the marker), sub-directories that are empty or hold only stale temp files, and stale temp files.
+    """
+    marked = (path / MARKER).is_file()
+    for entry in path.iterdir():
+        if entry.name in (MARKER, LOCK_NAME) or is_temp(entry):
+            continue
+        if marked and (entry.name == "config.yaml" or early_log(entry)):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and all(is_temp(e) for e in entry.iterdir()):
+            continue
+        return False
+    return True
+
+
+def refuse_occupied_out(path: Path) -> None:
+    """Refuse ``path`` as a new run's ``--out`` (no ``--resume``, no ``--overwrite``) unless it is
+    missing, empty or only a failed start (:func:`only_a_failed_start`). Reads files only, imports
+    no torch: commands call it before loading heavy libraries.
+
+    Raises:
+        RunDirError: naming the flag that would help, or, for a folder that holds no semmae run,
+            the first entry semmae did not write.
+    """
+    if not path.is_dir() or may_be_held_elsewhere(path) or only_a_failed_start(path):
+        return  # a live holder: the run-directory check names it once loaded
+    if is_toolkit_dir(path):
+        raise RunDirError(
+            f"output directory {str(path)!r} is not empty; pass --resume to continue it or "
+            "--overwrite to replace it"
+        )
+    foreign = first_foreign_entry(path)
+    first = f" ({str(foreign.relative_to(path))!r} is not semmae's)" if foreign is not None else ""
+    raise RunDirError(
+        f"output directory {str(path)!r} is not empty and holds no semmae run{first}; choose another --out"
+    )
