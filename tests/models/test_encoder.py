@@ -277,3 +277,30 @@ def test_infer_arch_special_cases() -> None:
     assert arch == dict(
         img_size=224, patch_size=14, in_chans=3, embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0
     )
+
+
+def _bare_vit_state(dim: int) -> dict[str, torch.Tensor]:
+    return {
+        "patch_embed.proj.weight": torch.zeros(dim, 1, 4, 4),
+        "pos_embed": torch.zeros(1, 50, dim),
+        "cls_token": torch.zeros(1, 1, dim),
+        "blocks.0.mlp.fc1.weight": torch.zeros(4 * dim, dim),
+    }
+
+
+@pytest.mark.parametrize(
+    ("dim", "heads", "warned"), [(768, 12, False), (192, 3, False), (128, 2, True), (32, 1, True)]
+)
+def test_a_guessed_head_count_is_said_where_it_may_be_wrong(
+    caplog, dim: int, heads: int, warned: bool
+) -> None:
+    # Standard ViT widths have 64-wide heads; for any other width the guess may be wrong (a
+    # small semmae preset with 4 heads of 32 would be read as 2 heads), so the user is told.
+    with caplog.at_level("WARNING", logger="semmae.models.encoder"):
+        assert infer_arch(_bare_vit_state(dim), "'w.pth'")["num_heads"] == heads
+    said = [r.getMessage() for r in caplog.records if "records no head count" in r.getMessage()]
+    assert bool(said) == warned and all(f"assuming {heads} (width {dim} / 64)" in m for m in said)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="semmae.models.encoder"):
+        infer_arch(_bare_vit_state(dim), "'w.pth'", {"num_heads": 4 if dim != 768 else 12})
+    assert not caplog.records  # a recorded head count is no guess

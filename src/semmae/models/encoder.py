@@ -57,6 +57,7 @@ IGNORED_KEYS = (
     "head_drop.",
 )
 _KNOWN_HEADS = {(1280, 32): 16}  # (width, depth) -> heads where D / 64 is wrong (ViT-H)
+_STANDARD_WIDTHS = frozenset({192, 384, 768, 1024, 1280})  # ViT-Ti/S/B/L/H: 64-wide heads (or above)
 
 
 def default_normalization(in_chans: int) -> tuple[list[float], list[float]]:
@@ -162,6 +163,13 @@ def infer_arch(
     heads = hint.get("num_heads")
     if heads is None:
         heads = _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
+        if dim not in _STANDARD_WIDTHS:  # a guess a non-standard ViT may not match: say so
+            log.warning(
+                "checkpoint %s records no head count; assuming %d (width %d / 64). If the encoder had "
+                "another, its features will be wrong: give the file as timm:MODEL_NAME@FILE, or keep "
+                "the checkpoint's 'arch' entry",
+                where, heads, dim,
+            )  # fmt: skip
     ratio = hidden / dim if hint.get("mlp_ratio") is None else hint["mlp_ratio"]
     if not _is_number(heads) or heads != int(heads) or heads < 1:
         raise CheckpointError(f"checkpoint {where} gives num_heads={heads!r}; it must be a positive integer")
