@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from semmae.errors import CheckpointError
+from semmae.errors import CheckpointError, ConfigError, RunDirError
 
 RANDOM = "random:"
 TIMM = "timm:"
@@ -129,3 +129,29 @@ def check_encoder_files(spec: str) -> None:
     path = parse_encoder_spec(spec).path
     if path is not None:
         check_weights_file(path)
+
+
+EXPORT_SUFFIXES = {"timm": ".safetensors", "onnx": ".onnx"}  # export format -> its file's suffix
+
+
+def check_export_target(fmt: str, out: Path, *, overwrite: bool) -> None:
+    """Refuse an export's format or output file before any work (and before torch loads).
+
+    The file's suffix must be its format's, so ``--overwrite`` can only ever replace a file of
+    that kind, never a user's notes or a checkpoint.
+
+    Raises:
+        ConfigError: an unknown format. RunDirError: ``out`` is a folder, has another suffix, or
+            exists without ``overwrite``.
+    """
+    if fmt not in EXPORT_SUFFIXES:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_SUFFIXES)}")
+    suffix = EXPORT_SUFFIXES[fmt]
+    if out.is_dir():
+        raise RunDirError(f"output path {str(out)!r} is a directory; give a file name ending in {suffix}")
+    if out.suffix != suffix:
+        raise RunDirError(
+            f"--format {fmt} writes a {suffix} file; name --out {str(out.with_suffix(suffix))!r}"
+        )
+    if out.exists() and not overwrite:
+        raise RunDirError(f"output file {str(out)!r} exists; pass --overwrite to replace it")

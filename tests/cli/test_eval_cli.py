@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,9 +51,13 @@ def test_an_encoder_with_nan_weights_is_not_exported(tmp_path, capsys) -> None:
 
 
 def test_unknown_export_format_and_overwrite(tmp_path, capsys) -> None:
-    out = tmp_path / "enc.bin"
-    assert main(["export", "--checkpoint", "random:mae_debug", "--format", "tflite", "--out", str(out)]) == 2
-    assert "timm, onnx" in _error_line(capsys)
+    out = tmp_path / "enc.safetensors"
+    with pytest.raises(SystemExit) as exc:  # an argparse choice: the usage error, exit 2
+        main(["export", "--checkpoint", "random:mae_debug", "--format", "tflite", "--out", str(out)])
+    assert (
+        exc.value.code == 2
+        and "invalid choice: 'tflite' (choose from 'timm', 'onnx')" in capsys.readouterr().err
+    )
     assert main(["export", "--checkpoint", "random:mae_debug", "--format", "timm", "--out", str(out)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["format"] == "timm" and res["max_abs_diff"] <= 1e-5
@@ -170,3 +175,20 @@ def test_run_directory_flags_of_the_fast_probe_are_refused_not_ignored(tmp_path,
     line = _error_line(capsys)
     assert f"{flag} is for eval.linear_protocol=mae" in line and "drop " + flag in line
     assert not (tmp_path / "probe").exists() and not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "fix"),
+    [("timm", "notes.txt", "notes.safetensors"), ("onnx", "enc.safetensors", "enc.onnx")],
+)
+def test_an_export_out_must_carry_its_formats_suffix(tmp_path, capsys, fmt: str, name: str, fix: str) -> None:
+    # --overwrite can then only replace a file of that kind: never a user's notes or a checkpoint.
+    out = tmp_path / name
+    out.write_text("mine")
+    argv = ["export", "--checkpoint", "random:mae_debug", "--format", fmt, "--out", str(out), "--overwrite"]
+    assert main(argv) == 2
+    assert (
+        f"--format {fmt} writes a {Path(fix).suffix} file; name --out {str(tmp_path / fix)!r}"
+        in _error_line(capsys)
+    )
+    assert out.read_text() == "mine"

@@ -105,11 +105,11 @@ def test_out_holding_the_checkpoint_being_read_is_refused(tmp_path: Path, capsys
     argv = ["eval", "finetune", "--checkpoint", ckpt, "--out", str(run), "--overwrite", *TOY]
     _refused(capsys, argv, "holds the --checkpoint")
     assert _snapshot(run) == before
-    out = str(run / "checkpoints" / "last.pt")
+    out = str(run / "checkpoints" / "last.pt")  # an export writes only a file of its format's suffix
     _refused(
         capsys,
         ["export", "--checkpoint", ckpt, "--format", "timm", "--out", out, "--overwrite"],
-        "--checkpoint",
+        "writes a .safetensors file",
     )
     assert _snapshot(run) == before
 

@@ -27,12 +27,10 @@ import torch
 
 from semmae import __version__
 from semmae.atomic import FILE_MODE, atomic_path, remove_stale_temps_of, scratch_dir_for
-from semmae.errors import ConfigError, RunDirError
+from semmae.encoder_spec import check_export_target
 from semmae.models.encoder import ViTEncoder, load_encoder
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("timm", "onnx")
 
 
 def timm_vit_kwargs(encoder: ViTEncoder) -> dict[str, Any]:
@@ -160,15 +158,11 @@ def run_export(
         ``{"format", "out", "source", "bytes", "max_abs_diff"}``.
 
     Raises:
-        ConfigError: unknown format. RunDirError: ``out`` exists. CheckpointError: bad ``spec``.
+        ConfigError: unknown format. RunDirError: ``out`` is refused (:func:`check_export_target`).
+        CheckpointError: bad ``spec``.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     out = Path(out)
-    if out.is_dir():
-        raise RunDirError(f"output path {str(out)!r} is a directory; give a file name")
-    if out.exists() and not overwrite:
-        raise RunDirError(f"output file {str(out)!r} exists; pass --overwrite to replace it")
+    check_export_target(fmt, out, overwrite=overwrite)
     encoder, meta = load_encoder(spec)
     extra = {"mean": meta["mean"], "std": meta["std"], "source": meta["source"], "data": meta.get("data")}
     if fmt == "timm":
