@@ -133,3 +133,11 @@ def test_an_occupied_out_is_refused_before_torch(command: list[str], holds: str,
     result = _heavy_modules([*command, "--config", "configs/debug_tiny.yaml", "--out", str(out)])
     assert result["code"] == 2 and result["heavy"] == [], result
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "command", [["pretrain"], ["pipeline"], ["eval", "finetune", "--checkpoint", "random:mae_debug"]]
+)
+def test_resume_with_overwrite_is_a_usage_error_before_torch(command: list[str], tmp_path: Path) -> None:
+    result = _heavy_modules([*command, "--out", str(tmp_path / "run"), "--resume", "--overwrite"])
+    assert result["code"] == 2 and result["heavy"] == [], result

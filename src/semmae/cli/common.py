@@ -21,10 +21,11 @@ def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume
     if out:
         parser.add_argument("--out", required=True, help="run directory to write")
     if resume:
-        parser.add_argument(
+        either = parser.add_mutually_exclusive_group()  # refused by argparse, before torch loads
+        either.add_argument(
             "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
         )
-        parser.add_argument("--overwrite", action="store_true", help="delete --out first if it is not empty")
+        either.add_argument("--overwrite", action="store_true", help="delete --out first if it is not empty")
     parser.add_argument(
         "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. train.epochs=2"
     )
