@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,3 +94,22 @@ def test_a_full_disk_at_start_leaves_no_empty_config(tmpfs, capsys) -> None:
 def test_read_only_output(tmpfs, capsys) -> None:
     point = tmpfs(256, read_only=True)
     _one_line(capsys, ["pretrain", "--out", str(point / "run"), *TOY], "read-only file system")
+
+
+def test_part_maps_that_do_not_fit_fail_at_once_and_keep_the_old_pair(tmpfs) -> None:
+    point = tmpfs(64)
+    (point / "maps.npy").write_bytes(b"old array")
+    (point / "maps.json").write_text("old manifest")
+    # In a child: writing a page of a memory map the disk has no room for is a SIGBUS, not an error.
+    code = (
+        "import errno\nfrom semmae.data.partmap_writer import PartMapWriter\ntry:\n"
+        f"    PartMapWriter.create({str(point / 'maps.npy')!r}, num_images=10000, grid=(8, 8), "
+        "dataset='d', split='train', image_size=28, num_parts=4, fingerprint='f')\n"
+        "except OSError as e:\n    raise SystemExit(0 if e.errno == errno.ENOSPC else 3)\nraise SystemExit(4)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert sorted(p.name for p in point.iterdir()) == ["maps.json", "maps.npy"]
+    assert (point / "maps.npy").read_bytes() == b"old array" and (
+        point / "maps.json"
+    ).read_text() == "old manifest"

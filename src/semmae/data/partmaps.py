@@ -12,25 +12,24 @@ their training size are that view already). Any crop box of the full-resolution 
 out its own region of the map (``semmae.data.transforms.crop_part_maps``). Version-1 files carry no
 ``view``; for image folders they labelled a centre crop (``"center"``) and are refused for training.
 
-The manifest is always written last, so an array without a manifest is an unfinished export.
-Loading checks the pair against itself and against the dataset it is used with, and refuses any
+Writing is :mod:`semmae.data.partmap_writer`: both files are written under temporary names and
+moved into place only when both are complete, so ``NAME.npy`` / ``NAME.json`` are always a whole
+old pair or a whole new one (or, for an instant while they are swapped, an array without a
+manifest, which is refused as unfinished). Loading checks the pair against itself and against the dataset it is used with, and refuses any
 mismatch with a one-line :class:`~semmae.errors.DataError`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from semmae import runtime
-from semmae.atomic import atomic_path
 from semmae.errors import DataError
 
 FORMAT_VERSION = 2
@@ -118,135 +117,6 @@ def npy_path(path: str | os.PathLike[str]) -> Path:
 def manifest_path(path: str | os.PathLike[str]) -> Path:
     """The ``.json`` manifest next to a part-map file."""
     return npy_path(path).with_suffix(".json")
-
-
-def _write_manifest(path: Path, manifest: PartMapManifest) -> None:
-    text = json.dumps(asdict(manifest), indent=2) + "\n"  # the grid tuple becomes a JSON list
-    with atomic_path(manifest_path(path)) as tmp:
-        tmp.write_text(text)
-
-
-def _make_manifest(
-    num_images: int, grid: tuple[int, int], *, dataset: str, split: str, image_size: int, num_parts: int,
-    fingerprint: str, learner_hash: str | None, source: str,
-) -> PartMapManifest:  # fmt: skip
-    """A new manifest: maps written by this semmae always cover the whole image."""
-    if not 1 <= num_parts <= 256:
-        raise DataError(f"part maps are stored as uint8, so num_parts must be in [1, 256], got {num_parts}")
-    return PartMapManifest(
-        format_version=FORMAT_VERSION, dataset=dataset, split=split, num_images=int(num_images),
-        image_size=int(image_size), grid=(int(grid[0]), int(grid[1])), num_parts=int(num_parts),
-        fingerprint=fingerprint, learner_hash=learner_hash,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), source=source,
-    )  # fmt: skip
-
-
-def _as_uint8_labels(labels: np.ndarray | torch.Tensor, num_parts: int) -> np.ndarray:
-    """(N, h, w) labels as a uint8 ndarray after checking their rank and range."""
-    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if arr.ndim != 3:
-        raise DataError(f"part labels must have 3 dimensions (N, h, w), got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        raise DataError(f"part labels must be integers, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() >= num_parts):
-        raise DataError(f"part labels must lie in [0, {num_parts - 1}], got [{arr.min()}, {arr.max()}]")
-    return arr.astype(np.uint8, copy=False)
-
-
-def write_part_maps(
-    path: str | os.PathLike[str], labels: np.ndarray | torch.Tensor, *, dataset: str, split: str,
-    image_size: int, num_parts: int, fingerprint: str, learner_hash: str | None = None,
-    source: str = "learner",
-) -> PartMapManifest:  # fmt: skip
-    """Write a whole part-map file atomically (array first, manifest last).
-
-    Args:
-        path: ``NAME.npy`` (``.npy`` appended when missing); the manifest goes to ``NAME.json``.
-        labels: (N, h, w) integer labels in {0..K-1}.
-        dataset, split, image_size, fingerprint: what the maps belong to (see the manifest).
-        num_parts: K (<= 256).
-        learner_hash: hash of the part-learner checkpoint, if any.
-        source: what made the maps.
-
-    Returns:
-        The manifest written.
-    """
-    p = npy_path(path)
-    arr = np.ascontiguousarray(_as_uint8_labels(labels, num_parts))
-    manifest = _make_manifest(
-        arr.shape[0], (arr.shape[1], arr.shape[2]), dataset=dataset, split=split, image_size=image_size,
-        num_parts=num_parts, fingerprint=fingerprint, learner_hash=learner_hash, source=source,
-    )  # fmt: skip
-    p.parent.mkdir(parents=True, exist_ok=True)
-    manifest_path(p).unlink(missing_ok=True)  # the old manifest must not vouch for the new array
-    with atomic_path(p) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    _write_manifest(p, manifest)
-    return manifest
-
-
-class PartMapWriter:
-    """Fill one memory-mapped part-map file in batches, from one or many ranks.
-
-    Rank 0 allocates the array, the others open it after a barrier; every rank writes the rows
-    it owns; :meth:`close` flushes, waits for every rank and lets rank 0 write the manifest.
-    Build it with :meth:`create`.
-    """
-
-    def __init__(self, path: Path, array: np.memmap, manifest: PartMapManifest) -> None:
-        self.path = path
-        self.array = array
-        self.manifest = manifest
-        self._closed = False
-
-    @classmethod
-    def create(
-        cls, path: str | os.PathLike[str], *, num_images: int, grid: tuple[int, int], dataset: str,
-        split: str, image_size: int, num_parts: int, fingerprint: str, learner_hash: str | None = None,
-        source: str = "learner",
-    ) -> PartMapWriter:  # fmt: skip
-        """Allocate (rank 0) or open (other ranks) the (N, h, w) uint8 array at ``path``.
-
-        Collective under torch.distributed: every rank must call it.
-        """
-        p = npy_path(path)
-        manifest = _make_manifest(
-            num_images, grid, dataset=dataset, split=split, image_size=image_size, num_parts=num_parts,
-            fingerprint=fingerprint, learner_hash=learner_hash, source=source,
-        )  # fmt: skip
-        shape = (manifest.num_images, *manifest.grid)
-        if runtime.is_main():
-            p.parent.mkdir(parents=True, exist_ok=True)
-            manifest_path(p).unlink(missing_ok=True)  # unfinished until close() writes it
-            array = np.lib.format.open_memmap(p, mode="w+", dtype=np.uint8, shape=shape)
-            array.flush()
-        runtime.barrier()
-        if not runtime.is_main():
-            array = np.lib.format.open_memmap(p, mode="r+")
-        return cls(p, array, manifest)
-
-    def write(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
-        """Store ``labels`` (B, h, w) as the maps of images ``indices`` (B,)."""
-        if self._closed:
-            raise RuntimeError("PartMapWriter is closed")
-        idx = indices.detach().cpu().numpy().astype(np.int64, copy=False).reshape(-1)
-        arr = _as_uint8_labels(labels, self.manifest.num_parts)
-        if arr.shape != (idx.shape[0], *self.manifest.grid):
-            raise ValueError(f"labels {arr.shape} do not fit {len(idx)} maps of grid {self.manifest.grid}")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.manifest.num_images):
-            raise IndexError(f"image indices must lie in [0, {self.manifest.num_images - 1}]")
-        self.array[idx] = arr
-
-    def close(self) -> PartMapManifest:
-        """Flush; rank 0 writes the manifest once every rank has flushed. Collective."""
-        if not self._closed:
-            self.array.flush()
-            self._closed = True
-            runtime.barrier()
-            if runtime.is_main():
-                _write_manifest(self.path, self.manifest)
-            runtime.barrier()
-        return self.manifest
 
 
 @dataclass

@@ -24,9 +24,10 @@ from semmae import config as config_lib
 from semmae.data import build_dataset, iterate_batches
 from semmae.data.folder import whole_image_view
 from semmae.data.oracle import part_maps_from_masks
-from semmae.data.partmaps import PartMapWriter, manifest_path, npy_path, write_part_maps
+from semmae.data.partmap_writer import PartMapWriter, write_part_maps
+from semmae.data.partmaps import manifest_path, npy_path
 from semmae.data.transforms import center_batch, normalize
-from semmae.errors import CheckpointError, RunDirError
+from semmae.errors import CheckpointError, ConfigError, RunDirError
 from semmae.models.checkpoint import file_hash, load_checkpoint, load_state_strict
 from semmae.parts.backbone import FrozenBackbone, load_backbone
 from semmae.parts.labels import maps_to_labels
@@ -196,9 +197,12 @@ def export_part_maps(
         The :class:`semmae.data.partmaps.PartMapManifest` written.
 
     Raises:
+        ConfigError: ``batch_size`` < 1.
         RunDirError: ``out_path`` exists and ``overwrite`` is False.
         CheckpointError: no usable part-learner checkpoint.
     """
+    if batch_size < 1:
+        raise ConfigError(f"the export batch size must be at least 1, got {batch_size}")
     dev = resolve_device(device)
     with distributed_session(dev):
         # Rank 0's view decides, so no rank sees the file another rank has just created.
@@ -214,16 +218,20 @@ def export_part_maps(
             learner_hash=file_hash(ckpt_path), source="learner",
         )  # fmt: skip
         norm = ckpt["norm"]
-        for idx, labels, _ in iter_labels(
-            learner, backbone, ds, shard(len(ds), rank(), world_size()), batch_size=batch_size,
-            device=dev, mean=norm["mean"], std=norm["std"], scale=scale,
-            label_source=cfg.parts.label_source, precision=cfg.train.precision,
-            progress=progress and rank() == 0,
-        ):  # fmt: skip
-            writer.write(idx, labels)
-        barrier()
-        manifest = writer.close()
-    log.info("wrote %d part maps (%dx%d, K=%d) to %s", len(ds), *grid, learner.num_parts, out_path)
+        with writer:  # an error or Ctrl-C deletes the temporary files: the old pair stays
+            for idx, labels, _ in iter_labels(
+                learner, backbone, ds, shard(len(ds), rank(), world_size()), batch_size=batch_size,
+                device=dev, mean=norm["mean"], std=norm["std"], scale=scale,
+                label_source=cfg.parts.label_source, precision=cfg.train.precision,
+                progress=progress and rank() == 0,
+            ):  # fmt: skip
+                writer.write(idx, labels)
+            barrier()
+            manifest = writer.close()
+    log.info(
+        "wrote %d part maps (%dx%d, K=%d) to %s and %s",
+        len(ds), *grid, learner.num_parts, npy_path(out_path), manifest_path(out_path),
+    )  # fmt: skip
     return manifest
 
 
