@@ -327,6 +327,43 @@ def test_part_grid_and_export_outs_that_are_folders_or_not_images(tmp_path: Path
     _one_line(capsys, argv, "is a directory; give a file name")
 
 
+_PARTS_EXPORT = ["parts", "export", "--run", "R", "--split", "test"]
+_PARTS_SHOW = ["parts", "show", "--maps", "M.npy", "--config", "C.yaml"]
+_BAD_PART_MAP_FLAGS = [
+    ([*_PARTS_EXPORT, "--batch-size", "0"], "--batch-size must be at least 1"),
+    ([*_PARTS_EXPORT, "--batch-size", "-4"], "--batch-size must be at least 1"),
+    ([*_PARTS_EXPORT, "--device", "gpu7"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu7'"),
+    ([*_PARTS_SHOW, "--n", "0"], "--n must be at least 1"),
+    ([*_PARTS_SHOW, "--n", "-1"], "--n must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), _BAD_PART_MAP_FLAGS)
+def test_bad_part_map_flags_are_refused_before_any_work(tmp_path: Path, capsys, argv, needle) -> None:
+    # The run, maps and config named do not exist: a check that came later would complain of them.
+    out = tmp_path / ("o.png" if "show" in argv else "o.npy")
+    _one_line(capsys, [*argv, "--out", str(out)], needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("argv", "needle"), _BAD_PART_MAP_FLAGS)
+def test_bad_part_map_flags_are_refused_before_torch_is_imported(tmp_path: Path, argv, needle) -> None:
+    code = (
+        "import sys\nfrom semmae.cli.main import main\n"
+        f"rc = main({[*argv, '--out', str(tmp_path / 'o.png')]!r})\n"
+        "sys.exit(rc if 'torch' not in sys.modules else 99)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and needle in done.stderr, done.stderr
+
+
+def test_parts_export_on_cuda_without_cuda_names_its_own_flag(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [*_PARTS_EXPORT, "--device", "cuda", "--out", str(tmp_path / "o.npy")]
+    line = _one_line(capsys, argv, "use --device cpu")
+    assert "train.device" not in line and list(tmp_path.iterdir()) == []
+
+
 def test_a_damaged_last_checkpoint_on_resume_says_how_to_go_on(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     argv = [

@@ -17,8 +17,9 @@ from pathlib import Path
 from shlex import quote
 
 from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
+from semmae.config_checks import device_name
 from semmae.encoder_spec import check_encoder_files
-from semmae.errors import RunDirError
+from semmae.errors import ConfigError, RunDirError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,15 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     export.add_argument("--split", choices=("train", "test"), required=True)
     export.add_argument("--out", required=True, help="part-map file to write (.npy; manifest next to it)")
-    export.add_argument("--batch-size", type=int, default=256)
-    export.add_argument("--device", default="auto")
+    export.add_argument("--batch-size", type=int, default=256, help="images per forward (>= 1)")
+    export.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     export.add_argument("--overwrite", action="store_true", help="replace an existing file")
     export.set_defaults(func=_export)
 
     show = psub.add_parser("show", help="draw images with their part maps overlaid")
     show.add_argument("--maps", required=True, help="part-map file (.npy)")
     show.add_argument("--config", help="YAML recipe whose data section matches the maps' dataset")
-    show.add_argument("--n", type=int, default=16, help="images to draw")
+    show.add_argument("--n", type=int, default=16, help="images to draw (>= 1)")
     show.add_argument("--out", required=True, help="PNG to write")
     show.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     show.add_argument("overrides", nargs="*", metavar="section.field=value")
@@ -89,10 +90,35 @@ def _written(out: str) -> str:
     return f"{npy_path(out)} and {manifest_path(out)}"
 
 
+def _at_least_one(flag: str, value: int, what: str) -> None:
+    if value < 1:
+        raise ConfigError(f"{flag} must be at least 1 ({what}), got {value}")
+
+
+def _check_device(value: str) -> None:
+    """The config's device-name check, worded for the --device flag."""
+    try:
+        device_name("--device", value)
+    except ConfigError as e:
+        _, sep, rule = str(e).partition(" must be ")
+        raise ConfigError(f"--device must be {rule}" if sep else str(e)) from None
+
+
+def _check_cuda(device: str) -> None:
+    """``--device cuda`` refused where there is none, with this command's fix (not the config's)."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} needs CUDA, which is not available here; use --device cpu")
+
+
 def _export(args: argparse.Namespace) -> int:
+    _at_least_one("--batch-size", args.batch_size, "images per forward")  # before torch: start-up time
+    _check_device(args.device)
     from semmae.parts.export import export_part_maps  # heavy: torch, timm
     from semmae.runtime import is_main  # imports torch
 
+    _check_cuda(args.device)
     check_out(args, None, ("the --run", args.run))
     manifest = export_part_maps(
         args.run,
@@ -113,6 +139,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # 
 
 
 def _show(args: argparse.Namespace) -> int:
+    _at_least_one("--n", args.n, "images to draw")
     if Path(args.out).is_dir():
         raise RunDirError(f"--out {args.out!r} is a folder; give an image file name such as grid.png")
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:

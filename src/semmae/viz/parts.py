@@ -55,9 +55,11 @@ def render_part_map_file(maps_path: str | Path, data_cfg: DataConfig, n: int, ou
         The path written.
 
     Raises:
-        ConfigError: the config names another dataset than the manifest.
+        ConfigError: ``n`` < 1, or the config names another dataset than the manifest.
         DataError: the file does not fit the dataset (raised by ``load_part_maps``).
     """
+    if n < 1:
+        raise ConfigError(f"the number of images to draw must be at least 1, got {n}")
     manifest = load_part_maps(maps_path).manifest
     if manifest.dataset != data_cfg.name:
         raise ConfigError(
