@@ -151,6 +151,23 @@ class MaskingConfig:
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"config key 'masking.ratio' must be in (0, 1), got {self.ratio}")
 
+    def part_map_file(self) -> str | None:
+        """The part-map file a pretraining run reads: ``parts`` for ``semantic``, None otherwise.
+
+        Not a load-time rule: pipelines and studies fill ``parts`` per stage.
+
+        Raises:
+            ConfigError: ``semantic`` without ``parts``.
+        """
+        if self.name != "semantic":
+            return None
+        if self.parts is None:
+            raise ConfigError(
+                "masking.name=semantic needs a part-map file: set masking.parts=FILE.npy "
+                "(from `semmae parts export` or `semmae parts from-masks`)"
+            )
+        return self.parts
+
 
 @dataclass
 class TrainConfig:

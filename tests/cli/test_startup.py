@@ -141,3 +141,17 @@ def test_an_occupied_out_is_refused_before_torch(command: list[str], holds: str,
 def test_resume_with_overwrite_is_a_usage_error_before_torch(command: list[str], tmp_path: Path) -> None:
     result = _heavy_modules([*command, "--out", str(tmp_path / "run"), "--resume", "--overwrite"])
     assert result["code"] == 2 and result["heavy"] == [], result
+
+
+def test_semantic_masking_without_part_maps_is_refused_before_torch(tmp_path: Path) -> None:
+    argv = [
+        "pretrain",
+        "--config",
+        "configs/debug_tiny.yaml",
+        "--out",
+        str(tmp_path / "run"),
+        "masking.name=semantic",
+    ]
+    result = _heavy_modules(argv)
+    assert result["code"] == 2 and result["heavy"] == [], result
+    assert not (tmp_path / "run").exists()

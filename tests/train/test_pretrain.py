@@ -71,7 +71,7 @@ def test_refuses_a_non_empty_directory_without_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(RunDirError, match="--resume"):
+    with pytest.raises(RunDirError, match="holds no semmae run .* choose another --out"):
         run_pretrain(_cfg("train.max_steps=1"), out)
     assert (out / "precious.txt").read_text() == "keep me"
     # --resume with nothing to resume (an empty or failed start) starts from scratch (issue #10)

@@ -55,14 +55,10 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
 
 
 def _load_parts(cfg: Config, dataset: Any) -> tuple[Any, int | None]:
-    if cfg.masking.name != "semantic":
+    parts = cfg.masking.part_map_file()
+    if parts is None:
         return None, None
-    if cfg.masking.parts is None:
-        raise ConfigError(
-            "masking.name=semantic needs a part-map file: set masking.parts=FILE.npy "
-            "(from `semmae parts export` or `semmae parts from-masks`)"
-        )
-    maps = load_part_maps(cfg.masking.parts, dataset=dataset)
+    maps = load_part_maps(parts, dataset=dataset)
     return maps, maps.manifest.num_parts
 
 
