@@ -114,7 +114,7 @@ def test_export(tmp_path: Path, capsys, marker: Path) -> None:
         "--format",
         "timm",
         "--out",
-        str(tmp_path / "e"),
+        str(tmp_path / "e.safetensors"),
     ]
     _refused(capsys, argv, marker)
 
