@@ -97,6 +97,8 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("eval.linear_lrs=[]", "eval.linear_lrs"),
         ("eval.linear_lrs=[0.1,-1]", "eval.linear_lrs"),
         ("pipeline.study_methods=[]", "pipeline.study_methods"),
+        ("train.epochs=0", "train.epochs is 0 and train.max_steps unset"),
+        ("data.name=image_folder", "data.name=image_folder needs data.root=DIR"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
@@ -109,10 +111,11 @@ def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
 @pytest.mark.parametrize(
     "override",
     ["train.device=cuda:1", "train.device=mps", "eval.ft_auto_augment=\"\"", "eval.ft_auto_augment=augmix-m5-w4",
-     "eval.ft_auto_augment=original-mstd0.5", "eval.ft_reprob=1", "eval.ft_drop_path=0", "eval.ft_mixup=0"],
+     "eval.ft_auto_augment=original-mstd0.5", "eval.ft_reprob=1", "eval.ft_drop_path=0", "eval.ft_mixup=0",
+     "train.epochs=0 train.max_steps=3"],
 )  # fmt: skip
 def test_values_at_the_edges_of_their_range_load(override: str) -> None:
-    config_lib.load(None, [override])
+    config_lib.load(None, override.split())
 
 
 def test_every_policy_the_check_accepts_builds_in_timm() -> None:

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from semmae.encoder_spec import EncoderSpec, check_encoder_files, check_weights_file, parse_encoder_spec
 from semmae.engine.rundir import check_out_holds_no_inputs
-from semmae.errors import CheckpointError, RunDirError
+from semmae.errors import CheckpointError, ConfigError, RunDirError
 
 
 @pytest.mark.parametrize(
@@ -127,3 +127,8 @@ def test_a_file_that_holds_no_weights_is_refused_by_its_first_bytes(
 
 def test_a_random_encoder_names_no_file() -> None:
     check_encoder_files("random:mae_debug")  # nothing to read, nothing refused
+
+
+def test_a_random_encoder_of_an_unknown_preset_is_refused_without_torch() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'nope'; known: mae_debug, mae_fmnist_tiny, "):
+        check_encoder_files("random:nope")

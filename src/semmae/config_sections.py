@@ -81,6 +81,10 @@ class DataConfig:
         finite_values("data.std", self.std, positive=True)  # it divides
         finite_values("data.mean", self.mean)
         scale_range("data.crop_scale", self.crop_scale)
+        if self.name == "image_folder" and not self.root:
+            raise ConfigError(
+                "data.name=image_folder needs data.root=DIR (a folder of images, or of class subfolders)"
+            )
         if self.decode == "device" and self.name != "image_folder":
             raise ConfigError(
                 "config key 'data.decode=device' decodes image-folder files; this dataset is in memory"
@@ -229,6 +233,10 @@ class TrainConfig:
         at_least("train", self, -1, "knn_every_epochs")
         positive("train", self, "base_lr", "clip_grad")
         device_name("train.device", self.device)
+        if self.epochs == 0 and self.max_steps is None:
+            raise ConfigError(
+                "nothing to train: train.epochs is 0 and train.max_steps unset; set either to >= 1"
+            )
         if not 0 <= self.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
             raise ConfigError(f"config key 'train.seed' must be in [0, 2**63), got {self.seed}")
 

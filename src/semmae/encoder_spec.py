@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from semmae.errors import CheckpointError, ConfigError, RunDirError
+from semmae.names import ModelPreset
 
 RANDOM = "random:"
 TIMM = "timm:"
@@ -125,10 +126,12 @@ def check_weights_file(path: Path) -> None:
 
 
 def check_encoder_files(spec: str) -> None:
-    """:func:`check_weights_file` on the file ``spec`` names, if any (``random:`` names none)."""
-    path = parse_encoder_spec(spec).path
-    if path is not None:
-        check_weights_file(path)
+    """:func:`check_weights_file` on the file ``spec`` names, if any; a ``random:`` spec's preset must exist."""
+    parsed = parse_encoder_spec(spec)
+    if parsed.kind == "random" and parsed.name not in get_args(ModelPreset):
+        raise ConfigError(f"unknown model {parsed.name!r}; known: {', '.join(sorted(get_args(ModelPreset)))}")
+    if parsed.path is not None:
+        check_weights_file(parsed.path)
 
 
 EXPORT_SUFFIXES = {"timm": ".safetensors", "onnx": ".onnx"}  # export format -> its file's suffix
