@@ -140,6 +140,8 @@ def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path: Path) -> None:
 def test_missing_and_broken_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         config_lib.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a folder; give a YAML recipe"):
+        config_lib.load(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -207,6 +207,8 @@ def read_recipe(path: str | Path) -> Any:
         ConfigError: a missing, unreadable, non-UTF-8 or invalid YAML file.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a folder; give a YAML recipe such as configs/fmnist_tiny.yaml")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
