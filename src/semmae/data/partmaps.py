@@ -194,7 +194,7 @@ def _check_dataset(p: Path, m: PartMapManifest, dataset: Any) -> None:
         (m.split == dataset.split, f"split {m.split!r} but the dataset is split {dataset.split!r}",
          "for this split"),
         (m.num_images == ds_size, f"num_images {m.num_images} but the dataset has {ds_size} images",
-         "for the whole split (same data.limit)"),
+         "for the whole split (the same data.limit, or data.toy_size for a synthetic set)"),
         (m.image_size == dataset.image_size,
          f"image_size {m.image_size} but the dataset's image_size is {dataset.image_size}",
          "at this image size"),
