@@ -66,3 +66,26 @@ def test_bad_arguments() -> None:
         knn_classify(torch.empty(0, 2), torch.empty(0, dtype=torch.long), TRAIN, num_classes=3)
     with pytest.raises(ValueError, match="temperature"):
         knn_classify(TRAIN, LABELS, TRAIN, k=1, temperature=0.0, num_classes=3)
+
+
+def test_a_k_above_the_training_images_is_said_and_recorded_as_used(caplog) -> None:
+    from semmae import config as config_lib
+    from semmae.eval.knn import run_knn
+
+    cfg = config_lib.load(
+        None,
+        [
+            "data.name=toy_parts",
+            "data.toy_size=48",
+            "data.image_size=28",
+            "eval.knn_k=100000",
+            "train.device=cpu",
+        ],
+    )
+    with caplog.at_level("INFO", logger="semmae.eval.knn"):
+        result = run_knn(cfg, "random:mae_debug")
+    used = result["k"]
+    assert 0 < used < 100000
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"eval.knn_k=100000 is more than the {used} training images: using k={used}" in messages
+    assert any(m.startswith(f"kNN (k={used}, ") for m in messages)  # the log says the k the result holds

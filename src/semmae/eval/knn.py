@@ -112,22 +112,25 @@ def run_knn(
     t0 = time.perf_counter()
     fs = features if features is not None else prepare_features(cfg, spec, progress=progress, loaded=loaded)
     device = runtime.resolve_device(cfg.train.device)
+    k = min(cfg.eval.knn_k, len(fs.train_labels))  # what knn_classify uses; the log and result say it
+    if k < cfg.eval.knn_k:
+        log.warning("eval.knn_k=%d is more than the %d training images: using k=%d", cfg.eval.knn_k, k, k)
     scores = knn_classify(
         fs.train_feats.to(device),
         fs.train_labels,
         fs.test_feats.to(device),
-        k=cfg.eval.knn_k,
+        k=k,
         temperature=cfg.eval.knn_t,
         num_classes=fs.num_classes,
         chunk_size=cfg.eval.knn_chunk_size,
     )
     acc = topk_accuracy(scores, fs.test_labels)
     seconds = time.perf_counter() - t0
-    log.info("kNN (k=%d, T=%g): top1 %.2f%%", cfg.eval.knn_k, cfg.eval.knn_t, acc["top1"])
+    log.info("kNN (k=%d, T=%g): top1 %.2f%%", k, cfg.eval.knn_t, acc["top1"])
     return {
         "eval": "knn",
         **acc,
-        "k": min(cfg.eval.knn_k, len(fs.train_labels)),
+        "k": k,
         "t": cfg.eval.knn_t,
         **fs.info,
         "seconds": round(seconds, 2),
