@@ -125,6 +125,20 @@ def check_weights_file(path: Path) -> None:
         )
 
 
+def same_encoder(a: str, b: str) -> bool:
+    """Whether two specs name the same encoder: the same kind and name, and the same file (or,
+    where one file is gone, the same resolved path)."""
+    x, y = parse_encoder_spec(a), parse_encoder_spec(b)
+    if (x.kind, x.name) != (y.kind, y.name):
+        return False
+    if x.path is None or y.path is None:
+        return x.path == y.path
+    try:
+        return x.path.samefile(y.path)
+    except OSError:
+        return x.path.resolve() == y.path.resolve()
+
+
 def check_encoder_files(spec: str) -> None:
     """:func:`check_weights_file` on the file ``spec`` names, if any; a ``random:`` spec's preset must exist."""
     parsed = parse_encoder_spec(spec)

@@ -16,7 +16,7 @@ import torch
 
 from semmae import config as config_lib
 from semmae import runtime
-from semmae.errors import ConfigError
+from semmae.errors import CheckpointError, ConfigError
 from semmae.models.encoder import load_encoder
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.train.finetune import (
@@ -159,6 +159,24 @@ def test_run_finetune_end_to_end_and_exact_resume(tmp_path) -> None:
     a = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(v, a[k]) for k, v in ckpt["model"].items())  # same weights as uninterrupted
     assert resumed["top1"] == full["top1"]
+    # The result names its encoder: a resume given another --checkpoint would report a source it
+    # was not trained from, so it is refused, finished run or not.
+    other = str(tmp_path / "full" / "checkpoints" / "last.pt")
+    with pytest.raises(CheckpointError, match="started from --checkpoint 'random:mae_debug', not "):
+        run_finetune(cfg, other, tmp_path / "part", resume=True, progress=False)
+
+
+def test_same_encoder_compares_kind_name_and_file(tmp_path, monkeypatch) -> None:
+    from semmae.encoder_spec import same_encoder
+
+    (tmp_path / "a.pt").write_bytes(b"PK")
+    monkeypatch.chdir(tmp_path)
+    assert same_encoder("a.pt", str(tmp_path / "a.pt"))  # a relative and an absolute name of one file
+    assert same_encoder("random:mae_debug", "random:mae_debug")
+    assert not same_encoder("random:mae_debug", "random:mae_fmnist_tiny")
+    assert not same_encoder("a.pt", "random:mae_debug")
+    assert not same_encoder("timm:vit_small_patch16_224@a.pt", "timm:vit_base_patch16_224@a.pt")
+    assert not same_encoder("a.pt", "gone.pt")
 
 
 @pytest.mark.slow

@@ -21,9 +21,11 @@ from torch import nn
 from semmae import runtime
 from semmae.config import Config
 from semmae.data import ImageSet
+from semmae.encoder_spec import same_encoder
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none
 from semmae.engine.rundir import prepare_run_dir
+from semmae.errors import CheckpointError
 from semmae.eval.features import evaluate_classifier, labelled_split
 from semmae.models.encoder import check_encoder_fits, load_encoder
 from semmae.models.vit_encoder import ViTEncoder
@@ -101,6 +103,16 @@ class ClassifierTask(Task):
 
     def extra_state(self) -> dict[str, Any]:
         return {"encoder": self.spec, "normalization": self.norm, "classes": list(self.parts.train.classes)}
+
+    def load_extra_state(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to resume from another ``--checkpoint`` than the run started from: its result
+        would name an encoder it was not trained from."""
+        saved = ckpt.get("encoder")
+        if isinstance(saved, str) and not same_encoder(saved, self.spec):
+            raise CheckpointError(
+                f"this run was started from --checkpoint {saved!r}, not {self.spec!r}; resume it with "
+                "that --checkpoint, or train the new one into another --out"
+            )
 
 
 def train_classifier(
