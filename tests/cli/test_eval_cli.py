@@ -192,3 +192,21 @@ def test_an_export_out_must_carry_its_formats_suffix(tmp_path, capsys, fmt: str,
         in _error_line(capsys)
     )
     assert out.read_text() == "mine"
+
+
+def test_model_overrides_of_an_evaluation_are_refused_not_ignored(capsys) -> None:
+    assert main(["eval", "knn", "--checkpoint", "random:mae_debug", "model.name=mae_vit_base_patch16"]) == 2
+    assert (
+        "model.name: an evaluation takes the encoder, architecture included, from --checkpoint"
+        in _error_line(capsys)
+    )
+
+
+def test_part_maps_given_to_random_masking_are_said_to_be_ignored(tmp_path, caplog) -> None:
+    recipe = str(Path(__file__).parents[2] / "configs" / "debug_tiny.yaml")
+    argv = ["pretrain", "--config", recipe, "--out", str(tmp_path / "run"), "data.limit=64",
+            "train.max_steps=1", "train.knn_every_epochs=-1", "train.progress_bar=false",
+            f"masking.parts={tmp_path / 'maps.npy'}"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="semmae.train.pretrain"):
+        assert main(argv) == 0
+    assert "masking.parts is read by masking.name=semantic only; random masking ignores it" in caplog.messages

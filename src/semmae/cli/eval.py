@@ -124,6 +124,12 @@ def _check_fast_probe_flags(args: argparse.Namespace, cfg: config_lib.Config) ->
 
 def _run(name: str, args: argparse.Namespace) -> int:
     check_encoder_files(args.checkpoint)  # a missing or non-weights file is refused before torch loads
+    model_keys = [o.split("=", 1)[0] for o in args.overrides if o.startswith("model.")]
+    if model_keys:
+        raise ConfigError(
+            f"{model_keys[0]}: an evaluation takes the encoder, architecture included, from --checkpoint; "
+            "drop the model.* overrides"
+        )
     if getattr(args, "out", None):
         check_run_out(args)
     weights = parse_encoder_spec(args.checkpoint).path

@@ -57,6 +57,10 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
 def _load_parts(cfg: Config, dataset: Any) -> tuple[Any, int | None]:
     parts = cfg.masking.part_map_file()
     if parts is None:
+        if cfg.masking.parts is not None:
+            log.warning(
+                "masking.parts is read by masking.name=semantic only; %s masking ignores it", cfg.masking.name
+            )
         return None, None
     maps = load_part_maps(parts, dataset=dataset)
     return maps, maps.manifest.num_parts
