@@ -16,7 +16,7 @@ from semmae import config as config_lib
 from semmae.errors import ConfigError
 from semmae.pipeline.stats import paired_difference, t_interval, verdict
 from semmae.pipeline.study import _initial_weights, budget_overrides, run_study, write_study
-from semmae.pipeline.study_report import compare, verdicts
+from semmae.pipeline.study_report import METRICS, compare, verdicts
 
 ROOT = Path(__file__).parents[2]
 
@@ -63,6 +63,14 @@ def test_compare_reports_every_method_against_random_and_random_against_the_floo
     text = verdicts(comp)
     assert len(text) == 2 * 2  # per metric: random vs the floor, inter vs random
     assert "21.0 standard deviations" in text[0]
+
+
+def test_without_random_the_verdicts_say_so_once_per_metric() -> None:
+    text = verdicts(compare(_rows({"floor": [30.0, 31.0], "block": [50.0, 52.0], "inter": [50.5, 52.2]})))
+    assert text == [
+        f"random is not among pipeline.study_methods, so no method is compared with it on {label}."
+        for label in METRICS.values()
+    ]
 
 
 def test_budgets() -> None:

@@ -68,10 +68,14 @@ def verdicts(comparison: dict[str, dict[str, Any]]) -> list[str]:
             spread = max(rnd["std"] or 0.0, floor["std"] or 0.0)
             margin = f"{d['mean'] / spread:.1f} standard deviations" if spread > 0 else "no measured spread"
             lines.append(verdict("random (MAE)", "the random-init floor", label, d) + f" Margin: {margin}.")
-        for method, e in entries.items():
-            if method in (REFERENCE, FLOOR):
-                continue
-            lines.append(verdict(method, REFERENCE, label, e["vs_random"]))
+        others = [m for m in entries if m not in (REFERENCE, FLOOR)]
+        if others and rnd is None:  # nothing to pair with: one sentence, not one "no seed" per method
+            lines.append(
+                f"random is not among pipeline.study_methods, so no method is compared with it on {label}."
+            )
+            continue
+        for method in others:
+            lines.append(verdict(method, REFERENCE, label, entries[method]["vs_random"]))
     return lines
 
 
