@@ -108,6 +108,20 @@ def test_fashion_mnist_env_var_torchvision_layout_read_in_place(
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("gz", [True, False])
+def test_an_empty_fashion_mnist_file_is_named_before_any_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gz: bool
+) -> None:
+    _offline(monkeypatch, fashion_mnist)
+    monkeypatch.setenv("SEMMAE_CACHE", str(tmp_path / "cache"))
+    _write_fake_fmnist(tmp_path / "src", gz=gz)
+    empty = tmp_path / "src" / ("t10k-labels-idx1-ubyte" + (".gz" if gz else ""))
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=f"Fashion-MNIST file {empty} is empty; replace it"):
+        build_dataset(DataConfig(root=str(tmp_path / "src")), "train")
+    assert not (tmp_path / "cache").exists()  # nothing unpacked from it
+
+
 def test_fashion_mnist_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _offline(monkeypatch, fashion_mnist)
     empty = tmp_path / "empty"

@@ -59,6 +59,9 @@ def find_files(directory: Path) -> dict[str, Path] | None:
                     found[name] = candidate
                     break
         if len(found) == len(FILES):
+            empty = next((f for f in found.values() if f.stat().st_size == 0), None)
+            if empty is not None:  # before any cache copy is made of it, which would then be blamed
+                raise DataError(f"Fashion-MNIST file {empty} is empty; replace it, or {_HOW_TO_GET}")
             return found
     return None
 
@@ -152,7 +155,8 @@ def load_fashion_mnist(cfg: DataConfig, split: str) -> ImageSet:
         tv = torchvision.datasets.FashionMNIST(root=str(root), train=split == "train", download=False)
     except (RuntimeError, AssertionError, ValueError, OSError) as exc:
         raise DataError(
-            f"Fashion-MNIST files under {root} are unreadable ({exc}); delete that copy or {_HOW_TO_GET}"
+            f"Fashion-MNIST files under {root} are unreadable ({exc}): a truncated file? Replace it (or, "
+            f"under the cache folder, delete it to unpack it again), or {_HOW_TO_GET}"
         ) from None
     data, targets = tv.data, tv.targets.to(torch.int64)
     if cfg.limit is not None:
