@@ -208,7 +208,9 @@ def read_recipe(path: str | Path) -> Any:
     """
     p = Path(path)
     if p.is_dir():
-        raise ConfigError(f"config file {str(p)!r} is a folder; give a YAML recipe such as configs/fmnist_tiny.yaml")
+        raise ConfigError(
+            f"config file {str(p)!r} is a folder; give a YAML recipe such as configs/fmnist_tiny.yaml"
+        )
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from shlex import quote
 from typing import Any
@@ -19,6 +20,8 @@ from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run
 from semmae.encoder_spec import check_encoder_files, parse_encoder_spec
 from semmae.errors import ConfigError, RunDirError
+
+log = logging.getLogger(__name__)
 
 _COMMANDS = {
     "knn": "weighted kNN (k=eval.knn_k, T=eval.knn_t) on frozen features",
@@ -125,10 +128,10 @@ def _check_fast_probe_flags(args: argparse.Namespace, cfg: config_lib.Config) ->
 def _run(name: str, args: argparse.Namespace) -> int:
     check_encoder_files(args.checkpoint)  # a missing or non-weights file is refused before torch loads
     model_keys = [o.split("=", 1)[0] for o in args.overrides if o.startswith("model.")]
-    if model_keys:
-        raise ConfigError(
-            f"{model_keys[0]}: an evaluation takes the encoder, architecture included, from --checkpoint; "
-            "drop the model.* overrides"
+    if model_keys:  # shared override lists are common: said, not refused
+        log.warning(
+            "%s: ignored; an evaluation takes the encoder, architecture included, from --checkpoint",
+            ", ".join(model_keys),
         )
     if getattr(args, "out", None):
         check_run_out(args)
