@@ -6,8 +6,10 @@ A spec is one of:
 * ``timm:NAME@FILE``: a timm ViT weights file, its head count taken from the timm model ``NAME``;
 * anything else: a checkpoint file (ours, an official MAE ``.pth``, a timm state dict).
 
-It sits at the bottom layer with no torch import, so a command can check the files it will read
-before it loads any heavy library.
+It sits at the bottom layer with no torch import, so a command can check the encoder files it
+will read (:func:`check_encoder_files`: present, and a weights format by their first bytes) and
+the export it will write (:func:`check_export_target`) before it loads any heavy library;
+:func:`same_encoder` says whether two specs name one encoder (a resumed fine-tune's source).
 """
 
 from __future__ import annotations
