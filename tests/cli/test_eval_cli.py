@@ -177,6 +177,22 @@ def test_run_directory_flags_of_the_fast_probe_are_refused_not_ignored(tmp_path,
     assert not (tmp_path / "probe").exists() and not (tmp_path / "r.jsonl").exists()
 
 
+@pytest.mark.parametrize("occupant", ["a user's file", "a run"])
+def test_an_occupied_out_of_the_fast_probe_is_refused_for_the_protocol(
+    tmp_path, capsys, occupant: str
+) -> None:
+    # Not "pass --resume" (which the fast probe then refuses): the fix that works is to drop --out.
+    out = tmp_path / "probe"
+    out.mkdir()
+    (out / ("notes.txt" if occupant == "a user's file" else "config.yaml")).write_text("mine\n")
+    argv = ["eval", "linear", "--checkpoint", "random:mae_debug", "--results", str(tmp_path / "r.jsonl")]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "--out is for eval.linear_protocol=mae" in _error_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.txt" if occupant == "a user's file" else "config.yaml"
+    ]
+
+
 @pytest.mark.parametrize(
     ("fmt", "name", "fix"),
     [("timm", "notes.txt", "notes.safetensors"), ("onnx", "enc.safetensors", "enc.onnx")],

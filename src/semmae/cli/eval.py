@@ -9,6 +9,7 @@ run directory (the directory holding ``checkpoints/``), or to ``--results FILE``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -107,7 +108,7 @@ def check_results_file(path: Path | None, checkpoint: Path | None) -> None:
         raise RunDirError(f"{where} exists and is not a JSON-lines results file; {fix}")
 
 
-def _check_fast_probe_flags(args: argparse.Namespace, cfg: config_lib.Config) -> None:
+def _check_fast_probe_flags(args: argparse.Namespace, protocol: str | None) -> None:
     """Refuse run-directory flags for the fast probe, which writes no run directory.
 
     Raises:
@@ -118,7 +119,7 @@ def _check_fast_probe_flags(args: argparse.Namespace, cfg: config_lib.Config) ->
         for flag, on in (("--out", args.out), ("--resume", args.resume), ("--overwrite", args.overwrite))
         if on
     ]
-    if given and cfg.eval.linear_protocol == "fast":
+    if given and protocol == "fast":
         raise ConfigError(
             f"{given[0]} is for eval.linear_protocol=mae (a trained probe in a run directory); the fast "
             f"protocol writes only its result line: drop {given[0]} or add eval.linear_protocol=mae"
@@ -133,6 +134,11 @@ def _run(name: str, args: argparse.Namespace) -> int:
             "%s: ignored; an evaluation takes the encoder, architecture included, from --checkpoint",
             ", ".join(model_keys),
         )
+    if name == "linear":  # the protocol comes from --config and the overrides, not the checkpoint
+        protocol = None  # a config that only the checkpoint's data section makes valid: checked below
+        with contextlib.suppress(ConfigError):
+            protocol = eval_config(None, args.config, list(args.overrides)).eval.linear_protocol
+        _check_fast_probe_flags(args, protocol)
     if getattr(args, "out", None):
         check_run_out(args)
     weights = parse_encoder_spec(args.checkpoint).path
@@ -149,7 +155,7 @@ def _run(name: str, args: argparse.Namespace) -> int:
 
         result = run_knn(cfg, args.checkpoint, loaded=loaded)
     elif name == "linear" and cfg.eval.linear_protocol == "fast":
-        _check_fast_probe_flags(args, cfg)
+        _check_fast_probe_flags(args, cfg.eval.linear_protocol)
         from semmae.eval.linear import run_linear
 
         result = run_linear(cfg, args.checkpoint, loaded=loaded)
