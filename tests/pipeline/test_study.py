@@ -147,12 +147,15 @@ def test_a_stopped_study_prints_a_resume_that_keeps_its_budget_values(
     from semmae.errors import StageStopped
 
     seen: list[config_lib.Config] = []
+    labels: list[object] = []
 
     def stop_after_writing_config(cfg: config_lib.Config, out: Path, **kwargs: object) -> dict:
         seen.append(cfg)
-        if len(seen) == 1:
+        labels.append(kwargs["budget"])
+        if len(seen) == 1:  # what run_study has written when it is stopped
             Path(out).mkdir()
             (Path(out) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+            write_study(Path(out), cfg, str(kwargs["budget"]), [])
             raise StageStopped(7, 15)
         return {}
 
@@ -174,4 +177,32 @@ def test_a_stopped_study_prints_a_resume_that_keeps_its_budget_values(
     )
     hint = shlex.split(last.split("Continue with: ", 1)[1])
     assert main(hint[1:]) == 0
-    assert seen[1].to_dict() == seen[0].to_dict()
+    assert seen[1].to_dict() == seen[0].to_dict() and labels == [budget, budget]
+    # Resumed without --budget, the study keeps the budget it recorded (values and label alike).
+    at = hint.index("--budget")
+    without = hint[1:at] + hint[at + 2 :]
+    assert main(without) == 0
+    assert seen[2].to_dict() == seen[0].to_dict() and labels[2] == budget
+    # Another --budget would mislabel the study's values: refused, naming the one it ran with.
+    other = "full" if budget != "full" else "quick"
+    assert main([*without, "--budget", other]) == 2
+    assert f"this study ran with --budget {budget}" in capsys.readouterr().err
+    assert len(seen) == 3
+
+
+def test_a_study_records_its_budget_before_its_first_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A study stopped in its shared prefix has its budget on record, so a resume keeps its label.
+    import semmae.pipeline.study as study
+    from semmae.errors import StageStopped
+    from semmae.pipeline.layout import StudyLayout
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise StageStopped(3, 2)
+
+    monkeypatch.setattr(study, "_prefix", stopped)
+    cfg = config_lib.load(ROOT / "configs" / "study_fmnist.yaml", [])
+    with pytest.raises(StageStopped):
+        run_study(cfg, tmp_path / "study", budget="gpu")
+    assert StudyLayout(tmp_path / "study").recorded_budget() == "gpu"

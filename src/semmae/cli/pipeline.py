@@ -10,8 +10,9 @@ from typing import get_args
 
 from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
-from semmae.errors import StageStopped
+from semmae.errors import ConfigError, StageStopped
 from semmae.names import StudyBudget
+from semmae.pipeline.layout import StudyLayout
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--budget",
         choices=get_args(StudyBudget),
-        default="quick",
-        help="quick: a smoke run; full: the config as written (the README's); gpu: the same study scaled "
-        "for one H100/H200-class GPU (~10 min)",
+        help="quick (the default): a smoke run; full: the config as written (the README's); gpu: the same "
+        "study scaled for one H100/H200-class GPU (~10 min). A resume with the study's own config.yaml "
+        "keeps the budget it recorded",
     )
     s.set_defaults(func=_study)
 
@@ -51,6 +52,21 @@ def _same_file(a: str | Path, b: Path) -> bool:
         return Path(a).samefile(b)
     except OSError:
         return False
+
+
+def _own_budget(args: argparse.Namespace) -> str:
+    """The budget of a study resumed with its own config.yaml: the one it recorded.
+
+    Raises:
+        ConfigError: ``--budget`` names another budget than the study recorded.
+    """
+    recorded = StudyLayout(Path(args.out)).recorded_budget()
+    if recorded and args.budget and args.budget != recorded:
+        raise ConfigError(
+            f"this study ran with --budget {recorded} (its config.yaml holds that budget's values): "
+            f"resume it with --budget {recorded}, or without --budget"
+        )
+    return recorded or args.budget or "quick"
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -78,15 +94,18 @@ def _study(args: argparse.Namespace) -> int:
     from semmae.pipeline.study import budget_overrides, run_study  # heavy: torch, timm, matplotlib
 
     # The study's own config.yaml already holds its budget's values: applied again, the gpu budget
-    # would scale them twice.
+    # would scale them twice; its label is the one it recorded.
     own = args.resume and args.config is not None and _same_file(args.config, _own_config(args))
-    budget = [] if own else budget_overrides(args.budget, base)
-    cfg = config_lib.load(args.config, budget + list(args.overrides))
+    budget = _own_budget(args) if own else args.budget or "quick"
+    extra = [] if own else budget_overrides(budget, base)
+    cfg = config_lib.load(args.config, extra + list(args.overrides))
     check_out(args, cfg)
     try:
-        table = run_study(cfg, args.out, budget=args.budget, resume=args.resume, overwrite=args.overwrite)
+        table = run_study(cfg, args.out, budget=budget, resume=args.resume, overwrite=args.overwrite)
     except StageStopped as stop:
-        command = f"semmae study --config {quote(str(_own_config(args)))} --budget {args.budget} --out {quote(args.out)}"
+        command = (
+            f"semmae study --config {quote(str(_own_config(args)))} --budget {budget} --out {quote(args.out)}"
+        )
         return finish_run({"interrupted": stop.signum, "step": stop.step}, command)
     print(json.dumps(table))
     return 0

@@ -162,3 +162,11 @@ class StudyLayout:
     def table(self, suffix: str) -> Path:
         """``study.json`` or ``study.md`` (``study.html`` beside it)."""
         return self.root / f"study{suffix}"
+
+    def recorded_budget(self) -> str | None:
+        """The ``--budget`` this study recorded in ``study.json``; None where it has recorded none."""
+        try:
+            budget = json.loads(self.table(".json").read_text(encoding="utf-8")).get("budget")
+        except (OSError, ValueError, AttributeError):  # no file yet, or not one of ours
+            return None
+        return budget if isinstance(budget, str) else None

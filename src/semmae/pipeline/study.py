@@ -193,6 +193,8 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
         )
     layout = StudyLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True))
     prov = provenance()  # the code this process started with, not the tree when it finishes
+    if not layout.table(".json").is_file():  # the budget is on record from the start (a resume reads it)
+        write_study(layout.root, cfg, budget, [], prov)
     mae, learned, oracle, prefix_records = _prefix(cfg, layout.prefix)
     methods = list(cfg.pipeline.study_methods) + (
         ["oracle"] if oracle and "oracle" not in cfg.pipeline.study_methods else []
