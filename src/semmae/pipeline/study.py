@@ -179,8 +179,8 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
               overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Run every (method, seed) pretraining + kNN/linear evaluation and the floor of every seed.
 
-    Writes ``study.json``, ``study.md`` and ``study.html`` after every run (an interrupted study
-    shows its table so far). ``cfg`` already holds the budget (see :func:`budget_overrides`);
+    Writes ``study.json``, ``study.md`` and ``study.html`` when it starts (no rows yet: the budget is
+    on record) and after every run (an interrupted study shows its table so far). ``cfg`` already holds the budget (see :func:`budget_overrides`);
     ``budget`` is recorded.
 
     Returns:
@@ -236,7 +236,8 @@ def write_study(
         "budget": budget, "dataset": cfg.data.name, "limit": cfg.data.limit, "epochs": cfg.train.epochs,
         "images": cfg.data.toy_size if cfg.data.name in PART_MASK_SETS else cfg.data.limit,
         "model": cfg.model.name, "model_overrides": _model_overrides(cfg), "seeds": cfg.pipeline.seeds,
-        "methods": list(dict.fromkeys(r["method"] for r in rows)), "provenance": prov or provenance(),
+        "methods": list(dict.fromkeys(r["method"] for r in rows)),
+        "study_methods": list(cfg.pipeline.study_methods), "provenance": prov or provenance(),
         "cpu_minutes": round((overhead_cpu_s + sum(c for c in cpu if c)) / 60, 2),
         "table": table, "comparison": compare(rows), "runs": rows,
     }  # fmt: skip

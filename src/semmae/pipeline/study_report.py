@@ -7,6 +7,7 @@ its 95% interval, and of every method's paired difference to random with its 95%
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,12 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def verdicts(comparison: dict[str, dict[str, Any]]) -> list[str]:
-    """Sentences: pretraining vs the floor, then every strategy vs random, per metric."""
+def verdicts(comparison: dict[str, dict[str, Any]], planned: Sequence[str] = ()) -> list[str]:
+    """Sentences: pretraining vs the floor, then every strategy vs random, per metric.
+
+    ``planned`` is ``pipeline.study_methods``: where it lists random, a table without random's runs
+    is one that has not reached them yet.
+    """
     lines = []
     for metric, label in METRICS.items():
         entries = comparison.get(metric, {})
@@ -70,9 +75,10 @@ def verdicts(comparison: dict[str, dict[str, Any]]) -> list[str]:
             lines.append(verdict("random (MAE)", "the random-init floor", label, d) + f" Margin: {margin}.")
         others = [m for m in entries if m not in (REFERENCE, FLOOR)]
         if others and rnd is None:  # nothing to pair with: one sentence, not one "no seed" per method
-            lines.append(
-                f"random is not among pipeline.study_methods, so no method is compared with it on {label}."
+            why = (
+                "has no evaluated run yet" if REFERENCE in planned else "is not among pipeline.study_methods"
             )
+            lines.append(f"random {why}, so no method is compared with it on {label}.")
             continue
         for method in others:
             lines.append(verdict(method, REFERENCE, label, entries[method]["vs_random"]))
@@ -135,7 +141,7 @@ def _document(layout: StudyLayout, result: dict[str, Any]) -> Document:
     ]
     doc.table(header, table_rows(result))
     doc.heading("Reading")
-    for line in verdicts(result["comparison"]):
+    for line in verdicts(result["comparison"], result.get("study_methods", ())):
         doc.para(line)
     doc.heading("Charts")
     for metric, label in METRICS.items():
