@@ -356,7 +356,8 @@ def pretrain_section(spec: Spec, device: torch.device, budget: Section, peak_tfl
                 except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
                     run = failure(exc)
                 if "img_per_s" in run:
-                    run["mfu"] = round(run["img_per_s"] * flops / (peak_tflops * 1e12), 4)
+                    mfu = run["img_per_s"] * flops / (peak_tflops * 1e12)
+                    run["mfu"] = float(f"{mfu:.4g}")  # significant digits: a CPU's smoke MFU is tiny
                 out[key] = run
     out["toy_sets_drawn"] = toys.drawn  # 1: the runs and the part maps shared one drawing
     return out
