@@ -303,3 +303,8 @@ def test_a_new_run_into_a_users_folder_says_to_choose_another_out(tmp_path: Path
     run = _toolkit_run(tmp_path / "run")
     err = _refused(capsys, ["pretrain", "--out", str(run), *TOY], "is not empty")
     assert "pass --resume to continue it or --overwrite to replace it" in err
+    # A run with a user's file in it: --overwrite would refuse to delete that file, so only --resume.
+    (run / "thesis.tex").write_text("mine")
+    err = _refused(capsys, ["pretrain", "--out", str(run), *TOY], "holds a semmae run and 'thesis.tex'")
+    assert "pass --resume to continue the run, or choose another --out" in err and "--overwrite" not in err
+    assert (run / "thesis.tex").read_text() == "mine"

@@ -168,13 +168,19 @@ def refuse_occupied_out(path: Path) -> None:
     """
     if not path.is_dir() or may_be_held_elsewhere(path) or only_a_failed_start(path):
         return  # a live holder: the run-directory check names it once loaded
-    if is_toolkit_dir(path):
+    foreign = first_foreign_entry(path)
+    name = repr(str(foreign.relative_to(path))) if foreign is not None else ""
+    if is_toolkit_dir(path) and foreign is None:
         raise RunDirError(
             f"output directory {str(path)!r} is not empty; pass --resume to continue it or "
             "--overwrite to replace it"
         )
-    foreign = first_foreign_entry(path)
-    first = f" ({str(foreign.relative_to(path))!r} is not semmae's)" if foreign is not None else ""
+    if is_toolkit_dir(path):  # --overwrite would refuse: it deletes nothing semmae did not write
+        raise RunDirError(
+            f"output directory {str(path)!r} holds a semmae run and {name}, which semmae did not write; "
+            "pass --resume to continue the run, or choose another --out"
+        )
+    first = f" ({name} is not semmae's)" if foreign is not None else ""
     raise RunDirError(
         f"output directory {str(path)!r} is not empty and holds no semmae run{first}; choose another --out"
     )
