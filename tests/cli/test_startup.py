@@ -37,7 +37,7 @@ def _heavy_modules(argv: list[str]) -> dict:
         [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *argv],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
     )  # fmt: skip
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "err": proc.stderr}
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
@@ -107,17 +107,27 @@ def test_a_file_that_is_no_checkpoint_is_refused_before_torch(argv: list[str], t
     notes = tmp_path / "notes.pt"
     notes.write_text("not weights")
     result = _heavy_modules([a.format(notes=notes, tmp=tmp_path) for a in argv])
-    assert result["code"] == 2
+    assert result["code"] == 2 and "notes.pt" in result["err"] and "is not a weights file" in result["err"]
     assert result["heavy"] == [], f"`semmae {argv[0]}` imported {result['heavy']} to refuse a text file"
     assert not (tmp_path / "run").exists() and not (tmp_path / "e.safetensors").exists()
 
 
 @pytest.mark.parametrize("command", [["pretrain"], ["pipeline"], ["study"], ["parts", "train"]])
-@pytest.mark.parametrize("holds", ["run", "finished_run", "user_file"])
-def test_an_occupied_out_is_refused_before_torch(command: list[str], holds: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("holds", "says"),
+    [
+        ("run", "is not empty; pass --resume to continue it or --overwrite to replace it"),
+        ("finished_run", "is not empty; pass --resume to continue it or --overwrite to replace it"),
+        ("run_and_user_file", "holds a semmae run and 'thesis.tex', which semmae did not write"),
+        ("user_file", "holds no semmae run ('thesis.tex' is not semmae's); choose another --out"),
+    ],
+)
+def test_an_occupied_out_is_refused_before_torch(
+    command: list[str], holds: str, says: str, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    if holds in ("run", "finished_run"):
+    if holds != "user_file":
         (out / ".semmae-run").write_text("{}")
         (out / "checkpoints").mkdir()
         (out / "checkpoints" / "last.pt").write_bytes(b"PK")
@@ -127,11 +137,12 @@ def test_an_occupied_out_is_refused_before_torch(command: list[str], holds: str,
         )
         holder = {"pid": int(done.stdout), "host": socket.gethostname()}
         (out / ".semmae.lock").write_text(json.dumps(holder))
-    else:
+    if "user_file" in holds:
         (out / "thesis.tex").write_text("mine")
     before = sorted(p.name for p in out.rglob("*"))
     result = _heavy_modules([*command, "--config", "configs/debug_tiny.yaml", "--out", str(out)])
     assert result["code"] == 2 and result["heavy"] == [], result
+    assert says in result["err"] and len(result["err"].strip().splitlines()) == 1, result["err"]
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
