@@ -9,11 +9,13 @@ A spec is one of:
 It sits at the bottom layer with no torch import, so a command can check the encoder files it
 will read (:func:`check_encoder_files`: present, and a weights format by their first bytes) and
 the export it will write (:func:`check_export_target`) before it loads any heavy library;
-:func:`same_encoder` says whether two specs name one encoder (a resumed fine-tune's source).
+:func:`same_encoder` says whether two specs name one encoder (a resumed fine-tune's source), and
+:func:`absolute_spec` names a spec's file from any working folder.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -125,6 +127,15 @@ def check_weights_file(path: Path) -> None:
             f"checkpoint {where} is not a weights file ({hint}); give a torch checkpoint (.pt, .pth) "
             "or a .safetensors file"
         )
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its file as an absolute path: the same encoder named from any working folder."""
+    parsed = parse_encoder_spec(spec)
+    if parsed.path is None:
+        return spec
+    path = os.path.abspath(parsed.path)  # not resolve(): a link the user named stays that link
+    return f"{TIMM}{parsed.name}@{path}" if parsed.kind == "timm" else path
 
 
 def same_encoder(a: str, b: str) -> bool:

@@ -166,6 +166,29 @@ def test_run_finetune_end_to_end_and_exact_resume(tmp_path) -> None:
         run_finetune(cfg, other, tmp_path / "part", resume=True, progress=False)
 
 
+def test_a_finetune_from_a_relative_checkpoint_resumes_from_another_folder(tmp_path, monkeypatch) -> None:
+    # The run records its encoder's file as an absolute path too: the same file, named relative to
+    # another working folder, is the same encoder; another file is still refused, by a name that works.
+    pytest.importorskip("semmae.data.transforms")
+    from semmae.train.finetune import run_finetune
+
+    cfg = _toy_cfg()
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    run_finetune(cfg, "random:mae_debug", enc / "run", progress=False, stop_at_step=2)
+    weights = enc / "run" / "checkpoints" / "last.pt"
+    monkeypatch.chdir(enc)
+    run_finetune(cfg, "run/checkpoints/last.pt", tmp_path / "ft", progress=False, stop_at_step=2)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(weights, tmp_path / "copy.pt")
+    with pytest.raises(CheckpointError, match=f"started from --checkpoint {str(weights)!r}, not 'copy.pt'"):
+        run_finetune(cfg, "copy.pt", tmp_path / "ft", resume=True, progress=False, stop_at_step=3)
+    part = run_finetune(
+        cfg, "enc/run/checkpoints/last.pt", tmp_path / "ft", resume=True, progress=False, stop_at_step=3
+    )
+    assert part["step"] == 3
+
+
 def test_same_encoder_compares_kind_name_and_file(tmp_path, monkeypatch) -> None:
     from semmae.encoder_spec import same_encoder
 

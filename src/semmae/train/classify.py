@@ -21,7 +21,7 @@ from torch import nn
 from semmae import runtime
 from semmae.config import Config
 from semmae.data import ImageSet
-from semmae.encoder_spec import same_encoder
+from semmae.encoder_spec import absolute_spec, same_encoder
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none
 from semmae.engine.rundir import prepare_run_dir
@@ -102,12 +102,17 @@ class ClassifierTask(Task):
         """What the result reports besides the scores (``eval``, the trainer's settings, ...)."""
 
     def extra_state(self) -> dict[str, Any]:
-        return {"encoder": self.spec, "normalization": self.norm, "classes": list(self.parts.train.classes)}
+        return {
+            "encoder": self.spec,
+            "encoder_absolute": absolute_spec(self.spec),  # a resume may run from another folder
+            "normalization": self.norm,
+            "classes": list(self.parts.train.classes),
+        }
 
     def load_extra_state(self, ckpt: dict[str, Any]) -> None:
         """Refuse to resume from another ``--checkpoint`` than the run started from: its result
         would name an encoder it was not trained from."""
-        saved = ckpt.get("encoder")
+        saved = ckpt.get("encoder_absolute", ckpt.get("encoder"))
         if isinstance(saved, str) and not same_encoder(saved, self.spec):
             raise CheckpointError(
                 f"this run was started from --checkpoint {saved!r}, not {self.spec!r}; resume it with "
