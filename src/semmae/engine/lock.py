@@ -130,10 +130,12 @@ def may_be_held_elsewhere(run_dir: str | Path) -> bool:
         return True
     if pid == os.getpid():
         return False
+    if not 0 < pid < 2**31:  # a damaged file: 0 and below would signal process groups
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, another user's
+    except (PermissionError, OverflowError):  # alive, another user's; a PID beyond the C type
         return True
     return True
