@@ -72,7 +72,9 @@ def test_a_foreign_directory_is_refused_and_kept_byte_identical(tmp_path: Path, 
     assert _snapshot(mine) == before
 
 
-@pytest.mark.parametrize("name", ["notes.txt", "my_best_copy.pt", "epoch_best.pt"])
+@pytest.mark.parametrize(
+    "name", ["notes.txt", "my_best_copy.pt", "epoch_best.pt", "epoch_1_mine.pt", "epoch_12.pt"]
+)
 def test_a_foreign_file_inside_a_run_is_refused(tmp_path: Path, capsys, name: str) -> None:
     # A user's own checkpoint copy is theirs although it ends in .pt: only last.pt, epoch_N.pt and
     # nonfinite.pt are the toolkit's.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from pathlib import Path
 
 from semmae import config as config_lib
@@ -22,12 +23,16 @@ RUN_FILES = frozenset({
     MARKER, LOCK_NAME, "config.yaml", "metrics.jsonl", "summary.json", "results.jsonl", "DONE.json",
     "PARTIAL.json", "partseg.json", "eval.json", "report.md", "report.html", "study.json", "study.md",
 })  # fmt: skip
-# Sub-directories holding only files of one kind.
+# Sub-directories holding only files of one kind: their names, as full-match regular expressions.
 FILE_DIRS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("last.pt", "epoch_[0-9]*.pt", "nonfinite.pt"),  # a user's own copy there is not ours
-    "tb": ("events.out.tfevents.*",),
-    "images": ("*.png",),
-    "figures": ("*.png",),
+    "checkpoints": (
+        r"last\.pt",
+        r"epoch_\d{4,}\.pt",
+        r"nonfinite\.pt",
+    ),  # a user's own copy there is not ours
+    "tb": (r"events\.out\.tfevents\..+",),
+    "images": (r".+\.png",),
+    "figures": (r".+\.png",),
 }
 # Sub-directories of pipelines and studies (stages, the study's shared prefix and its runs).
 STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "runs"})
@@ -59,9 +64,10 @@ def _known_file(path: Path) -> bool:
 
 def stray_file(folder: Path) -> Path | None:
     """The first entry of a :data:`FILE_DIRS` folder that is not a plain file of its kind or a temp file."""
-    patterns = (*FILE_DIRS[folder.name], TEMP_PATTERN)
+    names = FILE_DIRS[folder.name]
     for sub in sorted(folder.iterdir()):
-        if sub.is_symlink() or not sub.is_file() or not any(fnmatch.fnmatch(sub.name, p) for p in patterns):
+        ours = is_temp(sub) or any(re.fullmatch(p, sub.name) for p in names)
+        if sub.is_symlink() or not sub.is_file() or not ours:
             return sub
     return None
 
