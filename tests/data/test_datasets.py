@@ -122,6 +122,20 @@ def test_an_empty_fashion_mnist_file_is_named_before_any_copy(
     assert not (tmp_path / "cache").exists()  # nothing unpacked from it
 
 
+def test_an_empty_raw_fashion_mnist_file_gives_way_to_its_gz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interrupted unpacking leaves an empty raw file beside the good .gz: the .gz is read.
+    _offline(monkeypatch, fashion_mnist)
+    monkeypatch.setenv("SEMMAE_CACHE", str(tmp_path / "cache"))
+    arrays = _write_fake_fmnist(tmp_path / "src", gz=True)
+    (tmp_path / "src" / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    found = fashion_mnist.find_files(tmp_path / "src")
+    assert found is not None and found["t10k-labels-idx1-ubyte"].name == "t10k-labels-idx1-ubyte.gz"
+    ds = build_dataset(DataConfig(root=str(tmp_path / "src")), "test")
+    assert ds.targets.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+
+
 def test_fashion_mnist_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _offline(monkeypatch, fashion_mnist)
     empty = tmp_path / "empty"

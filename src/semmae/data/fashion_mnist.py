@@ -50,14 +50,20 @@ _HOW_TO_GET = (
 
 
 def find_files(directory: Path) -> dict[str, Path] | None:
-    """The four idx files (raw or ``.gz``) in ``directory`` or its ``FashionMNIST/raw``/``raw``."""
+    """The four idx files (raw or ``.gz``) in ``directory`` or its ``FashionMNIST/raw``/``raw``.
+
+    A raw file is preferred to its ``.gz``, unless it is empty (an interrupted unpacking).
+
+    Raises:
+        DataError: a file that has no non-empty raw or ``.gz`` form.
+    """
     for sub in (directory, directory / "FashionMNIST" / "raw", directory / "raw"):
         found: dict[str, Path] = {}
         for name in FILES:
-            for candidate in (sub / name, sub / f"{name}.gz"):
-                if candidate.is_file():
-                    found[name] = candidate
-                    break
+            present = [c for c in (sub / name, sub / f"{name}.gz") if c.is_file()]
+            usable = [c for c in present if c.stat().st_size > 0]
+            if present:
+                found[name] = (usable or present)[0]
         if len(found) == len(FILES):
             empty = next((f for f in found.values() if f.stat().st_size == 0), None)
             if empty is not None:  # before any cache copy is made of it, which would then be blamed
