@@ -175,6 +175,53 @@ def test_a_break_while_a_first_pair_moves_in_leaves_nothing(
     assert _files(tmp_path) == {}
 
 
+def _states_at_renames(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[dict[str, bytes]]:
+    """Every file of ``folder`` before each rename and before each unlink: what a kill there leaves."""
+    replace, unlink, states = os.replace, Path.unlink, []
+
+    def replace_(src: object, dst: object) -> None:
+        states.append(_files(folder))
+        replace(src, dst)
+
+    def unlink_(path: Path, missing_ok: bool = False) -> None:
+        states.append(_files(folder))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "replace", replace_)
+    monkeypatch.setattr(Path, "unlink", unlink_)
+    return states
+
+
+def test_a_kill_in_the_swap_leaves_the_old_pair_for_the_next_export(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old pair is set aside under names no stale-temp cleanup takes; before anything else the
+    # next export puts it back (swap unfinished) or drops it (swap finished), so no kill point
+    # costs the old pair or lets an export without --overwrite replace it.
+    live = tmp_path / "live"
+    live.mkdir()
+    write_part_maps(live / "maps.npy", _labels(0), **_META)
+    old_pair = _pair(live)
+    states = _states_at_renames(monkeypatch, live)
+    write_part_maps(live / "maps.npy", _labels(1), **_META)
+    monkeypatch.undo()
+    new_pair = _pair(live)
+    states = [s for s in states if any(n.endswith(".old") for n in s)]  # from the first set-aside on
+    assert len(states) >= 5  # names reserved, set-asides, both moves in, the unlinks
+    for k, state in enumerate(states):
+        finished = (state.get("maps.npy"), state.get("maps.json")) == new_pair
+        killed = tmp_path / f"killed{k}"
+        killed.mkdir()
+        for name, data in state.items():
+            (killed / name).write_bytes(data)
+        partmap_writer.recover_set_aside_pair(killed / "maps.npy")
+        assert _pair(killed) == (new_pair if finished else old_pair), k
+        assert not any(n.endswith(".old") for n in _files(killed)), k
+    # The worst point (both files set aside): the next export without --overwrite is refused.
+    assert _export(run, tmp_path / "killed2" / "maps.npy") == 2
+    assert _pair(tmp_path / "killed2") == old_pair
+
+
 def test_temp_files_of_a_killed_export_go_with_the_next_export(run: Path, tmp_path: Path) -> None:
     left = [".maps.npy.k1lled00.tmp", ".maps.json.k1lled00.tmp"]  # what atomic_path names them
     for name in left:

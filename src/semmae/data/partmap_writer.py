@@ -6,7 +6,8 @@ are on disk. Until then the old pair (or nothing) stays at ``NAME.npy`` / ``NAME
 a full disk or Ctrl-C at any point leaves exactly what was there before. Moving the pair in, the
 manifest leaves first and arrives last, so at no moment does a manifest stand beside an array it
 does not describe. Temporary files a killed export left are removed by the next export of the same
-name.
+name; an old pair it had set aside (a kill between the renames of the swap) is put back first
+(:func:`recover_set_aside_pair`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -57,6 +59,40 @@ def _as_uint8_labels(labels: np.ndarray | torch.Tensor, num_parts: int) -> np.nd
     return arr.astype(np.uint8, copy=False)
 
 
+SET_ASIDE = ".old"  # the suffix of an old file moved aside for the swap: never a stale temp file
+
+
+def _set_aside_copies(final: Path) -> list[Path]:
+    """The copies of ``final`` that :func:`_old_pair_set_aside` moved aside and a kill left behind."""
+    name = re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}{re.escape(SET_ASIDE)}")
+    if not final.parent.is_dir():
+        return []
+    return sorted(
+        e for e in final.parent.iterdir() if name.fullmatch(e.name) and e.is_file() and not e.is_symlink()
+    )
+
+
+def recover_set_aside_pair(p: Path) -> None:
+    """Put back the old pair at ``p`` that a swap killed between its renames left set aside.
+
+    The new manifest moves in last: with both files at their final paths the swap had finished and
+    the set-aside copies are stale; otherwise it had not, and each set-aside file replaces what
+    stands at its final path (the new array, where it had moved in). An empty copy beside its
+    final file is a name reserved for a move that never happened. One process writes ``p`` at a
+    time.
+    """
+    arrays, manifests = _set_aside_copies(p), _set_aside_copies(manifest_path(p))
+    finished = os.path.lexists(p) and os.path.lexists(manifest_path(p))
+    for final, copies in ((p, arrays), (manifest_path(p), manifests)):  # the array returns first
+        moved = [c for c in copies if c.stat().st_size > 0 or not os.path.lexists(final)]
+        back = moved[-1] if moved and not finished else None
+        for copy in copies:
+            if copy == back:
+                os.replace(copy, final)
+            else:
+                copy.unlink()
+
+
 @contextmanager
 def _old_pair_set_aside(p: Path) -> Iterator[None]:
     """Move the pair at ``p`` (either file may be missing) to hidden names for the block.
@@ -69,8 +105,8 @@ def _old_pair_set_aside(p: Path) -> Iterator[None]:
     try:
         for final in (manifest_path(p), p):
             if os.path.lexists(final):
-                # A name remove_stale_temps_of recognises: what a kill leaves here is cleaned up.
-                fd, hidden = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+                # Not a temp name: what a kill leaves here is put back (recover_set_aside_pair).
+                fd, hidden = tempfile.mkstemp(prefix=f".{final.name}.", suffix=SET_ASIDE, dir=final.parent)
                 os.close(fd)
                 aside.append((final, Path(hidden)))
                 os.replace(final, hidden)
@@ -100,6 +136,7 @@ class _PendingPair:
     def __init__(self, p: Path) -> None:
         self.path = p
         p.parent.mkdir(parents=True, exist_ok=True)
+        recover_set_aside_pair(p)
         for final in (p, manifest_path(p)):  # left by a killed export of the same file
             remove_stale_temps_of(final)
         with ExitStack() as stack:

@@ -24,7 +24,7 @@ from semmae import config as config_lib
 from semmae.data import build_dataset, iterate_batches
 from semmae.data.folder import whole_image_view
 from semmae.data.oracle import part_maps_from_masks
-from semmae.data.partmap_writer import PartMapWriter, write_part_maps
+from semmae.data.partmap_writer import PartMapWriter, recover_set_aside_pair, write_part_maps
 from semmae.data.partmaps import manifest_path, npy_path
 from semmae.data.transforms import center_batch, normalize
 from semmae.errors import CheckpointError, ConfigError, RunDirError
@@ -152,7 +152,9 @@ def iter_labels(
 
 
 def _existing_outputs(out_path: str | Path) -> list[str]:
-    """The files of a part-map output (the ``.npy`` and its ``.json`` manifest) that exist already."""
+    """The files of a part-map output (the ``.npy`` and its ``.json`` manifest) that exist already
+    (an old pair a killed export left set aside counts, put back first). Rank 0 only."""
+    recover_set_aside_pair(npy_path(out_path))
     return [str(p) for p in (npy_path(out_path), manifest_path(out_path)) if os.path.lexists(p)]
 
 
@@ -206,7 +208,9 @@ def export_part_maps(
     dev = resolve_device(device)
     with distributed_session(dev):
         # Rank 0's view decides, so no rank sees the file another rank has just created.
-        _refuse_existing(out_path, overwrite, broadcast_object(_existing_outputs(out_path)))
+        _refuse_existing(
+            out_path, overwrite, broadcast_object(_existing_outputs(out_path) if rank() == 0 else None)
+        )
         learner, backbone, ckpt, ckpt_path = load_part_learner(run_dir, dev)
         cfg = config_lib.from_dict(ckpt["config"])
         ds = whole_image_view(build_dataset(cfg.data, split))
