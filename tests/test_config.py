@@ -97,7 +97,6 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("eval.linear_lrs=[]", "eval.linear_lrs"),
         ("eval.linear_lrs=[0.1,-1]", "eval.linear_lrs"),
         ("pipeline.study_methods=[]", "pipeline.study_methods"),
-        ("train.epochs=0", "train.epochs is 0 and train.max_steps unset"),
         ("data.name=image_folder", "data.name=image_folder needs data.root=DIR"),
     ],
 )
@@ -116,6 +115,14 @@ def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
 )  # fmt: skip
 def test_values_at_the_edges_of_their_range_load(override: str) -> None:
     config_lib.load(None, override.split())
+
+
+def test_nothing_to_pretrain_is_a_rule_of_pretraining_only() -> None:
+    # A shared recipe with train.epochs: 0 still serves evaluation and part learning.
+    cfg = config_lib.load(None, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match="train.epochs is 0 and train.max_steps unset; set either to >= 1"):
+        cfg.train.check_pretraining()
+    config_lib.load(None, ["train.epochs=0", "train.max_steps=3"]).train.check_pretraining()
 
 
 def test_every_policy_the_check_accepts_builds_in_timm() -> None:

@@ -21,9 +21,9 @@ from semmae.masking.schedule import PROGRESS_UNITS, SCHEDULES
 from semmae.models import build_mae
 from semmae.models.vit import build_classifier
 from semmae.models.vit_encoder import ViTEncoder
+from semmae.pipeline.budgets import budget_overrides
 from semmae.pipeline.stages import STAGES
 from semmae.pipeline.study import SCHEDULES as STUDY_SCHEDULES
-from semmae.pipeline.study import budget_overrides
 from semmae.registry import MASKINGS, MODELS, Registry
 
 

@@ -233,12 +233,22 @@ class TrainConfig:
         at_least("train", self, -1, "knn_every_epochs")
         positive("train", self, "base_lr", "clip_grad")
         device_name("train.device", self.device)
+        if not 0 <= self.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
+            raise ConfigError(f"config key 'train.seed' must be in [0, 2**63), got {self.seed}")
+
+    def check_pretraining(self) -> None:
+        """The rule of the commands that pretrain (pretrain, pipeline, study): something to train.
+
+        Not part of :meth:`check`: evaluation and part learning read their own epochs, and a shared
+        recipe may set ``train.epochs: 0``.
+
+        Raises:
+            ConfigError: ``train.epochs`` is 0 and ``train.max_steps`` unset.
+        """
         if self.epochs == 0 and self.max_steps is None:
             raise ConfigError(
                 "nothing to train: train.epochs is 0 and train.max_steps unset; set either to >= 1"
             )
-        if not 0 <= self.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
-            raise ConfigError(f"config key 'train.seed' must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass

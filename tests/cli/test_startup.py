@@ -66,11 +66,19 @@ def test_config_refusal_does_not_import_torch(command: list[str], tmp_path: Path
         "train.epochs=-1",
     ]
     result = _heavy_modules(argv)
-    assert result["code"] == 2
+    assert result["code"] == 2 and "train.epochs" in result["err"], result["err"]
     assert result["heavy"] == [], (
         f"`semmae {' '.join(command)}` refused bad input after importing {result['heavy']}"
     )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["pipeline"], ["study"]])
+def test_nothing_to_pretrain_is_refused_before_torch(command: list[str], tmp_path: Path) -> None:
+    argv = [*command, "--config", "configs/debug_tiny.yaml", "--out", str(tmp_path / "run"), "train.epochs=0"]
+    result = _heavy_modules(argv)
+    assert result["code"] == 2 and "nothing to train: train.epochs is 0" in result["err"], result["err"]
+    assert result["heavy"] == [] and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

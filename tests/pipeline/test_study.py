@@ -14,8 +14,9 @@ from scipy import stats as sps
 
 from semmae import config as config_lib
 from semmae.errors import ConfigError
+from semmae.pipeline.budgets import budget_overrides
 from semmae.pipeline.stats import paired_difference, t_interval, verdict
-from semmae.pipeline.study import _initial_weights, budget_overrides, run_study, write_study
+from semmae.pipeline.study import _initial_weights, run_study, write_study
 from semmae.pipeline.study_report import METRICS, compare, verdicts
 
 ROOT = Path(__file__).parents[2]

@@ -12,6 +12,7 @@ from semmae import config as config_lib
 from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
 from semmae.errors import ConfigError, StageStopped
 from semmae.names import StudyBudget
+from semmae.pipeline.budgets import budget_overrides
 from semmae.pipeline.layout import StudyLayout
 
 
@@ -71,6 +72,7 @@ def _own_budget(args: argparse.Namespace) -> str:
 
 def _pipeline(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    cfg.train.check_pretraining()
     check_run_out(args)
     from semmae.pipeline.stages import run_pipeline  # heavy: torch, timm, matplotlib, sklearn
 
@@ -87,18 +89,19 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    # The config as the user wrote it is refused before torch is imported (start-up time); the gpu
-    # budget also scales its sizes.
+    # The config, its budget applied, is refused before torch is imported (start-up time); the gpu
+    # budget scales the sizes of the config as the user wrote it.
     base = load_config(args)
-    check_run_out(args)
-    from semmae.pipeline.study import budget_overrides, run_study  # heavy: torch, timm, matplotlib
-
     # The study's own config.yaml already holds its budget's values: applied again, the gpu budget
     # would scale them twice; its label is the one it recorded.
     own = args.resume and args.config is not None and _same_file(args.config, _own_config(args))
     budget = _own_budget(args) if own else args.budget or "quick"
     extra = [] if own else budget_overrides(budget, base)
     cfg = config_lib.load(args.config, extra + list(args.overrides))
+    cfg.train.check_pretraining()
+    check_run_out(args)
+    from semmae.pipeline.study import run_study  # heavy: torch, timm, matplotlib
+
     check_out(args, cfg)
     try:
         table = run_study(cfg, args.out, budget=budget, resume=args.resume, overwrite=args.overwrite)

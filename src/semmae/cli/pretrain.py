@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    cfg.train.check_pretraining()  # before torch loads: nothing to train
     cfg.masking.part_map_file()  # semantic masking without its maps: refused before torch loads
     check_run_out(args)
     check_out(args, cfg)

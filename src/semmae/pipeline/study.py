@@ -9,9 +9,9 @@ MAE is also ``random``'s seed-0 run. Every seed also gets a ``floor`` row: the s
 its seed's initialisation, untrained. Runs with the same seed share initial weights and data
 order, so each method's difference to ``random`` is paired by seed (:mod:`semmae.pipeline.stats`).
 
-Budgets: ``full`` is the config as written; ``quick`` (:data:`QUICK`) a smoke run in minutes;
-``gpu`` (:func:`budget_overrides`) the same study with more data, epochs and seeds, sized for
-one H100/H200-class GPU in about 10 minutes.
+Budgets (:mod:`semmae.pipeline.budgets`): ``full`` is the config as written; ``quick`` a smoke run
+in minutes; ``gpu`` the same study with more data, epochs and seeds, sized for one H100/H200-class
+GPU in about 10 minutes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import logging
 import resource
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
@@ -30,8 +30,8 @@ from semmae.engine.build import build_model
 from semmae.engine.rundir import prepare_run_dir
 from semmae.errors import ConfigError
 from semmae.models.checkpoint import save_checkpoint
-from semmae.names import StudyBudget
 from semmae.parts.export import maps_from_masks
+from semmae.pipeline.budgets import PART_MASK_SETS
 from semmae.pipeline.evaluate import evaluate_encoder
 from semmae.pipeline.layout import PipelineLayout, StageDir, StudyLayout
 from semmae.pipeline.stages import (
@@ -49,41 +49,8 @@ from semmae.runtime import provenance
 
 log = logging.getLogger(__name__)
 
-BUDGETS = get_args(StudyBudget)
-# The quick budget: a smoke run of the whole study in minutes.
-QUICK = [
-    "data.limit=1500", "train.epochs=1", "parts.epochs=1", "eval.linear_epochs=10",
-    "pipeline.seeds=[0]", "train.knn_every_epochs=-1", "train.image_every_epochs=0",
-]  # fmt: skip
-# The gpu budget, sized by arithmetic (README, "Masking study"): 4x the images of a synthetic set,
-# 2.5x the epochs, batch 256, 5 seeds, bf16 autocast on the accelerator.
-GPU_SCALE = {"toy_size": 4, "epochs": 2.5}
-GPU = [
-    "pipeline.seeds=[0,1,2,3,4]", "train.batch_size=256", "parts.batch_size=256", "train.precision=bf16",
-    "train.device=cuda", "eval.batch_size=1024",
-]  # fmt: skip
 SCHEDULES = {"semantic": None, "intra": "intra", "inter": "inter", "reversed": "reversed", "oracle": None}
-PART_MASK_SETS = ("toy_parts", "toy_relations")  # data sets with ground-truth part masks
 FLOOR = "floor"
-
-
-def budget_overrides(budget: str, cfg: Config) -> list[str]:
-    """Overrides applied before the user's: none for ``full``, :data:`QUICK`, or :data:`GPU` scaled from ``cfg``.
-
-    Raises:
-        ConfigError: an unknown budget.
-    """
-    if budget not in BUDGETS:
-        raise ConfigError(f"study budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    if budget == "quick":
-        return list(QUICK)
-    if budget == "full":
-        return []
-    epochs = max(1, round(cfg.train.epochs * GPU_SCALE["epochs"]))
-    out = list(GPU) + [f"train.epochs={epochs}"]
-    if cfg.data.name in PART_MASK_SETS:
-        out.append(f"data.toy_size={cfg.data.toy_size * GPU_SCALE['toy_size']}")
-    return out
 
 
 def cpu_seconds() -> float:
