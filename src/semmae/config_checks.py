@@ -139,9 +139,10 @@ _AUGMENT = re.compile(r"((rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.
 
 
 def device_name(key: str, value: str) -> None:
-    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``; ``key`` is a config key or a ``--flag``."""
     if not _DEVICE.fullmatch(value):
-        raise ConfigError(f"config key {key!r} must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        name = key if key.startswith("--") else f"config key {key!r}"
+        raise ConfigError(f"{name} must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
 
 
 def augment_policy(key: str, value: str) -> None:

@@ -95,15 +95,6 @@ def _at_least_one(flag: str, value: int, what: str) -> None:
         raise ConfigError(f"{flag} must be at least 1 ({what}), got {value}")
 
 
-def _check_device(value: str) -> None:
-    """The config's device-name check, worded for the --device flag."""
-    try:
-        device_name("--device", value)
-    except ConfigError as e:
-        _, sep, rule = str(e).partition(" must be ")
-        raise ConfigError(f"--device must be {rule}" if sep else str(e)) from None
-
-
 def _check_cuda(device: str) -> None:
     """``--device cuda`` refused where there is none, with this command's fix (not the config's)."""
     import torch
@@ -114,7 +105,7 @@ def _check_cuda(device: str) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     _at_least_one("--batch-size", args.batch_size, "images per forward")  # before torch: start-up time
-    _check_device(args.device)
+    device_name("--device", args.device)
     from semmae.parts.export import export_part_maps  # heavy: torch, timm
     from semmae.runtime import is_main  # imports torch
 
