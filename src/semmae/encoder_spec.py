@@ -153,7 +153,12 @@ def same_encoder(a: str, b: str) -> bool:
 
 
 def check_encoder_files(spec: str) -> None:
-    """:func:`check_weights_file` on the file ``spec`` names, if any; a ``random:`` spec's preset must exist."""
+    """:func:`check_weights_file` on the file ``spec`` names, if any; a ``random:`` spec's preset must exist.
+
+    Raises:
+        ConfigError: a ``random:`` spec names no MAE preset.
+        CheckpointError: a ``timm:`` spec without ``@FILE``, or a file :func:`check_weights_file` refuses.
+    """
     parsed = parse_encoder_spec(spec)
     if parsed.kind == "random" and parsed.name not in get_args(ModelPreset):
         raise ConfigError(f"unknown model {parsed.name!r}; known: {', '.join(sorted(get_args(ModelPreset)))}")
