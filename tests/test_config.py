@@ -98,6 +98,18 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("eval.linear_lrs=[0.1,-1]", "eval.linear_lrs"),
         ("pipeline.study_methods=[]", "pipeline.study_methods"),
         ("data.name=image_folder", "data.name=image_folder needs data.root=DIR"),
+        ("train.betas=[0.9]", "'train.betas' must be two AdamW betas in [0, 1)"),
+        ("train.betas=[0.9,1.5]", "'train.betas' must be two AdamW betas in [0, 1)"),
+        ("model.num_heads=5", "model.embed_dim (192) must be divisible by model.num_heads (5)"),
+        (
+            "model.decoder_num_heads=3",
+            "model.decoder_embed_dim (128) must be divisible by model.decoder_num_heads (3)",
+        ),
+        ("model.embed_dim=6", "model.embed_dim must be divisible by 4 (the 2-D sin-cos position embedding)"),
+        ("data.crop_ratio=[0,0]", "'data.crop_ratio' must be [lo, hi] with 0 < lo <= hi"),
+        ("data.crop_ratio=[2,1]", "'data.crop_ratio' must be [lo, hi] with 0 < lo <= hi"),
+        ("train.knn_train=0", "'train.knn_train' must be a finite number of at least 1"),
+        ("train.knn_test=0", "'train.knn_test' must be a finite number of at least 1"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
@@ -111,7 +123,8 @@ def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
     "override",
     ["train.device=cuda:1", "train.device=mps", "eval.ft_auto_augment=\"\"", "eval.ft_auto_augment=augmix-m5-w4",
      "eval.ft_auto_augment=original-mstd0.5", "eval.ft_reprob=1", "eval.ft_drop_path=0", "eval.ft_mixup=0",
-     "train.epochs=0 train.max_steps=3"],
+     "train.epochs=0 train.max_steps=3", "eval.ft_auto_augment=", "model.embed_dim=384 model.num_heads=6",
+     "data.crop_ratio=[1,1]"],
 )  # fmt: skip
 def test_values_at_the_edges_of_their_range_load(override: str) -> None:
     config_lib.load(None, override.split())
@@ -225,6 +238,6 @@ def test_config_modules_import_nothing_above_the_bottom_layer() -> None:
     code = "import sys, semmae.config; print(sorted(m for m in sys.modules if m.startswith(('semmae', 'torch'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     bottom = {"semmae", "semmae.config", "semmae.config_checks", "semmae.config_parts", "semmae.config_sections",
-              "semmae.errors",
+              "semmae.errors", "semmae.model_sizes",
               "semmae.names"}  # fmt: skip
     assert set(ast.literal_eval(out)) == bottom

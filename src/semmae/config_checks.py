@@ -66,6 +66,8 @@ def _coerce_scalar(key: str, value: Any, tp: Any) -> Any:
             return float(value)
     if tp is str and (isinstance(value, str) or number):
         return str(value)
+    if tp is str and value is None:  # `key=` or `key:` with nothing after it: the empty string
+        return ""
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     if tp not in expected:
         raise TypeError(f"unsupported config field type {tp} for {key}")

@@ -7,6 +7,7 @@ Rules that join sections live in :func:`semmae.config.validate`, the only place.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -22,6 +23,7 @@ from semmae.config_checks import (
 )
 from semmae.config_parts import PartLearnerArch, PartsConfig
 from semmae.errors import ConfigError
+from semmae.model_sizes import preset_sizes
 
 __all__ = ["DataConfig", "EvalConfig", "MaskingConfig", "ModelConfig", "PartLearnerArch", "PartsConfig",
            "PipelineConfig", "TrainConfig"]  # fmt: skip
@@ -81,6 +83,12 @@ class DataConfig:
         finite_values("data.std", self.std, positive=True)  # it divides
         finite_values("data.mean", self.mean)
         scale_range("data.crop_scale", self.crop_scale)
+        lo, hi = self.crop_ratio if len(self.crop_ratio) == 2 else (-1.0, -1.0)
+        if not 0.0 < lo <= hi < math.inf:
+            raise ConfigError(
+                f"config key 'data.crop_ratio' must be [lo, hi] with 0 < lo <= hi (e.g. [0.75, 1.3333]), "
+                f"got {self.crop_ratio}"
+            )
         if self.name == "image_folder" and not self.root:
             raise ConfigError(
                 "data.name=image_folder needs data.root=DIR (a folder of images, or of class subfolders)"
@@ -121,11 +129,25 @@ class ModelConfig:
 
     def check(self) -> None:
         """Sizes set here are positive (that the patch size divides the image size is a cross-section
-        rule), the decoder may have no blocks, and the MLP ratio is positive and finite."""
+        rule), the decoder may have no blocks, the MLP ratio is positive and finite, and each width,
+        the preset's where unset, splits into its heads and its sin-cos position embedding."""
         sizes = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_num_heads")
         at_least("model", self, 1, *sizes)
         at_least("model", self, 0, "decoder_depth")
         positive("model", self, "mlp_ratio")
+        preset = preset_sizes(self.name)
+        for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+            dim = getattr(self, width) or preset[width]
+            count = getattr(self, heads) or preset[heads]
+            if dim % count:
+                raise ConfigError(
+                    f"model.{width} ({dim}) must be divisible by model.{heads} ({count}); "
+                    f"e.g. model.{heads}={max(1, dim // 64)} with 64-wide heads"
+                )
+            if dim % 4:
+                raise ConfigError(
+                    f"model.{width} must be divisible by 4 (the 2-D sin-cos position embedding), got {dim}"
+                )
 
 
 @dataclass
@@ -229,7 +251,12 @@ class TrainConfig:
         """Counts and lengths of the pretraining recipe; raises ConfigError naming the key."""
         at_least("train", self, 1, "batch_size", "accum_steps", "log_every", "max_steps")
         at_least("train", self, 0, "epochs", "ckpt_every_steps", "warmup_epochs", "min_lr", "weight_decay")
-        at_least("train", self, 0, "keep_every_epochs", "image_every_epochs", "knn_train", "knn_test")
+        at_least("train", self, 0, "keep_every_epochs", "image_every_epochs")
+        at_least("train", self, 1, "knn_train", "knn_test")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(
+                f"config key 'train.betas' must be two AdamW betas in [0, 1) (MAE's [0.9, 0.95]), got {self.betas}"
+            )
         at_least("train", self, -1, "knn_every_epochs")
         positive("train", self, "base_lr", "clip_grad")
         device_name("train.device", self.device)

@@ -5,33 +5,15 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from semmae.model_sizes import PRESET_SIZES, preset_sizes
 from semmae.models.mae import MaskedAutoencoderViT
 from semmae.registry import MODELS
-
-# name -> (embed_dim, depth, heads, decoder_dim, decoder_depth, decoder_heads, patch, img, chans)
-_PRESETS: dict[str, tuple[int, int, int, int, int, int, int, int, int]] = {
-    "mae_vit_tiny_patch16": (192, 12, 3, 512, 8, 16, 16, 224, 3),
-    "mae_vit_small_patch16": (384, 12, 6, 512, 8, 16, 16, 224, 3),
-    "mae_vit_base_patch16": (768, 12, 12, 512, 8, 16, 16, 224, 3),
-    "mae_vit_large_patch16": (1024, 24, 16, 512, 8, 16, 16, 224, 3),
-    "mae_vit_huge_patch14": (1280, 32, 16, 512, 8, 16, 14, 224, 3),
-    # SemMAE's headline encoder (ViT-B/8: 28x28 = 784 patches at 224 px).
-    "mae_vit_base_patch8": (768, 12, 12, 512, 8, 16, 8, 224, 3),
-    # ~1.9M-param encoder: several hundred img/s on 2 CPU cores at 28x28, patch 4 (L = 49).
-    "mae_fmnist_tiny": (192, 6, 3, 128, 2, 4, 4, 28, 1),
-    # seconds-long smoke runs and tests.
-    "mae_debug": (32, 2, 2, 32, 1, 2, 4, 28, 1),
-}
 
 
 def preset(name: str) -> dict[str, Any]:
     """Constructor arguments of a registered preset (a fresh dict)."""
     MODELS.get(name)  # raises a ConfigError listing the names
-    e, d, h, dd, ddp, dh, p, img, c = _PRESETS[name]
-    return dict(
-        img_size=img, patch_size=p, in_chans=c, embed_dim=e, depth=d, num_heads=h,
-        decoder_embed_dim=dd, decoder_depth=ddp, decoder_num_heads=dh, mlp_ratio=4.0,
-    )  # fmt: skip
+    return preset_sizes(name)
 
 
 def build_mae(name: str, **overrides: Any) -> MaskedAutoencoderViT:
@@ -41,5 +23,5 @@ def build_mae(name: str, **overrides: Any) -> MaskedAutoencoderViT:
     return MaskedAutoencoderViT(**kwargs)
 
 
-for _name in _PRESETS:
+for _name in PRESET_SIZES:
     MODELS.register(_name)(partial(build_mae, _name))
