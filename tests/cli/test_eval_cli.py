@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,46 @@ def test_part_maps_given_to_random_masking_are_said_to_be_ignored(tmp_path, capl
     with caplog.at_level("WARNING", logger="semmae.train.pretrain"):
         assert main(argv) == 0
     assert "masking.parts is read by masking.name=semantic only; random masking ignores it" in caplog.messages
+
+
+def test_a_results_file_that_cannot_be_created_is_refused_before_the_work(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    # A file where its folder would be, or a folder this process may not write: refused before
+    # any feature is computed, with the flag that fixes it (eval knn has no --out).
+    import semmae.eval.knn as knn
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the evaluation ran")
+
+    monkeypatch.setattr(knn, "run_knn", never)
+    (tmp_path / "t.txt").write_text("mine")
+    argv = [
+        "eval",
+        "knn",
+        "--checkpoint",
+        "random:mae_debug",
+        "--results",
+        str(tmp_path / "t.txt" / "r.jsonl"),
+    ]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert f"{str(tmp_path / 't.txt')!r} is a file, not a folder; pass --results NEW_FILE.jsonl" in line
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    argv[-1] = str(locked / "sub" / "r.jsonl")
+    assert main(argv) == 2
+    assert f"{str(locked)!r} is not writable" in _error_line(capsys)
+    assert (tmp_path / "t.txt").read_text() == "mine" and not (locked / "sub").exists()
+
+
+def test_a_read_only_file_system_names_the_results_flag_where_there_is_no_out() -> None:
+    import errno
+
+    from semmae.cli.main import os_error_message
+
+    exc = OSError(errno.EROFS, "Read-only file system", "/ro/run/results.jsonl")
+    assert os_error_message(exc, None, False).endswith("choose a --results FILE on a writable file system")
+    assert os_error_message(exc, "/ro/run", True).endswith("choose an --out on a writable file system")

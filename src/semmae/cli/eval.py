@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from shlex import quote
 from typing import Any
@@ -80,6 +81,20 @@ def results_path(spec: str, results: str | None) -> Path | None:
     return run_dir / "results.jsonl"
 
 
+def _check_creatable(path: Path, where: str, fix: str) -> None:
+    """Refuse a new results file whose nearest existing ancestor is no folder this process may write."""
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise RunDirError(f"{where} cannot be created: {str(above)!r} is a file, not a folder; {fix}")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise RunDirError(
+            f"{where} cannot be created: {str(above)!r} is not writable (permissions or a read-only "
+            f"file system); {fix} elsewhere"
+        )
+
+
 def check_results_file(path: Path | None, checkpoint: Path | None) -> None:
     """Refuse a results file that a result line would damage, before any work is done.
 
@@ -88,12 +103,18 @@ def check_results_file(path: Path | None, checkpoint: Path | None) -> None:
     a user's notes, a folder) is someone else's file.
 
     Raises:
-        RunDirError: ``path`` is a folder, the checkpoint, or not a JSON-lines file.
+        RunDirError: ``path`` is a folder, the checkpoint, or not a JSON-lines file; or it cannot be
+            written (a file in the way of its folder, a folder this user or file system cannot write).
     """
-    if path is None or not path.exists():
+    if path is None:
         return
     where = f"--results {str(path)!r}" if path.name != "results.jsonl" else f"{str(path)!r}"
     fix = "pass --results NEW_FILE.jsonl"
+    if not path.exists():
+        _check_creatable(path, where, fix)
+        return
+    if not path.is_dir() and not os.access(path, os.W_OK):
+        raise RunDirError(f"{where} cannot be written (read-only file or file system); {fix} elsewhere")
     if path.is_dir():
         raise RunDirError(f"{where} is a folder, not a results file; {fix}")
     if checkpoint is not None and checkpoint.exists() and path.samefile(checkpoint):

@@ -110,10 +110,11 @@ def os_error_message(exc: OSError, out: str | None, resumable: bool) -> str | No
     if exc.errno in _NO_SPACE:
         what = "quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
         return f"cannot write {where}: {what}; free some space (or choose another --out),{then}"
+    flag = "an --out" if out else "a --results FILE"  # the commands without --out write only results
     if exc.errno == errno.EROFS:
-        return f"cannot write {where}: read-only file system; choose an --out on a writable file system"
+        return f"cannot write {where}: read-only file system; choose {flag} on a writable file system"
     if exc.errno in _NOT_WRITABLE:
-        return f"permission denied on {where}; choose an --out you can write to (inputs must be readable)"
+        return f"permission denied on {where}; choose {flag} you can write to (inputs must be readable)"
     if exc.errno in _BAD_PATH and _names_the_output(exc.filename, out, strict=exc.errno == errno.ENOENT):
         what = "a file or a broken link is in the way" if exc.errno == errno.EEXIST else exc.strerror
         return f"cannot write {where}: {what or os.strerror(exc.errno)}; choose another --out"
