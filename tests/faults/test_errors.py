@@ -384,3 +384,44 @@ def test_a_damaged_last_checkpoint_on_resume_says_how_to_go_on(tmp_path: Path, c
     assert "start the run again with --overwrite" in _one_line(capsys, resume, "last.pt")
     (run / "checkpoints" / "epoch_0001.pt").write_bytes(b"kept")
     assert "copy epoch_0001.pt over last.pt" in _one_line(capsys, resume, "last.pt")
+
+
+def test_a_trained_run_without_its_last_checkpoint_is_not_trained_again_from_scratch(
+    tmp_path: Path, capsys
+) -> None:
+    # --resume would otherwise start at step 0 and log a second history over the first.
+    run = tmp_path / "run"
+    argv = [
+        "pretrain",
+        "--out",
+        str(run),
+        *TOY,
+        "train.max_steps=2",
+        "train.knn_every_epochs=-1",
+        "train.batch_size=8",
+    ]
+    assert main([*argv, "train.image_every_epochs=0"]) == 0
+    capsys.readouterr()
+    (run / "checkpoints" / "last.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    resume = ["pretrain", "--config", str(run / "config.yaml"), "--out", str(run), "--resume"]
+    line = _one_line(
+        capsys, resume, "has trained (summary.json, metrics.jsonl) but has no checkpoints/last.pt"
+    )
+    assert line.endswith("start the run again with --overwrite")
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".semmae.lock"}
+    assert after == {k: v for k, v in before.items() if k != ".semmae.lock"}
+
+
+def test_a_checkpoint_of_another_kind_names_the_command_that_resumes_it(tmp_path: Path) -> None:
+    from semmae.engine.state import load_run_state
+    from semmae.errors import CheckpointError
+    from semmae.models.checkpoint import save_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", {"kind": "finetune", "arch": {}})
+    with pytest.raises(CheckpointError, match="is a 'finetune' checkpoint, not a 'mae' one: resume it with "
+                       "`semmae eval finetune`, or another --out for this run"):  # fmt: skip
+        load_run_state(
+            tmp_path, kind="mae", arch={}, model=torch.nn.Linear(1, 1), optimizer=None, config=None
+        )

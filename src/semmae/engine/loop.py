@@ -34,8 +34,14 @@ from semmae.engine.logging import MetricsLogger
 from semmae.engine.rundir import has_checkpoint
 from semmae.engine.schedule import set_lr, warmup_cosine
 from semmae.engine.signals import StopRequest
-from semmae.engine.state import LAST, load_run_state, params_finite, save_run_state
-from semmae.errors import ConfigError, NonFiniteLossError
+from semmae.engine.state import (
+    LAST,
+    load_run_state,
+    missing_checkpoint_message,
+    params_finite,
+    save_run_state,
+)
+from semmae.errors import CheckpointError, ConfigError, NonFiniteLossError
 from semmae.models.checkpoint import set_rng_state
 
 log = logging.getLogger(__name__)
@@ -217,8 +223,15 @@ class TrainLoop:
 
         A run directory whose start failed before its first checkpoint has nothing to restore: the
         run starts from scratch (:func:`~semmae.engine.rundir.prepare_run_dir` has said so).
+
+        Raises:
+            CheckpointError: the run has trained but its ``last.pt`` is gone, or that checkpoint does
+                not belong to this run (another kind, architecture or config).
         """
         if not has_checkpoint(self.run_dir):
+            lost = missing_checkpoint_message(self.run_dir)
+            if lost is not None:
+                raise CheckpointError(lost)
             return
         t = self.task
         ckpt = load_run_state(

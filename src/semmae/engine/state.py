@@ -22,6 +22,36 @@ from semmae.errors import CheckpointError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint
 
 LAST = Path("checkpoints") / "last.pt"
+# The command that writes each kind of run checkpoint (what resumes it).
+COMMANDS = {
+    "mae": "semmae pretrain",
+    "parts": "semmae parts train",
+    "finetune": "semmae eval finetune",
+    "linear_probe": "semmae eval linear eval.linear_protocol=mae",
+}
+
+
+def missing_checkpoint_message(run_dir: str | Path) -> str | None:
+    """Why a run directory without ``checkpoints/last.pt`` cannot be resumed, or None when it has
+    not trained yet (a start that failed before its first checkpoint starts again from scratch).
+
+    A run that trained (a ``summary.json``, a kept ``epoch_NNNN.pt``, logged steps) and lost its
+    last checkpoint would otherwise silently train again from step 0 over its own history.
+    """
+    root = Path(run_dir)
+    kept = sorted((root / LAST.parent).glob("epoch_*.pt"))
+    signs = [
+        n for n in ("summary.json", "metrics.jsonl") if (root / n).is_file() and (root / n).stat().st_size
+    ]
+    if not kept and not signs:
+        return None
+    what = ", ".join(signs + ([str(LAST.parent / kept[-1].name)] if kept else []))
+    way = f"copy {kept[-1].name} over last.pt to resume from it, or " if kept else ""
+    return (
+        f"{str(root)!r} has trained ({what}) but has no {LAST} to resume from; {way}start the run "
+        "again with --overwrite"
+    )
+
 
 KERNEL_FLAGS = ("fused", "foreach")  # optimiser options that pick a kernel, not a result
 
@@ -100,7 +130,11 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
         way = f"copy {kept[-1].name} over last.pt to resume from it, or " if kept else ""
         raise CheckpointError(f"{exc}; {way}start the run again with --overwrite") from None
     if ckpt.get("kind") != kind:
-        raise CheckpointError(f"{path} is a {ckpt.get('kind')!r} checkpoint, not a {kind!r} one")
+        writer = COMMANDS.get(str(ckpt.get("kind")))
+        fix = f"resume it with `{writer}`, or" if writer else "use"
+        raise CheckpointError(
+            f"{path} is a {ckpt.get('kind')!r} checkpoint, not a {kind!r} one: {fix} another --out for this run"
+        )
     if ckpt.get("arch") != dict(arch):
         raise CheckpointError(
             f"{path} was written for {ckpt.get('arch')} but the config builds {dict(arch)}; "
