@@ -69,7 +69,7 @@ def test_explicit_train_and_val_folders(tmp_path: Path) -> None:
     train = build_dataset(_cfg(tmp_path), "train")
     test = build_dataset(_cfg(tmp_path), "test")
     assert len(train) == 10 and train.classes == ["a", "b"] and train.targets.tolist() == [0] * 5 + [1] * 5
-    assert len(test) == 3 and test.classes == ["b"]
+    assert len(test) == 3 and test.classes == ["a", "b"] and test.targets.tolist() == [1] * 3  # train's map
     assert len(build_dataset(_cfg(tmp_path, limit=4), "train")) == 4
 
 

@@ -2,7 +2,10 @@
 
 Splits: when ``root/train`` and ``root/test`` (or ``root/val``) exist they are the splits;
 otherwise every file goes to ``test`` when a stable hash of its path relative to ``root`` falls in
-the lowest 10%, else to ``train`` (so adding files never moves the others).
+the lowest 10%, else to ``train`` (so adding files never moves the others). Both splits share one
+class map: the sorted names of the train split's class folders that hold images, as torchvision's
+``ImageFolder`` numbers them. A held-out split may lack classes (or hold empty class folders); a
+held-out class folder with images that train has none of is refused, since it has no label.
 
 Image folders are always streamed at full resolution: nothing is shrunk when a file is read.
 Every read decodes the file (PIL, EXIF orientation applied, 16-bit images scaled to 8 bits) and
@@ -49,31 +52,69 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files anywhere below ``folder`` (hidden files and folders skipped), sorted by path."""
-    found = [
+def _iter_images(folder: Path) -> Iterator[Path]:
+    """Image files anywhere below ``folder`` (hidden files and folders skipped), in no set order."""
+    return (
         p
         for p in folder.rglob("*")
         if _is_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    return sorted(found, key=lambda p: p.as_posix())
+    )
 
 
-def scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+def _images_under(folder: Path) -> list[Path]:
+    """Image files anywhere below ``folder`` (hidden files and folders skipped), sorted by path."""
+    return sorted(_iter_images(folder), key=lambda p: p.as_posix())
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    """The candidate class folders of ``folder``: its non-hidden subfolders, sorted by name."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _class_names(folder: Path) -> list[str]:
+    """Sorted names of the subfolders of ``folder`` that hold at least one image (its classes).
+
+    Stops at each folder's first image, so naming the classes of a large split stays cheap.
+    """
+    return [d.name for d in _class_dirs(folder) if next(_iter_images(d), None) is not None]
+
+
+def _unknown_classes(folder: Path, unknown: list[str], train: Path | None) -> DataError:
+    names = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    return DataError(
+        f"class folder(s) {names} in {folder} have no images in {train}, so they have no label "
+        f"(classes are the train split's class folders); add their training images under {train} "
+        f"or move them out of {folder}"
+    )
+
+
+def scan_folder(folder: Path, train: Path | None = None) -> tuple[list[Path], list[int], list[str]]:
     """Files, targets and classes of one folder.
 
-    Subfolders holding images make a class tree (target = index of the sorted subfolder name);
-    otherwise the images directly in ``folder`` form an unlabelled set (targets -1, no classes).
+    Subfolders holding images make a class tree; otherwise the images directly in ``folder`` form
+    an unlabelled set (targets -1, no classes). Subfolders without images are no classes.
+
+    Args:
+        folder: the split's folder.
+        train: the train split's folder, for a held-out split: its classes (:func:`_class_names`)
+            label ``folder`` too, so one name has one index in both splits. None, or a train
+            folder without classes, numbers ``folder``'s own classes (sorted names).
+
+    Raises:
+        DataError: a class folder with images in ``folder`` that ``train`` has no images of.
     """
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = {d.name: _images_under(d) for d in subdirs}
-    classes = [c for c in sorted(per_class) if per_class[c]]
-    if classes:
-        files = [f for c in classes for f in per_class[c]]
-        targets = [i for i, c in enumerate(classes) for _ in per_class[c]]
-        return files, targets, classes
-    files = sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.as_posix())
-    return files, [-1] * len(files), []
+    per_class = {d.name: imgs for d in _class_dirs(folder) if (imgs := _images_under(d))}
+    if not per_class:
+        files = sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.as_posix())
+        return files, [-1] * len(files), []
+    classes = (_class_names(train) if train is not None else []) or sorted(per_class)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in per_class if c not in index]
+    if unknown:
+        raise _unknown_classes(folder, unknown, train)
+    files = [f for c in per_class for f in per_class[c]]  # by class name, then path
+    targets = [index[c] for c in per_class for _ in per_class[c]]
+    return files, targets, classes
 
 
 def in_test_split(relative_path: str) -> bool:
@@ -86,9 +127,9 @@ def _split_files(root: Path, split: str) -> tuple[Path, list[Path], list[int], l
     """(base folder, files, targets, classes) of one split, before the limit."""
     held_out = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and held_out is not None:
-        base = root / "train" if split == "train" else held_out
-        files, targets, classes = scan_folder(base)
-        return base, files, targets, classes
+        if split == "train":
+            return root / "train", *scan_folder(root / "train")
+        return held_out, *scan_folder(held_out, train=root / "train")  # labelled with train's classes
     files, targets, classes = scan_folder(root)
     keep = [in_test_split(f.relative_to(root).as_posix()) == (split == "test") for f in files]
     files, targets = list(compress(files, keep)), list(compress(targets, keep))
