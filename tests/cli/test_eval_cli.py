@@ -272,3 +272,37 @@ def test_a_read_only_file_system_names_the_results_flag_where_there_is_no_out() 
     exc = OSError(errno.EROFS, "Read-only file system", "/ro/run/results.jsonl")
     assert os_error_message(exc, None, False).endswith("choose a --results FILE on a writable file system")
     assert os_error_message(exc, "/ro/run", True).endswith("choose an --out on a writable file system")
+
+
+def _rgb_folders(root: Path, splits: dict[str, str]) -> None:
+    """Solid red (a), green (b) and blue (c) images under ``root/<split>/<class>/``."""
+    from PIL import Image
+
+    colours = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255)}
+    for split, classes in splits.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (28, 28), colours[c]).save(root / split / c / f"{i}.png")
+
+
+def _knn_folder(root: Path, results: Path) -> list[str]:
+    return ["eval", "knn", "--checkpoint", "random:mae_debug", "--results", str(results),
+            "data.name=image_folder", f"data.root={root}", "data.in_chans=1", "data.image_size=28",
+            "eval.knn_k=3", "train.device=cpu"]  # fmt: skip
+
+
+def test_knn_on_a_folder_whose_test_split_lacks_a_class(tmp_path, capsys) -> None:
+    # test/ has no "a": numbered on its own, green and blue would read as classes 0 and 1 (0% top-1)
+    _rgb_folders(tmp_path / "data", {"train": "abc", "test": "bc"})
+    assert main(_knn_folder(tmp_path / "data", tmp_path / "r.jsonl")) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n_train"] == 12 and res["n_test"] == 8 and res["top1"] == 100.0
+
+
+def test_a_test_class_train_lacks_is_refused_in_one_line(tmp_path, capsys) -> None:
+    _rgb_folders(tmp_path / "data", {"train": "ab", "test": "bc"})
+    assert main(_knn_folder(tmp_path / "data", tmp_path / "r.jsonl")) == 2
+    line = _error_line(capsys)
+    assert f"class folder(s) c in {tmp_path / 'data' / 'test'} have no images in" in line
+    assert "add their training images" in line and not (tmp_path / "r.jsonl").exists()

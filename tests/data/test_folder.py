@@ -188,3 +188,47 @@ def test_a_pixel_type_refused_at_read_time_is_raised_even_under_warn(tmp_path: P
     ds = build_dataset(_cfg(tmp_path), "train")  # the header says "I": its values show on reading
     with pytest.raises(DataError, match=r"wide\.tif holds 32-bit integer pixels"):
         _all(ds)
+
+
+def _two_splits(root: Path, train: dict[str, int], test: dict[str, int]) -> None:
+    """``root/{train,test}/<class>/`` with ``n`` images of one grey value per class (0 = empty folder)."""
+    for split, counts in (("train", train), ("test", test)):
+        for c, n in counts.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                _save(root / split / c / f"{i}.png", (10 + 40 * (ord(c) - ord("a"))) % 250)
+
+
+def _labels_by_value(ds) -> dict[int, int]:
+    """Grey value of each image -> its target (a value is a class, so each maps to one target)."""
+    pairs = set(zip(_all(ds)[:, 0, 4, 4].tolist(), ds.targets.tolist(), strict=True))
+    assert len({v for v, _ in pairs}) == len(pairs), pairs
+    return dict(pairs)
+
+
+def test_one_class_map_for_both_splits(tmp_path: Path) -> None:
+    # test lacks "a" and holds an empty "c" and an empty "x"; train's empty "b" is no class
+    _two_splits(tmp_path, {"a": 2, "b": 0, "c": 3, "d": 2}, {"c": 2, "d": 3, "x": 0})
+    train, test = build_dataset(_cfg(tmp_path), "train"), build_dataset(_cfg(tmp_path), "test")
+    assert train.classes == test.classes == ["a", "c", "d"]
+    by_value = _labels_by_value(train)
+    assert _labels_by_value(test) == {v: by_value[v] for v in (90, 130)}  # c, d keep train's index
+    assert test.targets.tolist() == [1, 1, 2, 2, 2]
+
+
+def test_a_class_train_has_no_images_of_is_refused(tmp_path: Path) -> None:
+    _two_splits(tmp_path, {"a": 2, "b": 0, "c": 2}, {"a": 1, "b": 1, "z": 1})
+    assert build_dataset(_cfg(tmp_path), "train").classes == ["a", "c"]
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "test")
+    msg = str(err.value)
+    assert "\n" not in msg and "class folder(s) b, z in " in msg and "add their training images" in msg
+
+
+def test_a_train_split_without_classes_leaves_the_test_classes_its_own(tmp_path: Path) -> None:
+    for i in range(3):
+        _save(tmp_path / "train" / f"{i}.png", 10)
+    _two_splits(tmp_path, {}, {"b": 1, "c": 2})
+    assert build_dataset(_cfg(tmp_path), "train").classes == []
+    test = build_dataset(_cfg(tmp_path), "test")
+    assert test.classes == ["b", "c"] and test.targets.tolist() == [0, 1, 1]
