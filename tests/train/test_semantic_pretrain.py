@@ -68,3 +68,34 @@ def test_part_maps_of_another_split_are_refused(tmp_path: Path, capsys: pytest.C
         ["pretrain", "--config", str(cfg_file), "--out", str(tmp_path / "run2"), "masking.name=semantic"]
     )
     assert code == 2 and "masking.parts" in capsys.readouterr().err
+
+
+def test_a_resume_with_other_part_maps_at_the_same_path_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The masks of the remaining steps would come from maps the run did not start with: the
+    # checkpoint records the manifest of the maps it trained on.
+    from semmae.errors import CheckpointError
+
+    cfg_file, maps = _oracle_maps_via_cli(tmp_path, "train")
+    capsys.readouterr()
+    cfg = config_lib.load(cfg_file, ["masking.name=semantic", f"masking.parts={maps}", "train.max_steps=4"])
+    assert run_pretrain(cfg, tmp_path / "run", stop_at_step=2)["interrupted"] == -1
+    assert run_pretrain(cfg, tmp_path / "run", resume=True, stop_at_step=3)["interrupted"] == -1  # same maps
+    argv = [
+        "parts",
+        "from-masks",
+        "--config",
+        str(cfg_file),
+        "--split",
+        "train",
+        "--grid",
+        "4",
+        "--out",
+        str(maps),
+    ]
+    assert main([*argv, "--overwrite"]) == 0  # other maps, same path
+    with pytest.raises(
+        CheckpointError, match=r"not the part-map file this run started with \(its manifest differs in"
+    ):
+        run_pretrain(cfg, tmp_path / "run", resume=True)

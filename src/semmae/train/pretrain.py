@@ -6,7 +6,9 @@ its own generator, and the masking progress (for λ schedules) comes from the op
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from torch import nn
 from semmae import runtime
 from semmae.config import Config
 from semmae.data import build_dataset
-from semmae.data.partmaps import load_part_maps
+from semmae.data.partmaps import PartMapManifest, load_part_maps
 from semmae.engine.batches import MicroBatch, PretrainBatches
 from semmae.engine.build import build_masking, build_model
 from semmae.engine.logging import MetricsLogger
@@ -24,7 +26,7 @@ from semmae.engine.loop import Plan, Task, TrainLoop, make_plan
 from semmae.engine.optim import build_adamw, scaled_lr
 from semmae.engine.rundir import prepare_run_dir
 from semmae.engine.state import parameter_digest
-from semmae.errors import ConfigError
+from semmae.errors import CheckpointError, ConfigError
 from semmae.masking import MaskingStrategy
 from semmae.masking.schedule import lambda_schedule, masking_progress
 from semmae.models import MaskedAutoencoderViT
@@ -66,6 +68,11 @@ def _load_parts(cfg: Config, dataset: Any) -> tuple[Any, int | None]:
     return maps, maps.manifest.num_parts
 
 
+def _as_json(manifest: dict[str, Any]) -> str:
+    """A manifest as canonical JSON (a tuple grid and its list form compare equal)."""
+    return json.dumps(manifest, sort_keys=True)
+
+
 class PretrainTask(Task):
     """The MAE's step: mask the micro-batch (with this step's progress), forward, loss."""
 
@@ -74,11 +81,29 @@ class PretrainTask(Task):
 
     def __init__(self, cfg: Config, model: MaskedAutoencoderViT, masking: MaskingStrategy,
                  batches: PretrainBatches, plan: Plan, monitor: PretrainMonitor, device: torch.device,
-                 num_parts: int | None) -> None:  # fmt: skip
+                 num_parts: int | None, part_maps: PartMapManifest | None = None) -> None:  # fmt: skip
         self.cfg, self.model, self.masking, self.data = cfg, model, masking, batches
         self.plan, self.monitor, self.device, self.num_parts = plan, monitor, device, num_parts
+        self.part_maps = asdict(part_maps) if part_maps is not None else None
         self.arch = dict(model.arch)
         self.clip_grad = cfg.train.clip_grad
+
+    def extra_state(self) -> dict[str, Any]:
+        return {} if self.part_maps is None else {"part_maps": self.part_maps}
+
+    def load_extra_state(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to resume semantic masking with other part maps at the same path: the masks of
+        the remaining steps would come from maps the run did not start with."""
+        saved = ckpt.get("part_maps")
+        if saved is None or self.part_maps is None:
+            return
+        if _as_json(saved) != _as_json(self.part_maps):
+            differ = sorted(k for k in {**saved, **self.part_maps} if saved.get(k) != self.part_maps.get(k))
+            raise CheckpointError(
+                f"masking.parts {self.cfg.masking.parts!r} is not the part-map file this run started with "
+                f"(its manifest differs in {', '.join(differ)}); put that file back, or train the new maps "
+                "into another --out"
+            )
 
     def progress(self, step: int) -> float:
         """Masking progress in [0, 1] at optimiser step ``step``."""
@@ -149,7 +174,8 @@ def run_pretrain(
         plan = pretrain_plan(cfg, batches.micro_batches_per_epoch(), runtime.world_size())
         optimizer = build_adamw(model, plan.peak_lr, cfg.train.weight_decay, tuple(cfg.train.betas))
         monitor = PretrainMonitor(cfg, run_dir, model, masking, device, part_maps, num_parts)
-        task = PretrainTask(cfg, model, masking, batches, plan, monitor, device, num_parts)
+        manifest = part_maps.manifest if part_maps is not None else None
+        task = PretrainTask(cfg, model, masking, batches, plan, monitor, device, num_parts, manifest)
         with MetricsLogger(run_dir) as logger:
             loop = TrainLoop(
                 task, plan, optimizer, run_dir, logger, config=cfg.to_dict(), train=cfg.train, device=device,
