@@ -67,6 +67,23 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> No
     assert steps == list(range(1, 17))  # no step repeated or skipped
 
 
+def test_a_resume_inside_a_log_window_logs_the_uninterrupted_losses(tmp_path: Path) -> None:
+    # The checkpoint at step 5 carries the open window (steps 4-5): the mean logged at step 6 covers
+    # steps 4-6, as without the interruption, and so does the run's final loss.
+    cfg = _cfg(
+        "train.epochs=2", "train.log_every=3", "train.ckpt_every_steps=100", "train.knn_every_epochs=-1"
+    )
+    whole = run_pretrain(cfg, tmp_path / "a")
+    run_pretrain(cfg, tmp_path / "b", stop_at_step=5)
+    resumed = run_pretrain(cfg, tmp_path / "b", resume=True)
+
+    def losses(run: str) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r]
+
+    assert [step for step, _ in losses("a")] == [3, 6, 9, 12, 15, 16]
+    assert losses("b") == losses("a") and resumed["final_loss"] == whole["final_loss"]
+
+
 def test_refuses_a_non_empty_directory_without_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()

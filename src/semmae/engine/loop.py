@@ -214,6 +214,7 @@ class TrainLoop:
         self.show_bar = show_bar and train.progress_bar and runtime.is_main()
         self.keep_every = keep_every_epochs
         self.step, self.epoch, self.saved_step = 0, 0, None
+        self.saved_window: dict[str, Any] | None = None  # the log window of the last checkpoint
         self.last_loss = float("nan")
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._reset_window(time.perf_counter())
@@ -243,6 +244,7 @@ class TrainLoop:
             config=self.config,
         )
         t.load_extra_state(ckpt)
+        self._restore_window(ckpt.get("log_window"))
         set_rng_state(ckpt["rng"])  # last: restoring the task's state may draw random numbers
         self.step = self.saved_step = int(ckpt["step"])
         self.epoch = self.step // self.plan.steps_per_epoch
@@ -327,6 +329,21 @@ class TrainLoop:
     def _reset_window(self, now: float) -> None:
         self.loss_sum, self.loss_count, self.window_images, self.window_start = None, 0, 0, now
 
+    def _window_state(self) -> dict[str, Any]:
+        """The open log window's loss sum (every rank's, in rank order) and micro-step count, for the
+        checkpoint: a resumed run logs the mean loss an uninterrupted one would. Collective."""
+        mine = self.loss_sum.detach().cpu() if self.loss_count else None
+        return {"loss_sums": runtime.all_gather_object(mine), "loss_count": self.loss_count}
+
+    def _restore_window(self, window: dict[str, Any] | None) -> None:
+        """Reopen the log window a checkpoint saved (none in checkpoints of earlier versions)."""
+        if not window or not window.get("loss_count"):
+            return
+        sums = window["loss_sums"]
+        # Resumed on another number of processes, every rank takes the mean of the saved sums.
+        mine = sums[runtime.rank()] if len(sums) == runtime.world_size() else torch.stack(sums).mean()
+        self.loss_sum, self.loss_count = mine.to(self.device), int(window["loss_count"])
+
     def _log_window(self, bar: tqdm) -> None:
         """Mean loss since the last log (one host sync, log steps only), lr, img/s and the task's metrics."""
         loss = runtime.all_reduce_mean(self.loss_sum / max(1, self.loss_count)).item()
@@ -362,18 +379,20 @@ class TrainLoop:
             kept = "no checkpoint was kept; fix, then start again"
         raise NonFiniteLossError(f"{what} by step {self.step}; {kept} ({self.task.nonfinite_hint})")
 
-    def _save(self, path: Path, epoch: int) -> None:
+    def _save(self, path: Path, epoch: int, window: dict[str, Any] | None = None) -> None:
         t = self.task
+        extra = {**t.extra_state(), **({"log_window": window} if window is not None else {})}
         save_run_state(
             path, kind=t.kind, arch=t.arch, model=t.model, optimizer=self.optimizer, step=self.step,
-            epoch=epoch, config=self.config, plan=asdict(self.plan), extra=t.extra_state(),
+            epoch=epoch, config=self.config, plan=asdict(self.plan), extra=extra,
         )  # fmt: skip
 
     def checkpoint(self, epoch: int) -> None:
         """Check finiteness, then write ``checkpoints/last.pt`` (main process writes, all wait)."""
         self._check_finite()
+        self.saved_window = self._window_state()
         if runtime.is_main():
-            self._save(self.run_dir / LAST, epoch)
+            self._save(self.run_dir / LAST, epoch, self.saved_window)
         self.saved_step = self.step
         runtime.barrier()
 
@@ -381,7 +400,9 @@ class TrainLoop:
         done = epoch + 1 if self.step % self.plan.steps_per_epoch == 0 else epoch
         self.checkpoint(done)
         if self.keep_every and (epoch + 1) % self.keep_every == 0 and runtime.is_main():
-            self._save(self.run_dir / "checkpoints" / f"epoch_{epoch + 1:04d}.pt", epoch + 1)
+            self._save(
+                self.run_dir / "checkpoints" / f"epoch_{epoch + 1:04d}.pt", epoch + 1, self.saved_window
+            )
         metrics = self.task.on_epoch_end(epoch, self.step, self.step >= self.plan.total_steps)
         if metrics:
             self.logger.log(self.step, epoch=epoch + 1, **metrics)
