@@ -43,3 +43,8 @@ class StageStopped(SemmaeError):
     def __init__(self, step: int, signum: int) -> None:
         super().__init__(f"stage stopped at step {step}; resume it with --resume")
         self.step, self.signum = step, signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (which stops at a step boundary instead): raised like Ctrl-C's
+    ``KeyboardInterrupt``, so every clean-up that Ctrl-C runs runs for it too; the command exits 143."""

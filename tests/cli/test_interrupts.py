@@ -71,3 +71,51 @@ def test_a_second_ctrl_c_during_a_hung_import_is_raised_at_once(tmp_path, monkey
     with interrupts_outside_imports(), pytest.raises(KeyboardInterrupt):
         import hangs  # noqa: F401
     assert time.perf_counter() - start < 2.0 and "hangs" not in sys.modules  # not after the 5 s
+
+
+def test_sigterm_outside_a_training_loop_says_so_and_exits_143(tmp_path) -> None:
+    # eval knn has no training loop: SIGTERM used to end it silently (the default action).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semmae", "eval", "knn", "--checkpoint", "random:mae_fmnist_tiny",
+         "--results", str(tmp_path / "r.jsonl"), "--config", str(RECIPE)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(6.0)  # importing PyTorch, then extracting features of 60,000 images
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "semmae: stopped by SIGTERM", err
+    assert "Traceback" not in err and not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_sigterm_inside_an_import_is_raised_once_the_import_has_finished(tmp_path, monkeypatch) -> None:
+    from semmae.errors import Terminated
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "termed.py").write_text(
+        "import signal, time\nsignal.raise_signal(signal.SIGTERM)\ntime.sleep(0.05)\nDONE = True\n"
+    )
+    with interrupts_outside_imports(), pytest.raises(Terminated):
+        import termed  # noqa: F401
+
+        assert sys.modules["termed"].DONE
+        time.sleep(2.0)
+        pytest.fail("the SIGTERM was lost")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
+def test_a_pipeline_stopped_outside_a_training_step_prints_its_resume(tmp_path, monkeypatch, capsys) -> None:
+    import semmae.pipeline.stages as stages
+    from semmae.cli.main import main
+    from semmae.errors import Terminated
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Terminated
+
+    monkeypatch.setattr(stages, "run_pipeline", stopped)
+    out = tmp_path / "p"
+    assert main(["pipeline", "--config", str(RECIPE.parent / "debug_tiny.yaml"), "--out", str(out)]) == 143
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        f"semmae: stopped by SIGTERM; what was finished is kept. Continue with: semmae pipeline "
+        f"--config {out / 'config.yaml'} --out {out} --resume"
+    )

@@ -16,7 +16,8 @@ def entry() -> NoReturn:
             from semmae.cli.main import main  # imported under the handler: Ctrl-C may come during it
 
             code = main()
-        except KeyboardInterrupt:
-            print("semmae: interrupted", file=sys.stderr)
-            code = 130
+        except KeyboardInterrupt as exc:  # while the command's modules were imported
+            from semmae.cli.common import interrupted
+
+            code = interrupted(exc)
     sys.exit(code)

@@ -11,6 +11,7 @@ from typing import Any
 
 from semmae import config as config_lib
 from semmae.engine.runfiles import refuse_occupied_out  # reads files only: no torch
+from semmae.errors import Terminated
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume: bool = True) -> None:
@@ -59,6 +60,17 @@ def finish_run(result: dict[str, Any], command: str) -> int:
         file=sys.stderr,
     )
     return 128 + sig if sig > 0 else 1
+
+
+def interrupted(exc: KeyboardInterrupt, command: str | None = None) -> int:
+    """The exit code of a command stopped by Ctrl-C or SIGTERM outside a training loop, after one
+    line saying so (and, for a resumable run, the command that continues it)."""
+    term = isinstance(exc, Terminated)
+    line = "semmae: stopped by SIGTERM" if term else "semmae: interrupted"
+    if command:
+        line += f"; what was finished is kept. Continue with: {command} --resume"
+    print(line, file=sys.stderr)
+    return 143 if term else 130
 
 
 def check_run_out(args: argparse.Namespace) -> None:

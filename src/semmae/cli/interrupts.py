@@ -6,7 +6,10 @@ left half-initialised (a later ``AttributeError: module 'numpy' has no attribute
 Ctrl-C is lost and the run goes on. While :func:`interrupts_outside_imports` is active, SIGINT
 raises ``KeyboardInterrupt`` as usual unless an import is running; then it is raised as soon as
 the import has finished; a second Ctrl-C while one waits is raised at once (a hung import can
-still be interrupted). The training loop installs its own handler (a graceful stop) on top.
+still be interrupted). SIGTERM is handled alike and raises :class:`~semmae.errors.Terminated`, a
+``KeyboardInterrupt``: outside a training loop a command stops with a message and exit 143 and
+runs the same clean-up as for Ctrl-C, instead of dying silently. The training loop installs its
+own handler (a graceful stop at a step boundary) on top.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from semmae.errors import Terminated
+
 RETRY_S = 0.02  # how soon a deferred Ctrl-C is tried again
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 
 
@@ -32,44 +38,46 @@ def importing(frame: FrameType | None) -> bool:
 
 
 class _Deferred:
-    """The state of one deferred Ctrl-C: whether one waits, and the timer that retries it."""
+    """The state of one deferred signal: the one that waits, and the timer that retries it."""
 
-    pending = False
+    pending: int | None = None
     retrying = False
     timer: threading.Timer | None = None
 
 
-def _retry() -> None:
+def _retry(signum: int) -> None:
     _Deferred.retrying = True
-    _thread.interrupt_main()  # runs _handle in the main thread, as a real SIGINT would
+    _thread.interrupt_main(signum)  # runs _handle in the main thread, as the real signal would
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
     retry, _Deferred.retrying = _Deferred.retrying, False
-    if importing(frame) and not (_Deferred.pending and not retry):
-        _Deferred.pending = True  # try again shortly, once the import has finished
-        _Deferred.timer = threading.Timer(RETRY_S, _retry)
+    if importing(frame) and not (_Deferred.pending is not None and not retry):
+        _Deferred.pending = signum  # try again shortly, once the import has finished
+        _Deferred.timer = threading.Timer(RETRY_S, _retry, args=(signum,))
         _Deferred.timer.daemon = True
         _Deferred.timer.start()
         return
-    _Deferred.pending = False  # outside an import, or pressed a second time while one waited
-    raise KeyboardInterrupt
+    _Deferred.pending = None  # outside an import, or sent a second time while one waited
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def interrupts_outside_imports() -> Iterator[None]:
-    """SIGINT raises ``KeyboardInterrupt`` only outside imports, within the ``with`` block.
+    """SIGINT raises ``KeyboardInterrupt`` (SIGTERM :class:`~semmae.errors.Terminated`) only outside
+    imports, within the ``with`` block.
 
     Inert outside the main thread (only it can install signal handlers).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGINT, _handle)
+    old = {sig: signal.signal(sig, _handle) for sig in SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         if _Deferred.timer is not None:  # a retry must not reach the handler put back
             _Deferred.timer.cancel()
-        _Deferred.pending = _Deferred.retrying = False
+        _Deferred.pending, _Deferred.retrying = None, False

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from semmae import __version__
+from semmae.cli.common import interrupted
 from semmae.errors import SemmaeError
 
 # Command modules, in help order. Each defines register(subparsers).
@@ -160,9 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code = args.func(args)
-    except KeyboardInterrupt:
-        print("semmae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated), outside a training loop
+        return interrupted(exc)
     except (SemmaeError, OSError, RuntimeError) as exc:
         message = _one_line(exc, args)
         if message is None:

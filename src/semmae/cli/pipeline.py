@@ -9,7 +9,7 @@ from shlex import quote
 from typing import get_args
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
+from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, interrupted, load_config
 from semmae.errors import ConfigError, StageStopped
 from semmae.names import StudyBudget
 from semmae.pipeline.budgets import budget_overrides
@@ -79,8 +79,10 @@ def _pipeline(args: argparse.Namespace) -> int:
     check_out(args, cfg)
     try:
         records = run_pipeline(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    except StageStopped as stop:
+    except (StageStopped, KeyboardInterrupt) as stop:  # in a stage's training loop, or between steps
         command = f"semmae pipeline --config {quote(str(_own_config(args)))} --out {quote(args.out)}"
+        if isinstance(stop, KeyboardInterrupt):
+            return interrupted(stop, command)
         return finish_run({"interrupted": stop.signum, "step": stop.step}, command)
     report = records.get("report", {}).get("path")
     if report:
@@ -105,10 +107,12 @@ def _study(args: argparse.Namespace) -> int:
     check_out(args, cfg)
     try:
         table = run_study(cfg, args.out, budget=budget, resume=args.resume, overwrite=args.overwrite)
-    except StageStopped as stop:
+    except (StageStopped, KeyboardInterrupt) as stop:
         command = (
             f"semmae study --config {quote(str(_own_config(args)))} --budget {budget} --out {quote(args.out)}"
         )
+        if isinstance(stop, KeyboardInterrupt):
+            return interrupted(stop, command)
         return finish_run({"interrupted": stop.signum, "step": stop.step}, command)
     print(json.dumps(table))
     return 0
