@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "semmae.config_checks": 0,
     "semmae.registry": 0,
     "semmae.encoder_spec": 0,
+    "semmae.file_kinds": 0,
     "semmae.atomic": 0,
     "semmae.names": 0,
     "semmae.config_sections": 0,

@@ -7,8 +7,9 @@ A spec is one of:
 * anything else: a checkpoint file (ours, an official MAE ``.pth``, a timm state dict).
 
 It sits at the bottom layer with no torch import, so a command can check the encoder files it
-will read (:func:`check_encoder_files`: present, and a weights format by their first bytes) and
-the export it will write (:func:`check_export_target`) before it loads any heavy library;
+will read (:func:`check_encoder_files`: present, and a weights format by their first bytes, as
+:mod:`semmae.file_kinds` tells them) and the export it will write (:func:`check_export_target`)
+before it loads any heavy library;
 :func:`same_encoder` says whether two specs name one encoder (a resumed fine-tune's source), and
 :func:`absolute_spec` names a spec's file from any working folder.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from semmae.errors import CheckpointError, ConfigError, RunDirError
+from semmae.file_kinds import HEAD_BYTES, is_safetensors, is_torch_file
 from semmae.names import ModelPreset
 
 RANDOM = "random:"
@@ -56,21 +58,6 @@ def parse_encoder_spec(spec: str) -> EncoderSpec:
             raise CheckpointError(f"encoder {spec!r} must look like timm:MODEL_NAME@WEIGHTS_FILE")
         return EncoderSpec("timm", name=name, path=Path(path))
     return EncoderSpec("file", path=Path(spec))
-
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save since PyTorch 1.6 writes a zip archive
-PICKLE_PROTO = 0x80  # older torch.save files (and a pickle's PROTO opcode) start with this byte
-TAR_MAGIC = b"ustar"  # at offset 257: the tar format of PyTorch before 0.4, which torch.load still reads
-HEAD_BYTES = 512
-
-
-def _is_safetensors(head: bytes, size: int) -> bool:
-    """An 8-byte little-endian header length that fits the file, then the JSON header's ``{``."""
-    return len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
-
-
-def _is_torch_file(head: bytes) -> bool:
-    return head.startswith(ZIP_MAGIC) or head[0] == PICKLE_PROTO or head[257:262] == TAR_MAGIC
 
 
 def _looks_like(head: bytes) -> str:
@@ -114,13 +101,13 @@ def check_weights_file(path: Path) -> None:
     if not head:
         raise CheckpointError(f"checkpoint {where} is empty")
     if path.suffix == ".safetensors":
-        if not _is_safetensors(head, size):
-            hint = "it is a torch file: name it .pth" if _is_torch_file(head) else _looks_like(head)
+        if not is_safetensors(head, size):
+            hint = "it is a torch file: name it .pth" if is_torch_file(head) else _looks_like(head)
             raise CheckpointError(f"checkpoint {where} is not a safetensors file ({hint})")
-    elif not _is_torch_file(head):
+    elif not is_torch_file(head):
         hint = (
             "it is a safetensors file: name it .safetensors"
-            if _is_safetensors(head, size)
+            if is_safetensors(head, size)
             else _looks_like(head)
         )
         raise CheckpointError(

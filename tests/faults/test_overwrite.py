@@ -15,6 +15,7 @@ from semmae.engine import rundir, runfiles
 from semmae.engine.lock import release_run_lock
 from semmae.engine.rundir import MARKER, first_foreign_entry, prepare_run_dir
 from semmae.errors import RunDirError
+from semmae.file_kinds import PART_MAP_MANIFEST_KEYS
 from semmae.models import build_mae
 
 TOY = [
@@ -85,6 +86,16 @@ def test_a_foreign_file_inside_a_run_is_refused(tmp_path: Path, capsys, name: st
     assert name in err and _snapshot(run) == before
 
 
+@pytest.mark.parametrize(
+    "text", ['{"format_version": 3, "mine": true}', '["format_version"]', '"format_version?"']
+)
+def test_a_json_that_only_mentions_a_manifest_field_is_not_a_manifest(tmp_path: Path, text: str) -> None:
+    # A part-map manifest is an object with every field; a note naming one of them is the user's.
+    run = _toolkit_run(tmp_path / "run")
+    (run / "notes.json").write_text(text)
+    assert runfiles.first_foreign_entry(run) == run / "notes.json"
+
+
 def test_every_checkpoint_name_the_loop_writes_counts_as_the_toolkits(tmp_path: Path) -> None:
     run = _toolkit_run(tmp_path / "run")
     for name in ("epoch_0001.pt", "epoch_12345.pt", "nonfinite.pt", ".last.pt.x1y2.tmp"):
@@ -143,7 +154,8 @@ def test_a_toolkit_run_is_replaced(tmp_path: Path, capsys) -> None:
     stage = run / "export"  # a pipeline stage: part maps with their manifest
     stage.mkdir()
     (stage / "parts_train.npy").write_bytes(b"\x93NUMPY")
-    (stage / "parts_train.json").write_text(json.dumps({"format_version": 1}))
+    manifest = dict.fromkeys(PART_MAP_MANIFEST_KEYS, None)  # every field: a manifest, as semmae writes
+    (stage / "parts_train.json").write_text(json.dumps({**manifest, "format_version": 2}))
     (stage / "DONE.json").write_text("{}")
     assert runfiles.first_foreign_entry(run) is None
     assert main(["pretrain", "--out", str(run), "--overwrite", *TOY, "train.max_steps=1"]) == 0

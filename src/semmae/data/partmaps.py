@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from semmae.errors import DataError
+from semmae.file_kinds import manifest_path, npy_path  # the pair's names, torch-free
 
 FORMAT_VERSION = 2
 VIEWS = ("whole", "center")  # what the maps cover: the whole image, or (v1 folders) a centre crop
@@ -103,20 +104,6 @@ class PartMapManifest:
             )
         fields = {k: d[k] for k in types if k != "grid"}
         return cls(format_version=FORMAT_VERSION, **fields, grid=(grid[0], grid[1]))
-
-
-def npy_path(path: str | os.PathLike[str]) -> Path:
-    """The ``.npy`` file of a part-map path: ``X.npy`` for ``X.npy``, ``X`` or the manifest ``X.json``
-    (``.npy`` is appended to any other name)."""
-    p = Path(path)
-    if p.suffix == ".npy":
-        return p
-    return p.with_suffix(".npy") if p.suffix == ".json" else p.with_name(p.name + ".npy")
-
-
-def manifest_path(path: str | os.PathLike[str]) -> Path:
-    """The ``.json`` manifest next to a part-map file."""
-    return npy_path(path).with_suffix(".json")
 
 
 @dataclass

@@ -8,7 +8,6 @@ directories, temp files of atomic writes and the folder an ``--overwrite`` moves
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from semmae import config as config_lib
 from semmae.config_checks import read_recipe
 from semmae.engine.lock import LOCK_NAME, may_be_held_elsewhere
 from semmae.errors import RunDirError, SemmaeError
+from semmae.file_kinds import is_part_map_manifest
 
 MARKER = ".semmae-run"
 # Files the toolkit writes at any level of a run tree (run, pipeline, study and stage directories).
@@ -46,20 +46,13 @@ TRASH_PATTERN = TRASH_PREFIX + "*.tmp"
 _LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json", *sorted(STAGE_DIRS))
 
 
-def _is_part_map_manifest(path: Path) -> bool:
-    try:
-        return "format_version" in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
 def _known_file(path: Path) -> bool:
     name = path.name
     if name in RUN_FILES or fnmatch.fnmatch(name, TEMP_PATTERN):
         return True
     if name.endswith(".npy"):
-        return name in PART_MAP_NAMES or _is_part_map_manifest(path.with_suffix(".json"))
-    return name.endswith(".json") and _is_part_map_manifest(path)
+        return name in PART_MAP_NAMES or is_part_map_manifest(path.with_suffix(".json"))
+    return name.endswith(".json") and is_part_map_manifest(path)
 
 
 def stray_file(folder: Path) -> Path | None:
