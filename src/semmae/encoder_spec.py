@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from semmae.errors import CheckpointError, ConfigError, RunDirError
-from semmae.file_kinds import HEAD_BYTES, is_safetensors, is_torch_file
+from semmae.file_kinds import HEAD_BYTES, is_safetensors, is_torch_file, refuse_foreign_output
 from semmae.names import ModelPreset
 
 RANDOM = "random:"
@@ -159,12 +159,13 @@ EXPORT_SUFFIXES = {"timm": ".safetensors", "onnx": ".onnx"}  # export format -> 
 def check_export_target(fmt: str, out: Path, *, overwrite: bool) -> None:
     """Refuse an export's format or output file before any work (and before torch loads).
 
-    The file's suffix must be its format's, so ``--overwrite`` can only ever replace a file of
-    that kind, never a user's notes or a checkpoint.
+    The file's suffix must be its format's, and a file already there must be of that format by
+    its first bytes (:func:`~semmae.file_kinds.refuse_foreign_output`), so ``--overwrite`` only
+    ever replaces an export, never a user's notes or a checkpoint.
 
     Raises:
-        ConfigError: an unknown format. RunDirError: ``out`` is a folder, has another suffix, or
-            exists without ``overwrite``.
+        ConfigError: an unknown format. RunDirError: ``out`` is a folder, has another suffix, holds
+            a file of another kind, or exists without ``overwrite``.
     """
     if fmt not in EXPORT_SUFFIXES:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(EXPORT_SUFFIXES)}")
@@ -175,5 +176,6 @@ def check_export_target(fmt: str, out: Path, *, overwrite: bool) -> None:
         raise RunDirError(
             f"--format {fmt} writes a {suffix} file; name --out {str(out.with_suffix(suffix))!r}"
         )
+    refuse_foreign_output(out, "safetensors" if fmt == "timm" else "onnx")
     if out.exists() and not overwrite:
         raise RunDirError(f"output file {str(out)!r} exists; pass --overwrite to replace it")

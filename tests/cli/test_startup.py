@@ -174,3 +174,26 @@ def test_semantic_masking_without_part_maps_is_refused_before_torch(tmp_path: Pa
     result = _heavy_modules(argv)
     assert result["code"] == 2 and result["heavy"] == [], result
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["parts", "from-masks", "--config", "configs/parts_toy.yaml", "--split", "train", "--grid", "8",
+          "--out", "{tmp}/n"], "n.json"),
+        (["parts", "export", "--run", "{tmp}/run", "--split", "train", "--out", "{tmp}/n"], "n.npy"),
+        (["parts", "show", "--maps", "{tmp}/n.npy", "--out", "{tmp}/mine.png"], "mine.png"),
+        (["export", "--checkpoint", "random:mae_debug", "--format", "timm", "--out", "{tmp}/notes.safetensors"],
+         "notes.safetensors"),
+        (["export", "--checkpoint", "random:mae_debug", "--format", "onnx", "--out", "{tmp}/x.onnx"], "x.onnx"),
+    ],
+    ids=["from-masks", "parts-export", "parts-show", "export-timm", "export-onnx"],
+)  # fmt: skip
+def test_a_users_file_at_an_output_path_is_refused_before_torch(
+    argv: list[str], name: str, tmp_path: Path
+) -> None:
+    (tmp_path / name).write_text("my notes")
+    result = _heavy_modules([*(a.format(tmp=tmp_path) for a in argv), "--overwrite"])
+    assert result["code"] == 2 and result["heavy"] == [], result
+    assert f"{name}' exists and is not" in result["err"] and "semmae did not write it" in result["err"]
+    assert (tmp_path / name).read_text() == "my notes"

@@ -178,7 +178,8 @@ def test_from_masks_keeps_a_users_json_beside_the_output(tmp_path, capsys) -> No
     assert main([*args, "--out", str(tmp_path / "maps.npy")]) == 2
     assert notes.read_text() == '{"my": "notes"}' and not (tmp_path / "maps.npy").exists()
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "maps.json" in err and "--overwrite" in err
+    assert len(err.splitlines()) == 1 and "maps.json" in err and "semmae did not write it" in err
+    assert "--overwrite" not in err  # it would not help: the notes are not semmae's to replace
     assert main([*args, "--out", str(tmp_path / "other")]) == 0  # ".npy" is appended: both are named
     assert f"wrote {tmp_path / 'other.npy'} and {tmp_path / 'other.json'}" in capsys.readouterr().out
 

@@ -20,6 +20,13 @@ from semmae.cli.common import add_config_args, check_out, check_run_out, finish_
 from semmae.config_checks import device_name
 from semmae.encoder_spec import check_encoder_files
 from semmae.errors import ConfigError, RunDirError
+from semmae.file_kinds import (
+    IMAGE_SUFFIXES,
+    manifest_path,
+    npy_path,
+    refuse_foreign_output,
+    refuse_part_map_out,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,8 +92,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _written(out: str) -> str:
     """The two files a part-map output writes, for the closing message."""
-    from semmae.data.partmaps import manifest_path, npy_path  # heavy: torch
-
     return f"{npy_path(out)} and {manifest_path(out)}"
 
 
@@ -106,6 +111,7 @@ def _check_cuda(device: str) -> None:
 def _export(args: argparse.Namespace) -> int:
     _at_least_one("--batch-size", args.batch_size, "images per forward")  # before torch: start-up time
     device_name("--device", args.device)
+    refuse_part_map_out(args.out, overwrite=args.overwrite)
     from semmae.parts.export import export_part_maps  # heavy: torch, timm
     from semmae.runtime import is_main  # imports torch
 
@@ -126,15 +132,13 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what parts show writes (PIL)
-
-
 def _show(args: argparse.Namespace) -> int:
     _at_least_one("--n", args.n, "images to draw")
     if Path(args.out).is_dir():
         raise RunDirError(f"--out {args.out!r} is a folder; give an image file name such as grid.png")
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         raise RunDirError(f"--out {args.out!r} needs an image file extension ({', '.join(IMAGE_SUFFIXES)})")
+    refuse_foreign_output(Path(args.out), "image")
     if Path(args.out).exists() and not args.overwrite:
         raise RunDirError(f"{args.out!r} exists; pass --overwrite to replace it")
     cfg = load_config(args)
@@ -148,6 +152,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _from_masks(args: argparse.Namespace) -> int:
     cfg = load_config(args)  # bad input is refused before torch is imported (start-up time)
+    refuse_part_map_out(args.out, overwrite=args.overwrite)
     from semmae.parts.export import maps_from_masks  # heavy: torch
 
     check_out(args, cfg)

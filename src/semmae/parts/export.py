@@ -12,7 +12,6 @@ labels one contiguous shard of the split into the same memory-mapped file.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from semmae.data.partmap_writer import PartMapWriter, recover_set_aside_pair, wr
 from semmae.data.partmaps import manifest_path, npy_path
 from semmae.data.transforms import center_batch, normalize
 from semmae.errors import CheckpointError, ConfigError, RunDirError
+from semmae.file_kinds import refuse_part_map_out
 from semmae.models.checkpoint import file_hash, load_checkpoint, load_state_strict
 from semmae.parts.backbone import FrozenBackbone, load_backbone
 from semmae.parts.labels import maps_to_labels
@@ -151,21 +151,17 @@ def iter_labels(
     bar.close()
 
 
-def _existing_outputs(out_path: str | Path) -> list[str]:
-    """The files of a part-map output (the ``.npy`` and its ``.json`` manifest) that exist already
-    (an old pair a killed export left set aside counts, put back first). Rank 0 only."""
+def _out_refusal(out_path: str | Path, overwrite: bool) -> str | None:
+    """Why ``out_path`` may not be written (:func:`~semmae.file_kinds.refuse_part_map_out`), or None.
+
+    An old pair a killed export left set aside is put back first, so it counts. Rank 0 only.
+    """
     recover_set_aside_pair(npy_path(out_path))
-    return [str(p) for p in (npy_path(out_path), manifest_path(out_path)) if os.path.lexists(p)]
-
-
-def _refuse_existing(out_path: str | Path, overwrite: bool, existing: list[str]) -> None:
-    if existing and not overwrite:
-        names = " and ".join(repr(name) for name in existing)
-        raise RunDirError(
-            f"{names} {'exist' if len(existing) > 1 else 'exists'} (a part-map output "
-            f"{str(npy_path(out_path))!r} writes the .npy and its .json manifest); pass --overwrite "
-            "to replace them or choose another --out"
-        )
+    try:
+        refuse_part_map_out(out_path, overwrite=overwrite)
+    except RunDirError as exc:
+        return str(exc)
+    return None
 
 
 def shard(num_images: int, rank_: int, world: int) -> torch.Tensor:
@@ -200,7 +196,8 @@ def export_part_maps(
 
     Raises:
         ConfigError: ``batch_size`` < 1.
-        RunDirError: ``out_path`` exists and ``overwrite`` is False.
+        RunDirError: ``out_path`` holds files semmae did not write, or exists and ``overwrite``
+            is False.
         CheckpointError: no usable part-learner checkpoint.
     """
     if batch_size < 1:
@@ -208,9 +205,9 @@ def export_part_maps(
     dev = resolve_device(device)
     with distributed_session(dev):
         # Rank 0's view decides, so no rank sees the file another rank has just created.
-        _refuse_existing(
-            out_path, overwrite, broadcast_object(_existing_outputs(out_path) if rank() == 0 else None)
-        )
+        refusal = broadcast_object(_out_refusal(out_path, overwrite) if rank() == 0 else None)
+        if refusal is not None:
+            raise RunDirError(refusal)
         learner, backbone, ckpt, ckpt_path = load_part_learner(run_dir, dev)
         cfg = config_lib.from_dict(ckpt["config"])
         ds = whole_image_view(build_dataset(cfg.data, split))
@@ -258,9 +255,12 @@ def maps_from_masks(
 
     Raises:
         DataError: the dataset has no part masks, or the grid is out of range.
-        RunDirError: ``out_path`` exists and ``overwrite`` is False.
+        RunDirError: ``out_path`` holds files semmae did not write, or exists and ``overwrite``
+            is False.
     """
-    _refuse_existing(out_path, overwrite, _existing_outputs(out_path))
+    refusal = _out_refusal(out_path, overwrite)
+    if refusal is not None:
+        raise RunDirError(refusal)
     ds = build_dataset(cfg.data, split)
     labels = part_maps_from_masks(ds, (grid, grid))
     return write_part_maps(
