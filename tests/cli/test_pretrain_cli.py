@@ -56,6 +56,16 @@ def test_non_empty_out_is_refused_and_kept(tmp_path: Path, capsys: pytest.Captur
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+def test_an_out_that_is_a_file_is_refused_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    err = _err(capsys, ["pretrain", "--config", DEBUG, "--out", str(out), "--overwrite", *FAST])
+    assert err.endswith("exists and is not a directory; a run needs a folder: choose another --out")
+    assert out.read_text() == "mine"
+
+
 def test_resume_refuses_a_config_that_changes_what_the_run_computes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

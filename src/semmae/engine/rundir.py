@@ -285,7 +285,9 @@ def prepare_run_dir(
     if resume and overwrite:
         raise RunDirError("use either --resume or --overwrite, not both")
     if path.exists() and not path.is_dir():
-        raise RunDirError(f"output path {str(path)!r} exists and is not a directory")
+        raise RunDirError(
+            f"output path {str(path)!r} exists and is not a directory; a run needs a folder: choose another --out"
+        )
     failure: BaseException | None = None
     if is_main():
         named = list(inputs.items()) if isinstance(inputs, Mapping) else [("an input", p) for p in inputs]
