@@ -126,3 +126,36 @@ def test_a_damaged_lock_file_counts_as_held_and_the_run_takes_the_lock(tmp_path:
     assert main(["pretrain", "--out", str(run), *TOY, "train.max_steps=1"]) == 0  # no process holds it
     err = capsys.readouterr().err
     assert "Traceback" not in err
+
+
+def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path: Path) -> None:
+    # SIGKILL the holder while a forked child (as a DataLoader worker) lives on: the lock is free at
+    # once, so an immediate --resume is not refused as "in use".
+    from semmae.engine.lock import acquire_run_lock
+
+    script = textwrap.dedent("""
+        import os, sys, time
+        from semmae.engine.lock import acquire_run_lock
+        acquire_run_lock(sys.argv[1])
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)
+            os._exit(0)
+        print(child, flush=True)
+        time.sleep(60)
+    """)
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    child = int(proc.stdout.readline())
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        os.kill(child, 0)  # the child outlives its parent
+        assert acquire_run_lock(run)
+        release_run_lock(run)
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -89,6 +89,23 @@ def acquire_run_lock(run_dir: str | Path) -> bool:
     return True
 
 
+def _forget_in_child() -> None:
+    """In a forked child (a DataLoader worker), close the copies of the lock descriptors.
+
+    The lock belongs to the open file, which the parent's descriptor keeps locked; a child's copy
+    would keep it locked after the parent dies (SIGKILL) until the orphaned workers notice, so an
+    immediate ``--resume`` would be refused as "in use". Closing a copy releases nothing while
+    the parent lives (``flock`` is released only when the last descriptor closes).
+    """
+    for fd in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def release_run_lock(run_dir: str | Path, *, remove: bool = False) -> None:
     """Drop this process's lock on ``run_dir`` (no-op if not held); ``remove`` also deletes the file.
 
