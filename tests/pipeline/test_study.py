@@ -213,3 +213,26 @@ def test_a_study_records_its_budget_before_its_first_run(
     with pytest.raises(StageStopped):
         run_study(cfg, tmp_path / "study", budget="gpu")
     assert StudyLayout(tmp_path / "study").recorded_budget() == "gpu"
+
+
+def test_a_study_that_failed_at_its_start_runs_again_with_or_without_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its table (written at the start, the budget on record) is an early log: the same command runs
+    # again, and --overwrite replaces it, study.html included.
+    import semmae.pipeline.study as study
+    from semmae.cli.main import main
+    from semmae.errors import DataError
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise DataError("no images here")
+
+    monkeypatch.setattr(study, "_prefix", no_data)
+    out = tmp_path / "study"
+    argv = ["study", "--config", str(ROOT / "configs" / "study_fmnist.yaml"), "--out", str(out)]
+    assert main(argv) == 2
+    assert {"study.json", "study.md", "study.html"} <= {p.name for p in out.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert main([*argv, *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "semmae: error: no images here", extra

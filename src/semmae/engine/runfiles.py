@@ -22,6 +22,7 @@ MARKER = ".semmae-run"
 RUN_FILES = frozenset({
     MARKER, LOCK_NAME, "config.yaml", "metrics.jsonl", "summary.json", "results.jsonl", "DONE.json",
     "PARTIAL.json", "partseg.json", "eval.json", "report.md", "report.html", "study.json", "study.md",
+    "study.html",
 })  # fmt: skip
 # Sub-directories holding only files of one kind: their names, as full-match regular expressions.
 FILE_DIRS: dict[str, tuple[str, ...]] = {
@@ -126,15 +127,17 @@ def is_temp(path: Path) -> bool:
     return fnmatch.fnmatch(path.name, TEMP_PATTERN) and path.is_file() and not path.is_symlink()
 
 
-EARLY_LOGS = ("metrics.jsonl", "tb", "images")  # written before a run's first checkpoint
+# Written before a run's first checkpoint: a run's logs, and a study's table (empty, its budget on record).
+EARLY_LOGS = ("metrics.jsonl", "tb", "images", "study.json", "study.md", "study.html")
 
 
 def early_log(entry: Path) -> bool:
-    """A log a run writes before its first checkpoint: ``metrics.jsonl``, ``tb/``, ``images/``."""
+    """A log a run writes before its first checkpoint: ``metrics.jsonl``, ``tb/``, ``images/``, and
+    the table a study writes as it starts."""
     if entry.is_symlink() or entry.name not in EARLY_LOGS:
         return False
     if entry.is_file():
-        return entry.name == "metrics.jsonl"
+        return True
     return stray_file(entry) is None
 
 
