@@ -74,15 +74,21 @@ def test_a_second_ctrl_c_during_a_hung_import_is_raised_at_once(tmp_path, monkey
 
 
 def test_sigterm_outside_a_training_loop_says_so_and_exits_143(tmp_path) -> None:
-    # eval knn has no training loop: SIGTERM used to end it silently (the default action).
+    # eval knn has no training loop: SIGTERM used to end it silently (the default action). It is
+    # sent once the train split is built, with the test split and the features still to come.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "semmae", "eval", "knn", "--checkpoint", "random:mae_fmnist_tiny",
-         "--results", str(tmp_path / "r.jsonl"), "--config", str(RECIPE)],
+        [sys.executable, "-m", "semmae", "eval", "knn", "--checkpoint", "random:mae_debug",
+         "--results", str(tmp_path / "r.jsonl"), "data.name=toy_parts", "data.toy_size=3000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(6.0)  # importing PyTorch, then extracting features of 60,000 images
-    proc.send_signal(signal.SIGTERM)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("dataset toy_parts/train"):
+            proc.send_signal(signal.SIGTERM)
+            break
     _, err = proc.communicate(timeout=60)
+    err = "".join(seen) + err
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "semmae: stopped by SIGTERM", err
     assert "Traceback" not in err and not (tmp_path / "r.jsonl").exists()
 
@@ -119,3 +125,18 @@ def test_a_pipeline_stopped_outside_a_training_step_prints_its_resume(tmp_path, 
         f"semmae: stopped by SIGTERM; what was finished is kept. Continue with: semmae pipeline "
         f"--config {out / 'config.yaml'} --out {out} --resume"
     )
+
+
+def test_a_second_sigterm_takes_the_default_action() -> None:
+    # So `kill PID; kill PID` ends a process even where the first one's exception cannot surface
+    # (a C call that does not return), in the training loop and outside it alike.
+    from semmae.engine.signals import StopRequest
+    from semmae.errors import Terminated
+
+    with interrupts_outside_imports():
+        with StopRequest() as stop:
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        with pytest.raises(Terminated):
+            signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

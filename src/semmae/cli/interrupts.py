@@ -59,7 +59,10 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _Deferred.timer.start()
         return
     _Deferred.pending = None  # outside an import, or sent a second time while one waited
-    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once, stuck or not
+        raise Terminated
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ from types import FrameType, TracebackType
 class StopRequest:
     """Context manager that turns SIGTERM/SIGINT into a flag the training loop polls.
 
-    A second signal of the same kind restores the default behaviour (so a user can force-quit).
+    A second signal of the same kind force-quits: Ctrl-C raises ``KeyboardInterrupt``, SIGTERM
+    takes its default action (the process ends at once).
     Only installed in the main thread; elsewhere it is an inert flag.
     """
 
@@ -20,7 +21,10 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
-        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))  # a second ^C kills
+        # A second ^C raises KeyboardInterrupt (the handler before this one); a second SIGTERM kills
+        # at once, as the default action does, even a process stuck in a C call.
+        keep = signum == signal.SIGINT
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL) if keep else signal.SIG_DFL)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
