@@ -322,3 +322,10 @@ def test_a_new_run_into_a_users_folder_says_to_choose_another_out(tmp_path: Path
     err = _refused(capsys, ["pretrain", "--out", str(run), *TOY], "holds a semmae run and 'thesis.tex'")
     assert "pass --resume to continue the run, or choose another --out" in err and "--overwrite" not in err
     assert (run / "thesis.tex").read_text() == "mine"
+
+
+def test_kept_epoch_checkpoints_are_the_loops_by_epoch(tmp_path: Path) -> None:
+    # A user's epoch_best.pt is not one of them, and epoch 10000 comes after epoch 9999.
+    for name in ("epoch_10000.pt", "epoch_9999.pt", "epoch_best.pt", "epoch_1_mine.pt", "last.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in runfiles.kept_epoch_checkpoints(tmp_path)] == ["epoch_9999.pt", "epoch_10000.pt"]

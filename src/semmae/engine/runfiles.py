@@ -24,13 +24,10 @@ RUN_FILES = frozenset({
     "PARTIAL.json", "partseg.json", "eval.json", "report.md", "report.html", "study.json", "study.md",
     "study.html",
 })  # fmt: skip
+EPOCH_CHECKPOINT = re.compile(r"epoch_(\d{4,})\.pt")  # what the loop keeps every N epochs
 # Sub-directories holding only files of one kind: their names, as full-match regular expressions.
 FILE_DIRS: dict[str, tuple[str, ...]] = {
-    "checkpoints": (
-        r"last\.pt",
-        r"epoch_\d{4,}\.pt",
-        r"nonfinite\.pt",
-    ),  # a user's own copy there is not ours
+    "checkpoints": (r"last\.pt", EPOCH_CHECKPOINT.pattern, r"nonfinite\.pt"),  # a user's copy is not ours
     "tb": (r"events\.out\.tfevents\..+",),
     "images": (r".+\.png",),
     "figures": (r".+\.png",),
@@ -54,6 +51,15 @@ def _known_file(path: Path) -> bool:
     if name.endswith(".npy"):
         return name in PART_MAP_NAMES or is_part_map_manifest(path.with_suffix(".json"))
     return name.endswith(".json") and is_part_map_manifest(path)
+
+
+def kept_epoch_checkpoints(folder: Path) -> list[Path]:
+    """The ``epoch_NNNN.pt`` files the loop kept in the checkpoint folder ``folder``, by epoch
+    (a user's ``epoch_best.pt`` is not one of them)."""
+    if not folder.is_dir():
+        return []
+    kept = [(int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_CHECKPOINT.fullmatch(p.name))]
+    return [p for _, p in sorted(kept)]
 
 
 def stray_file(folder: Path) -> Path | None:

@@ -18,6 +18,7 @@ import torch
 
 from semmae import __version__
 from semmae.config import Config
+from semmae.engine.runfiles import kept_epoch_checkpoints
 from semmae.errors import CheckpointError
 from semmae.models.checkpoint import load_checkpoint, load_state_strict, rng_state, save_checkpoint
 
@@ -39,7 +40,7 @@ def missing_checkpoint_message(run_dir: str | Path) -> str | None:
     last checkpoint would otherwise silently train again from step 0 over its own history.
     """
     root = Path(run_dir)
-    kept = sorted((root / LAST.parent).glob("epoch_*.pt"))
+    kept = kept_epoch_checkpoints(root / LAST.parent)
     signs = [
         n for n in ("summary.json", "metrics.jsonl") if (root / n).is_file() and (root / n).stat().st_size
     ]
@@ -126,7 +127,7 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:  # writes are atomic, so a damaged last.pt was damaged after it
-        kept = sorted(path.parent.glob("epoch_*.pt"))
+        kept = kept_epoch_checkpoints(path.parent)
         way = f"copy {kept[-1].name} over last.pt to resume from it, or " if kept else ""
         raise CheckpointError(f"{exc}; {way}start the run again with --overwrite") from None
     if ckpt.get("kind") != kind:
