@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,13 @@ def test_a_resume_with_other_part_maps_at_the_same_path_is_refused(
 
     cfg_file, maps = _oracle_maps_via_cli(tmp_path, "train")
     capsys.readouterr()
-    cfg = config_lib.load(cfg_file, ["masking.name=semantic", f"masking.parts={maps}", "train.max_steps=4"])
+    cfg = config_lib.load(cfg_file, ["masking.name=semantic", f"masking.parts={maps}", "train.max_steps=6"])
     assert run_pretrain(cfg, tmp_path / "run", stop_at_step=2)["interrupted"] == -1
     assert run_pretrain(cfg, tmp_path / "run", resume=True, stop_at_step=3)["interrupted"] == -1  # same maps
+    manifest = maps.with_suffix(".json")
+    made_again = json.loads(manifest.read_text()) | {"created": "2001-01-01T00:00:00+00:00"}
+    manifest.write_text(json.dumps(made_again))  # the same export made again: only its time differs
+    assert run_pretrain(cfg, tmp_path / "run", resume=True, stop_at_step=4)["interrupted"] == -1
     argv = [
         "parts",
         "from-masks",

@@ -69,8 +69,9 @@ def _load_parts(cfg: Config, dataset: Any) -> tuple[Any, int | None]:
 
 
 def _as_json(manifest: dict[str, Any]) -> str:
-    """A manifest as canonical JSON (a tuple grid and its list form compare equal)."""
-    return json.dumps(manifest, sort_keys=True)
+    """What identifies part maps in their manifest, as canonical JSON (a tuple grid and its list form
+    compare equal); not ``created``: the same export made again is the same maps."""
+    return json.dumps({k: v for k, v in manifest.items() if k != "created"}, sort_keys=True)
 
 
 class PretrainTask(Task):
@@ -98,7 +99,8 @@ class PretrainTask(Task):
         if saved is None or self.part_maps is None:
             return
         if _as_json(saved) != _as_json(self.part_maps):
-            differ = sorted(k for k in {**saved, **self.part_maps} if saved.get(k) != self.part_maps.get(k))
+            keys = {**saved, **self.part_maps}.keys() - {"created"}
+            differ = sorted(k for k in keys if saved.get(k) != self.part_maps.get(k))
             raise CheckpointError(
                 f"masking.parts {self.cfg.masking.parts!r} is not the part-map file this run started with "
                 f"(its manifest differs in {', '.join(differ)}); put that file back, or train the new maps "
