@@ -420,8 +420,8 @@ def test_a_checkpoint_of_another_kind_names_the_command_that_resumes_it(tmp_path
 
     (tmp_path / "checkpoints").mkdir()
     save_checkpoint(tmp_path / "checkpoints" / "last.pt", {"kind": "finetune", "arch": {}})
-    with pytest.raises(CheckpointError, match="is a 'finetune' checkpoint, not a 'mae' one: resume it with "
-                       "`semmae eval finetune`, or another --out for this run"):  # fmt: skip
+    with pytest.raises(CheckpointError, match="is a 'finetune' checkpoint, not a 'mae' one "
+                       r"\(`semmae eval finetune --resume` continues it\); give this run another --out"):  # fmt: skip
         load_run_state(
             tmp_path, kind="mae", arch={}, model=torch.nn.Linear(1, 1), optimizer=None, config=None
         )

@@ -152,6 +152,8 @@ def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path: Path) -> No
     )
     child = int(proc.stdout.readline())
     try:
+        with pytest.raises(RunDirError, match="is in use by PID"):  # the parent still holds it
+            acquire_run_lock(run)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         os.kill(child, 0)  # the child outlives its parent

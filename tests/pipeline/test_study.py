@@ -195,6 +195,14 @@ def test_a_stopped_study_prints_a_resume_that_keeps_its_budget_values(
     assert main([*without, "--budget", other]) == 2
     assert f"this study ran with --budget {budget}" in capsys.readouterr().err
     assert len(seen) == 3
+    # Resumed with the recipe it started from and no --budget: the recorded budget is applied again.
+    assert (
+        main(
+            ["study", "--config", str(ROOT / "configs" / "study_fmnist.yaml"), "--out", str(out), "--resume"]
+        )
+        == 0
+    )
+    assert seen[3].to_dict() == seen[0].to_dict() and labels[3] == budget
 
 
 def test_a_study_records_its_budget_before_its_first_run(

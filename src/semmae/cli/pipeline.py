@@ -37,8 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--budget",
         choices=get_args(StudyBudget),
         help="quick (the default): a smoke run; full: the config as written (the README's); gpu: the same "
-        "study scaled for one H100/H200-class GPU (~10 min). A resume with the study's own config.yaml "
-        "keeps the budget it recorded",
+        "study scaled for one H100/H200-class GPU (~10 min). A resume keeps the budget the study recorded",
     )
     s.set_defaults(func=_study)
 
@@ -55,8 +54,8 @@ def _same_file(a: str | Path, b: Path) -> bool:
         return False
 
 
-def _own_budget(args: argparse.Namespace) -> str:
-    """The budget of a study resumed with its own config.yaml: the one it recorded.
+def _resumed_budget(args: argparse.Namespace) -> str:
+    """The budget of a resumed study: the one it recorded (the default when it recorded none).
 
     Raises:
         ConfigError: ``--budget`` names another budget than the study recorded.
@@ -64,8 +63,7 @@ def _own_budget(args: argparse.Namespace) -> str:
     recorded = StudyLayout(Path(args.out)).recorded_budget()
     if recorded and args.budget and args.budget != recorded:
         raise ConfigError(
-            f"this study ran with --budget {recorded} (its config.yaml holds that budget's values): "
-            f"resume it with --budget {recorded}, or without --budget"
+            f"this study ran with --budget {recorded}: resume it with --budget {recorded}, or without --budget"
         )
     return recorded or args.budget or "quick"
 
@@ -97,7 +95,7 @@ def _study(args: argparse.Namespace) -> int:
     # The study's own config.yaml already holds its budget's values: applied again, the gpu budget
     # would scale them twice; its label is the one it recorded.
     own = args.resume and args.config is not None and _same_file(args.config, _own_config(args))
-    budget = _own_budget(args) if own else args.budget or "quick"
+    budget = _resumed_budget(args) if args.resume else args.budget or "quick"
     extra = [] if own else budget_overrides(budget, base)
     cfg = config_lib.load(args.config, extra + list(args.overrides))
     cfg.train.check_pretraining()

@@ -3,8 +3,8 @@
 Splits: when ``root/train`` and ``root/test`` (or ``root/val``) exist they are the splits;
 otherwise every file goes to ``test`` when a stable hash of its path relative to ``root`` falls in
 the lowest 10%, else to ``train`` (so adding files never moves the others). Both splits share one
-class map: the sorted names of the train split's class folders that hold images, as torchvision's
-``ImageFolder`` numbers them. A held-out split may lack classes (or hold empty class folders); a
+class map: the sorted names of the train split's class folders that hold images (torchvision's
+``ImageFolder`` numbering, where no class folder is empty; an empty one is no class here). A held-out split may lack classes (or hold empty class folders); a
 held-out class folder with images that train has none of is refused, since it has no label.
 
 Image folders are always streamed at full resolution: nothing is shrunk when a file is read.

@@ -37,6 +37,8 @@ STAGE_DIRS = frozenset({"mae", "parts", "export", "semmae", "eval", "prefix", "r
 # Part-map files the pipeline and study write (an interrupted export may lack its manifest).
 PART_MAP_NAMES = frozenset({"parts_train.npy", "parts_test.npy", "oracle_train.npy"})
 TEMP_PATTERN = ".*.tmp"  # atomic writes: ``.NAME.<random>.tmp`` next to NAME
+# An old part-map file a swap killed midway left set aside (semmae.data.partmap_writer).
+SET_ASIDE_PATTERN = re.compile(r"\..+\.(npy|json)\.[a-z0-9_]{8}\.old")
 # ``--overwrite`` moves a run's entries here first, so a refused removal leaves the run whole.
 TRASH_PREFIX = ".semmae-overwrite."
 TRASH_PATTERN = TRASH_PREFIX + "*.tmp"
@@ -46,7 +48,7 @@ _LEGACY_EVIDENCE = ("metrics.jsonl", "checkpoints", "DONE.json", "summary.json",
 
 def _known_file(path: Path) -> bool:
     name = path.name
-    if name in RUN_FILES or fnmatch.fnmatch(name, TEMP_PATTERN):
+    if name in RUN_FILES or fnmatch.fnmatch(name, TEMP_PATTERN) or SET_ASIDE_PATTERN.fullmatch(name):
         return True
     if name.endswith(".npy"):
         return name in PART_MAP_NAMES or is_part_map_manifest(path.with_suffix(".json"))

@@ -132,9 +132,9 @@ def load_run_state(run_dir: Path, *, kind: str, arch: dict[str, Any], model: tor
         raise CheckpointError(f"{exc}; {way}start the run again with --overwrite") from None
     if ckpt.get("kind") != kind:
         writer = COMMANDS.get(str(ckpt.get("kind")))
-        fix = f"resume it with `{writer}`, or" if writer else "use"
+        by = f" (`{writer} --resume` continues it)" if writer else ""
         raise CheckpointError(
-            f"{path} is a {ckpt.get('kind')!r} checkpoint, not a {kind!r} one: {fix} another --out for this run"
+            f"{path} is a {ckpt.get('kind')!r} checkpoint, not a {kind!r} one{by}; give this run another --out"
         )
     if ckpt.get("arch") != dict(arch):
         raise CheckpointError(

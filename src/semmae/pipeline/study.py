@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from semmae import runtime
+from semmae.atomic import atomic_path
 from semmae.config import Config
 from semmae.engine.build import build_model
 from semmae.engine.rundir import prepare_run_dir
@@ -208,8 +209,10 @@ def write_study(
         "cpu_minutes": round((overhead_cpu_s + sum(c for c in cpu if c)) / 60, 2),
         "table": table, "comparison": compare(rows), "runs": rows,
     }  # fmt: skip
-    StudyLayout(root).table(".json").write_text(json.dumps(result, indent=2) + "\n")
-    write_study_report(root, result)
+    if runtime.is_main():  # under torchrun every rank has the table; one writes it
+        with atomic_path(StudyLayout(root).table(".json")) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        write_study_report(root, result)
     return table
 
 

@@ -90,6 +90,7 @@ class PretrainTask(Task):
         self.clip_grad = cfg.train.clip_grad
 
     def extra_state(self) -> dict[str, Any]:
+        """The manifest of the part maps a semantic run trains on (what its resume must find again)."""
         return {} if self.part_maps is None else {"part_maps": self.part_maps}
 
     def load_extra_state(self, ckpt: dict[str, Any]) -> None:
