@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from semmae.engine.logging import MetricsLogger, read_metrics
-from semmae.engine.loop import Task, TrainLoop, make_plan
+from semmae.engine.loop import Task, TrainLoop
+from semmae.engine.schedule import make_plan
 from semmae.errors import CheckpointError, ConfigError
 from semmae.models.checkpoint import load_checkpoint
 

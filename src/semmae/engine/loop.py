@@ -1,6 +1,7 @@
 """The one training loop: pretraining, part learning and fine-tuning each plug a :class:`Task` into it.
 
-The loop owns everything that is the same for every trainer: the step arithmetic (:class:`Plan`),
+The loop owns everything that is the same for every trainer: the step arithmetic
+(:class:`~semmae.engine.schedule.Plan`),
 the lr of each step, gradient accumulation (and DDP's ``no_sync`` on the micro-steps between
 optimiser steps), the log window (mean loss, lr, img/s) and its progress bar, the non-finite
 guard, stop-on-signal, checkpoint cadence, ``stop_at_step`` and resume. A task supplies its
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from semmae import runtime
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.rundir import has_checkpoint
-from semmae.engine.schedule import set_lr, warmup_cosine
+from semmae.engine.schedule import Plan, set_lr
 from semmae.engine.signals import StopRequest
 from semmae.engine.state import (
     LAST,
@@ -41,67 +42,10 @@ from semmae.engine.state import (
     params_finite,
     save_run_state,
 )
-from semmae.errors import CheckpointError, ConfigError, NonFiniteLossError
+from semmae.errors import CheckpointError, NonFiniteLossError
 from semmae.models.checkpoint import set_rng_state
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Plan:
-    """Step arithmetic of a run (counts per process).
-
-    Attributes:
-        steps_per_epoch: optimiser steps per epoch.
-        total_steps: optimiser steps of the whole run.
-        warmup_steps: linear lr warm-up length.
-        peak_lr: lr after warm-up; the cosine then falls to ``min_lr``.
-        min_lr: lr at the end.
-        effective_batch: images per optimiser step over all processes.
-        accum: micro-batches per optimiser step.
-    """
-
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    peak_lr: float
-    min_lr: float
-    effective_batch: int
-    accum: int = 1
-
-    @property
-    def epochs(self) -> int:
-        """Epochs the run touches (the last may be partial when ``max_steps`` cuts it)."""
-        return math.ceil(self.total_steps / self.steps_per_epoch)
-
-    def lr(self, step: int) -> float:
-        """Learning rate of optimiser step ``step`` (0-based): warm-up, then half-cosine."""
-        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr)
-
-
-def make_plan(
-    *,
-    steps_per_epoch: int,
-    epochs: int,
-    max_steps: int | None,
-    warmup_epochs: float,
-    peak_lr: float,
-    min_lr: float,
-    effective_batch: int,
-    accum: int = 1,
-) -> Plan:
-    """The :class:`Plan` of ``epochs`` epochs, cut at ``max_steps`` (which alone decides when epochs is 0).
-
-    Raises:
-        ConfigError: the settings give no step to train.
-    """
-    total = epochs * steps_per_epoch
-    if max_steps is not None:
-        total = min(total, max_steps) if epochs > 0 else max_steps
-    if total < 1:
-        raise ConfigError("nothing to train: set the epochs to >= 1 or max_steps to >= 1")
-    warmup = int(round(warmup_epochs * steps_per_epoch))
-    return Plan(steps_per_epoch, total, warmup, peak_lr, min_lr, effective_batch, accum)
 
 
 class Task(abc.ABC):

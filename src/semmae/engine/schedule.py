@@ -1,10 +1,14 @@
-"""Learning-rate schedule: per-step linear warm-up, then half-cosine to ``min_lr``."""
+"""A run's plan: its step arithmetic (:class:`Plan`) and learning-rate schedule (per-step linear
+warm-up, then half-cosine to ``min_lr``)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from semmae.errors import ConfigError
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
@@ -31,3 +35,60 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set ``lr`` on every param group (times the group's ``lr_scale`` when present)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+@dataclass
+class Plan:
+    """Step arithmetic of a run (counts per process).
+
+    Attributes:
+        steps_per_epoch: optimiser steps per epoch.
+        total_steps: optimiser steps of the whole run.
+        warmup_steps: linear lr warm-up length.
+        peak_lr: lr after warm-up; the cosine then falls to ``min_lr``.
+        min_lr: lr at the end.
+        effective_batch: images per optimiser step over all processes.
+        accum: micro-batches per optimiser step.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    min_lr: float
+    effective_batch: int
+    accum: int = 1
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the run touches (the last may be partial when ``max_steps`` cuts it)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def lr(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based): warm-up, then half-cosine."""
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr)
+
+
+def make_plan(
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    max_steps: int | None,
+    warmup_epochs: float,
+    peak_lr: float,
+    min_lr: float,
+    effective_batch: int,
+    accum: int = 1,
+) -> Plan:
+    """The :class:`Plan` of ``epochs`` epochs, cut at ``max_steps`` (which alone decides when epochs is 0).
+
+    Raises:
+        ConfigError: the settings give no step to train.
+    """
+    total = epochs * steps_per_epoch
+    if max_steps is not None:
+        total = min(total, max_steps) if epochs > 0 else max_steps
+    if total < 1:
+        raise ConfigError("nothing to train: set the epochs to >= 1 or max_steps to >= 1")
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    return Plan(steps_per_epoch, total, warmup, peak_lr, min_lr, effective_batch, accum)

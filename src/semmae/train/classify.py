@@ -23,8 +23,9 @@ from semmae.config import Config
 from semmae.data import ImageSet
 from semmae.encoder_spec import absolute_spec, same_encoder
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import LoopResult, Plan, Task, TrainLoop, finite_or_none
+from semmae.engine.loop import LoopResult, Task, TrainLoop, finite_or_none
 from semmae.engine.rundir import prepare_run_dir
+from semmae.engine.schedule import Plan
 from semmae.errors import CheckpointError
 from semmae.eval.features import evaluate_classifier, labelled_split
 from semmae.models.encoder import check_encoder_fits, load_encoder

@@ -35,8 +35,8 @@ from semmae.config import Config
 from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
-from semmae.engine.loop import Plan, make_plan
 from semmae.engine.optim import adamw, scaled_lr
+from semmae.engine.schedule import Plan, make_plan
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.models.vit_encoder import ViTEncoder

@@ -14,7 +14,8 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.data import build_dataset
 from semmae.data.transforms import center_batch, denormalize, labels_to_patch_grid, normalize
-from semmae.engine.loop import LoopResult, Plan, finite_or_none
+from semmae.engine.loop import LoopResult, finite_or_none
+from semmae.engine.schedule import Plan
 from semmae.eval.features import encode_batches, eval_batches
 from semmae.eval.knn import knn_classify, topk_accuracy
 from semmae.masking import MaskingStrategy

@@ -23,9 +23,10 @@ from semmae.data import build_dataset, iterate_batches
 from semmae.data.folder import whole_image_view
 from semmae.data.transforms import augment_batch, center_batch, denormalize, normalize
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import Plan, Task, TrainLoop, finite_or_none, make_plan
+from semmae.engine.loop import Task, TrainLoop, finite_or_none
 from semmae.engine.optim import adamw
 from semmae.engine.rundir import prepare_run_dir
+from semmae.engine.schedule import Plan, make_plan
 from semmae.errors import CheckpointError, ConfigError
 from semmae.eval.partseg import kmeans_part_baseline, part_metrics
 from semmae.parts.backbone import (

@@ -22,9 +22,10 @@ from semmae.data.partmaps import PartMapManifest, load_part_maps
 from semmae.engine.batches import MicroBatch, PretrainBatches
 from semmae.engine.build import build_masking, build_model
 from semmae.engine.logging import MetricsLogger
-from semmae.engine.loop import Plan, Task, TrainLoop, make_plan
+from semmae.engine.loop import Task, TrainLoop
 from semmae.engine.optim import build_adamw, scaled_lr
 from semmae.engine.rundir import prepare_run_dir
+from semmae.engine.schedule import Plan, make_plan
 from semmae.engine.state import parameter_digest
 from semmae.errors import CheckpointError, ConfigError
 from semmae.masking import MaskingStrategy
