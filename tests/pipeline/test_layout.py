@@ -37,6 +37,45 @@ def test_stage_record_is_what_run_stage_wrote(tmp_path: Path) -> None:
     assert stage.record() == record and record["result"] == {"resumed": False}
 
 
+@pytest.mark.parametrize("holds", ["a user's file", "a link"])
+def test_a_stage_started_again_never_deletes_what_semmae_did_not_write(tmp_path: Path, holds: str) -> None:
+    # A stage without a checkpoint is cleared before it starts again: only when it is all semmae's.
+    from semmae.errors import RunDirError
+
+    stage = PipelineLayout(tmp_path / "run").export
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    if holds == "a link":
+        stage.path.parent.mkdir()
+        stage.path.symlink_to(mine, target_is_directory=True)
+    else:
+        stage.path.mkdir(parents=True)
+        (stage.path / "parts_train.npy").write_bytes(b"\x93NUMPY")  # an export's own, unfinished
+        (stage.path / "notes.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="which semmae did not write; move it out"):
+        run_stage(stage, "export", lambda d, resume: {})
+    assert (mine / "notes.txt").read_text() == "precious"
+    assert holds == "a link" or (stage.path / "notes.txt").read_text() == "precious"
+    if holds != "a link":
+        (stage.path / "notes.txt").unlink()  # then it is all semmae's, and cleared
+        assert run_stage(stage, "export", lambda d, resume: {"resumed": resume})["result"] == {
+            "resumed": False
+        }
+        assert not (stage.path / "parts_train.npy").exists()
+
+
+@pytest.mark.parametrize("text", ["{}", '{"seconds": "x"}', '{"seconds": 1, "attempts": 1.5}', "[1]"])
+def test_a_damaged_stage_record_is_refused_in_one_line(tmp_path: Path, text: str) -> None:
+    from semmae.errors import RunDirError
+
+    stage = PipelineLayout(tmp_path).mae
+    stage.path.mkdir()
+    stage.done.write_text(text)
+    with pytest.raises(RunDirError, match="is damaged .* delete it"):
+        stage.record()
+
+
 def _row(name: str, knn: float, linear: float) -> dict:
     return {"name": name, "knn": {"top1": knn, "top5": knn + 5}, "linear": {"top1": linear, "lr": 0.1}}
 

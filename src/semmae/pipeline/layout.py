@@ -68,15 +68,22 @@ def read_record(path: Path) -> dict[str, Any]:
     """A stage's JSON record (``DONE.json``, ``PARTIAL.json``).
 
     Raises:
-        RunDirError: the file is not a JSON object (damaged): say how to run the stage again.
+        RunDirError: the file is not a JSON object with a number of ``seconds`` and a whole number
+            of ``attempts`` (damaged): say how to run the stage again.
     """
     try:
         record = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
         record = None
-    if not isinstance(record, dict):
+    number = (int, float)
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("seconds"), number)
+        or isinstance(record.get("seconds"), bool)
+        or not isinstance(record.get("attempts", 1), int)
+    ):
         raise RunDirError(
-            f"stage record {str(path)!r} is damaged (not a JSON object); delete it (or the stage folder) "
+            f"stage record {str(path)!r} is damaged (not a stage's JSON record); delete it (or the stage folder) "
             "and run again to redo that stage"
         )
     return record

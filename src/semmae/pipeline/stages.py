@@ -20,7 +20,8 @@ from typing import Any
 from semmae import runtime
 from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
-from semmae.errors import StageStopped
+from semmae.engine.runfiles import first_foreign_entry
+from semmae.errors import RunDirError, StageStopped
 from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
 from semmae.pipeline.evaluate import evaluate_encoders
@@ -41,6 +42,20 @@ ENCODERS = {
 StageFn = Callable[[Path, bool], dict[str, Any]]
 
 
+def _refuse_foreign(path: Path) -> None:
+    """Before a stage folder without a checkpoint is cleared: it must hold only semmae's files.
+
+    Raises:
+        RunDirError: ``path`` is a link, or holds an entry semmae did not write.
+    """
+    foreign = path if path.is_symlink() or not path.is_dir() else first_foreign_entry(path)
+    if foreign is not None:
+        raise RunDirError(
+            f"stage folder {str(path)!r} is to be started again but holds {str(foreign)!r}, which semmae "
+            "did not write; move it out, then run the same command again"
+        )
+
+
 def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
     """Run ``fn(stage directory, resume)`` unless already done; record its wall time in ``DONE.json``.
 
@@ -54,7 +69,8 @@ def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
         log.info("[%s] already complete (%.0fs), skipped", name, done["seconds"])
         return done
     resume = stage.checkpoint.exists()
-    if stage.path.exists() and not resume and runtime.is_main():
+    if (stage.path.exists() or stage.path.is_symlink()) and not resume and runtime.is_main():
+        _refuse_foreign(stage.path)
         shutil.rmtree(stage.path)  # a stage that never reached a checkpoint has nothing worth keeping
     runtime.barrier()
     earlier = {"seconds": 0.0, "attempts": 0}
