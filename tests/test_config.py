@@ -110,6 +110,10 @@ def test_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
         ("data.crop_ratio=[2,1]", "'data.crop_ratio' must be [lo, hi] with 0 < lo <= hi"),
         ("train.knn_train=0", "'train.knn_train' must be a finite number of at least 1"),
         ("train.knn_test=0", "'train.knn_test' must be a finite number of at least 1"),
+        ("pipeline.seeds=[-1]", "'pipeline.seeds' must hold seeds in [0, 2**63)"),
+        ("pipeline.seeds=[9223372036854775808]", "'pipeline.seeds' must hold seeds in [0, 2**63)"),
+        ("data.image_size=99999999999999999999", "'data.image_size' must be at most 8192"),
+        ("train.warmup_epochs=1e308", "'train.warmup_epochs' must be at most 1e+06"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(override: str, needle: str) -> None:
@@ -241,3 +245,18 @@ def test_config_modules_import_nothing_above_the_bottom_layer() -> None:
               "semmae.errors", "semmae.model_sizes",
               "semmae.names"}  # fmt: skip
     assert set(ast.literal_eval(out)) == bottom
+
+
+def test_recipe_sections_merge_keys_and_shapes(tmp_path: Path) -> None:
+    # YAML merge keys work (and what they bring may be overridden); an empty section sets nothing;
+    # a section that is no mapping is named as one.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: &b {epochs: 3, batch_size: 16}\ntrain:\n  <<: *b\n  epochs: 5\ndata:\n")
+    with pytest.raises(ConfigError, match="config section 'base' must be a mapping|unknown"):
+        config_lib.load(recipe)
+    recipe.write_text("train:\n  <<: {epochs: 3, batch_size: 16}\n  epochs: 5\ndata:\n")
+    cfg = config_lib.load(recipe)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.name) == (5, 16, "fashion_mnist")
+    recipe.write_text("data: [1, 2]\n")
+    with pytest.raises(ConfigError, match="config section 'data' must be a mapping of its keys"):
+        config_lib.load(recipe)

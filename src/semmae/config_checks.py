@@ -169,6 +169,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if not prefix and v is None:  # `data:` with nothing under it: a section that sets nothing
+            continue
+        if not prefix and not isinstance(v, dict):
+            raise ConfigError(
+                f"config section {key!r} must be a mapping of its keys (e.g. {key}: {{epochs: 2}} or an "
+                f"indented block), got {v!r}"
+            )
         if isinstance(v, dict) and not prefix:
             out.update(flatten(v, key))
         else:
@@ -194,6 +201,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys written beside it win
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(

@@ -29,6 +29,10 @@ __all__ = ["DataConfig", "EvalConfig", "MaskingConfig", "ModelConfig", "PartLear
            "PipelineConfig", "TrainConfig"]  # fmt: skip
 
 
+MAX_IMAGE_SIZE = 8192  # pixels a side: far beyond any ViT recipe, before a resize runs out of memory
+MAX_WARMUP_EPOCHS = 1e6  # a warm-up in steps must fit an integer
+
+
 @dataclass
 class DataConfig:
     """Which images to train on and how to augment them.
@@ -77,6 +81,10 @@ class DataConfig:
     def check(self) -> None:
         """Ranges and lengths of the data fields; raises ConfigError naming the key."""
         at_least("data", self, 1, "image_size", "limit")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"config key 'data.image_size' must be at most {MAX_IMAGE_SIZE} (pixels a side), got {self.image_size}"
+            )
         at_least("data", self, 0, "num_workers")
         if self.in_chans not in (1, 3):
             raise ConfigError(f"config key 'data.in_chans' must be 1 (grey) or 3 (RGB), got {self.in_chans}")
@@ -259,6 +267,11 @@ class TrainConfig:
             )
         at_least("train", self, -1, "knn_every_epochs")
         positive("train", self, "base_lr", "clip_grad")
+        if self.warmup_epochs > MAX_WARMUP_EPOCHS:
+            raise ConfigError(
+                f"config key 'train.warmup_epochs' must be at most {MAX_WARMUP_EPOCHS:g} (MAE warms up for 40 "
+                f"of 800 epochs), got {self.warmup_epochs:g}"
+            )
         device_name("train.device", self.device)
         if not 0 <= self.seed < 2**63:  # torch.manual_seed takes a 64-bit integer
             raise ConfigError(f"config key 'train.seed' must be in [0, 2**63), got {self.seed}")
@@ -383,3 +396,5 @@ class PipelineConfig:
                 raise ConfigError(f"config key 'pipeline.{name}' must list at least one value")
             if len(set(values)) != len(values):
                 raise ConfigError(f"config key 'pipeline.{name}' lists a value twice: {values}")
+        if not all(0 <= seed < 2**63 for seed in self.seeds):  # each becomes a run's train.seed
+            raise ConfigError(f"config key 'pipeline.seeds' must hold seeds in [0, 2**63), got {self.seeds}")

@@ -26,7 +26,11 @@ def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume
         either.add_argument(
             "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
         )
-        either.add_argument("--overwrite", action="store_true", help="delete --out first if it is not empty")
+        either.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace the run in --out: delete what semmae wrote there (refused if --out holds anything else)",
+        )
     parser.add_argument(
         "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. train.epochs=2"
     )
