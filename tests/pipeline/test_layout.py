@@ -150,3 +150,23 @@ def test_data_pipeline_and_viz_import_at_module_level_without_cycles() -> None:
     assert "semmae.pipeline.stages" not in graph["semmae.pipeline.report"]
     for loader in ("fashion_mnist", "folder", "relations", "synthetic", "torchvision_sets"):
         assert graph[f"semmae.data.{loader}"].isdisjoint({"semmae.data", "semmae.data.datasets"}), loader
+
+
+def test_a_stage_whose_input_neither_runs_nor_has_run_is_refused_before_any_work(tmp_path: Path) -> None:
+    from semmae.errors import ConfigError
+    from semmae.pipeline.stages import run_pipeline
+
+    cfg = config_lib.load(None, ["pipeline.stages=[mae,eval,report]"])
+    with pytest.raises(
+        ConfigError, match="lists 'eval', which needs the 'semmae' stage's output.*add 'semmae'"
+    ):
+        run_pipeline(cfg, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+    # Resumed where the earlier stages completed, the later ones may run alone.
+    for name in ("mae", "parts", "export", "semmae"):
+        run_stage(PipelineLayout(tmp_path / "q").stage(name), name, lambda d, resume: {})
+    from semmae.pipeline.stages import _check_inputs_of
+
+    _check_inputs_of({"eval"}, PipelineLayout(tmp_path / "q"), resume=True)
+    with pytest.raises(ConfigError, match="lists 'eval'"):
+        _check_inputs_of({"eval"}, PipelineLayout(tmp_path / "q"), resume=False)

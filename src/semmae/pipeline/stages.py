@@ -21,7 +21,7 @@ from semmae import runtime
 from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
 from semmae.engine.runfiles import first_foreign_entry
-from semmae.errors import RunDirError, StageStopped
+from semmae.errors import ConfigError, RunDirError, StageStopped
 from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
 from semmae.pipeline.evaluate import evaluate_encoders
@@ -178,6 +178,28 @@ def by_encoder(eval_record: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {e: result[label] for e, label in ENCODERS.items() if label in result}
 
 
+# What each stage reads, by the stage that writes it.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "parts": ("mae",), "export": ("parts",), "semmae": ("export",), "eval": ("mae", "semmae"),
+}  # fmt: skip
+
+
+def _check_inputs_of(wanted: set[str], layout: PipelineLayout, resume: bool) -> None:
+    """Before any work: every stage to run has its inputs, from a stage that runs first or one that
+    a resumed pipeline has completed.
+
+    Raises:
+        ConfigError: a stage needs one that neither runs nor has run.
+    """
+    for name in STAGES:
+        for need in NEEDS.get(name, ()) if name in wanted else ():
+            if need not in wanted and not (resume and layout.stage(need).record() is not None):
+                raise ConfigError(
+                    f"pipeline.stages lists {name!r}, which needs the {need!r} stage's output, but {need!r} "
+                    f"neither runs nor has completed in this --out: add {need!r} to pipeline.stages"
+                )
+
+
 def run_pipeline(
     cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -189,10 +211,11 @@ def run_pipeline(
     Returns:
         Per-stage records (``DONE.json`` contents) of the stages run, and the report path.
     """
+    wanted = set(cfg.pipeline.stages)
+    _check_inputs_of(wanted, PipelineLayout(Path(out_dir)), resume)
     layout = PipelineLayout(
         prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True)
     )
-    wanted = set(cfg.pipeline.stages)
     plan: dict[str, StageFn] = {
         "mae": pretrain_stage(with_masking(cfg, "random")),
         "parts": parts_stage(parts_config(cfg, layout.mae.checkpoint)),
