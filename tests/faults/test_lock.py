@@ -139,9 +139,10 @@ def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path: Path) -> No
         acquire_run_lock(sys.argv[1])
         child = os.fork()
         if child == 0:
+            os.write(1, b"child\\n")  # after the fork hooks ran in it (one write: lines never mix)
             time.sleep(60)
             os._exit(0)
-        print(child, flush=True)
+        os.write(1, f"{child}\\n".encode())
         time.sleep(60)
     """)
     run = tmp_path / "run"
@@ -150,7 +151,8 @@ def test_a_killed_runs_forked_workers_do_not_keep_its_lock(tmp_path: Path) -> No
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True, env=env
     )
-    child = int(proc.stdout.readline())
+    lines = {proc.stdout.readline().strip() for _ in range(2)}  # the child's pid, and the child ready
+    child = int(next(line for line in lines if line != "child"))
     try:
         with pytest.raises(RunDirError, match="is in use by PID"):  # the parent still holds it
             acquire_run_lock(run)
