@@ -41,37 +41,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(train)
     train.set_defaults(func=_train)
 
-    export = psub.add_parser("export", help="label a split with a trained part learner")
+    export = psub.add_parser(
+        "export", help="label a split with a trained part learner",
+        description="Write the part maps of one split (NAME.npy and its NAME.json manifest), for "
+        "masking.parts. Example: semmae parts export --run runs/parts --split train --out runs/maps_train.npy",
+    )  # fmt: skip
     # --run-dir: torchrun's own parser reads a bare --run as an abbreviation of its --run-path.
     export.add_argument(
         "--run", "--run-dir", dest="run", required=True,
         help="part-learner run directory (or its checkpoint); spell it --run-dir under torchrun",
     )  # fmt: skip
-    export.add_argument("--split", choices=("train", "test"), required=True)
+    export.add_argument("--split", choices=("train", "test"), required=True, help="which split to label")
     export.add_argument("--out", required=True, help="part-map file to write (.npy; manifest next to it)")
     export.add_argument("--batch-size", type=int, default=256, help="images per forward (>= 1)")
     export.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing part maps (never a file semmae did not write)",
+    )
     export.set_defaults(func=_export)
 
-    show = psub.add_parser("show", help="draw images with their part maps overlaid")
+    show = psub.add_parser(
+        "show", help="draw images with their part maps overlaid",
+        description="Draw the first --n images of the maps' split beside their part maps. Example: semmae "
+        "parts show --maps runs/maps_train.npy --config configs/parts_toy.yaml --out parts.png",
+    )  # fmt: skip
     show.add_argument("--maps", required=True, help="part-map file (.npy)")
     show.add_argument("--config", help="YAML recipe whose data section matches the maps' dataset")
     show.add_argument("--n", type=int, default=16, help="images to draw (>= 1)")
     show.add_argument("--out", required=True, help="PNG to write")
-    show.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
-    show.add_argument("overrides", nargs="*", metavar="section.field=value")
+    show.add_argument("--overwrite", action="store_true", help="replace an existing image semmae drew")
+    show.add_argument(
+        "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. data.limit=256"
+    )
     show.set_defaults(func=_show)
 
-    masks = psub.add_parser("from-masks", help="oracle part maps from ground-truth part masks (toy_parts)")
+    masks = psub.add_parser(
+        "from-masks", help="oracle part maps from ground-truth part masks (toy_parts)",
+        description="Write part maps from a synthetic set's true part masks (the study's oracle). Example: "
+        "semmae parts from-masks --config configs/parts_toy.yaml --split train --grid 7 --out oracle.npy",
+    )  # fmt: skip
     masks.add_argument("--config", help="YAML recipe with a toy_parts data section")
-    masks.add_argument("--split", choices=("train", "test"), required=True)
+    masks.add_argument("--split", choices=("train", "test"), required=True, help="which split to label")
     masks.add_argument(
         "--grid", type=int, required=True, help="label grid side h = w (e.g. the MAE's patch grid)"
     )
     masks.add_argument("--out", required=True, help="part-map file to write (.npy)")
-    masks.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    masks.add_argument("overrides", nargs="*", metavar="section.field=value")
+    masks.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing part maps (never a file semmae did not write)",
+    )
+    masks.add_argument(
+        "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. data.toy_size=600"
+    )
     masks.set_defaults(func=_from_masks)
 
 
