@@ -258,3 +258,19 @@ def test_an_out_without_npy_names_the_files_written(run: Path, tmp_path: Path, c
     assert f"wrote {npy} and {manifest}:" in capsys.readouterr().out
     logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wrote")]
     assert logged and all(f"to {npy} and {manifest}" in m for m in logged), logged
+
+
+def test_an_unfinished_part_learner_exports_with_a_warning(
+    run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from semmae.train.parts import run_parts_train
+
+    stopped = tmp_path / "stopped"
+    run_parts_train(config_lib.load(None, _OVERRIDES), stopped, stop_at_step=1)
+    with caplog.at_level("WARNING"):
+        assert _export(stopped, tmp_path / "early.npy") == 0
+    assert "stopped at step 1 of 3: its parts are not the finished ones" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert _export(run, tmp_path / "done.npy") == 0  # a finished learner: no warning
+    assert "stopped at step" not in caplog.text

@@ -164,6 +164,18 @@ def _out_refusal(out_path: str | Path, overwrite: bool) -> str | None:
     return None
 
 
+def _warn_if_unfinished(ckpt: dict[str, Any], path: Path) -> None:
+    """Say so when the part learner stopped before the end of its plan (its parts are not final)."""
+    total = (ckpt.get("plan") or {}).get("total_steps")
+    step = ckpt.get("step")
+    if isinstance(total, int) and isinstance(step, int) and step < total and rank() == 0:
+        log.warning(
+            "the part learner in %s stopped at step %d of %d: its parts are not the finished ones; "
+            "finish it with `semmae parts train --config RUN/config.yaml --out RUN --resume` first",
+            path, step, total,
+        )  # fmt: skip
+
+
 def shard(num_images: int, rank_: int, world: int) -> torch.Tensor:
     """Contiguous index range of one rank: rank r gets [r*N/W, (r+1)*N/W)."""
     lo, hi = num_images * rank_ // world, num_images * (rank_ + 1) // world
@@ -209,6 +221,7 @@ def export_part_maps(
         if refusal is not None:
             raise RunDirError(refusal)
         learner, backbone, ckpt, ckpt_path = load_part_learner(run_dir, dev)
+        _warn_if_unfinished(ckpt, ckpt_path)
         cfg = config_lib.from_dict(ckpt["config"])
         ds = whole_image_view(build_dataset(cfg.data, split))
         scale = cfg.parts.export_scale
