@@ -22,24 +22,13 @@ TOY = [
 ]  # fmt: skip
 
 
-def _oracle_maps_via_cli(tmp_path: Path, split: str) -> tuple[Path, Path]:
+def _oracle_maps_via_cli(tmp_path: Path, split: str, grid: int = 8, *extra: str) -> tuple[Path, Path]:
     """Write the toy recipe and ``semmae parts from-masks`` maps of ``split``; returns both paths."""
     cfg_file = tmp_path / "toy.yaml"
     config_lib.dump(config_lib.load(None, TOY), cfg_file)
     maps = tmp_path / f"{split}_maps.npy"
-    argv = [
-        "parts",
-        "from-masks",
-        "--config",
-        str(cfg_file),
-        "--split",
-        split,
-        "--grid",
-        "8",
-        "--out",
-        str(maps),
-    ]
-    assert main(argv) == 0
+    argv = ["parts", "from-masks", "--config", str(cfg_file), "--split", split, "--grid", str(grid)]
+    assert main([*argv, "--out", str(maps), *extra]) == 0
     return cfg_file, maps
 
 
@@ -87,19 +76,7 @@ def test_a_resume_with_other_part_maps_at_the_same_path_is_refused(
     made_again = json.loads(manifest.read_text()) | {"created": "2001-01-01T00:00:00+00:00"}
     manifest.write_text(json.dumps(made_again))  # the same export made again: only its time differs
     assert run_pretrain(cfg, tmp_path / "run", resume=True, stop_at_step=4)["interrupted"] == -1
-    argv = [
-        "parts",
-        "from-masks",
-        "--config",
-        str(cfg_file),
-        "--split",
-        "train",
-        "--grid",
-        "4",
-        "--out",
-        str(maps),
-    ]
-    assert main([*argv, "--overwrite"]) == 0  # other maps, same path
+    _oracle_maps_via_cli(tmp_path, "train", 4, "--overwrite")  # other maps, same path
     with pytest.raises(
         CheckpointError, match=r"not the part-map file this run started with \(its manifest differs in"
     ):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-from semmae.cli.interrupts import interrupts_outside_imports  # light: signal and threading only
+from semmae.cli.interrupts import interrupted, interrupts_outside_imports  # light: signal and threading only
 
 
 def entry() -> NoReturn:
@@ -17,7 +17,5 @@ def entry() -> NoReturn:
 
             code = main()
         except KeyboardInterrupt as exc:  # while the command's modules were imported
-            from semmae.cli.common import interrupted
-
             code = interrupted(exc)
     sys.exit(code)

@@ -11,7 +11,6 @@ from typing import Any
 
 from semmae import config as config_lib
 from semmae.engine.runfiles import refuse_occupied_out  # reads files only: no torch
-from semmae.errors import Terminated
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume: bool = True) -> None:
@@ -31,8 +30,13 @@ def add_config_args(parser: argparse.ArgumentParser, *, out: bool = True, resume
             action="store_true",
             help="replace the run in --out: delete what semmae wrote there (refused if --out holds anything else)",
         )
+    add_overrides(parser)
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str = "train.epochs=2") -> None:
+    """Add the positional ``section.field=value`` config overrides."""
     parser.add_argument(
-        "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. train.epochs=2"
+        "overrides", nargs="*", metavar="section.field=value", help=f"config overrides, e.g. {example}"
     )
 
 
@@ -64,17 +68,6 @@ def finish_run(result: dict[str, Any], command: str) -> int:
         file=sys.stderr,
     )
     return 128 + sig if sig > 0 else 1
-
-
-def interrupted(exc: KeyboardInterrupt, command: str | None = None) -> int:
-    """The exit code of a command stopped by Ctrl-C or SIGTERM outside a training loop, after one
-    line saying so (and, for a resumable run, the command that continues it)."""
-    term = isinstance(exc, Terminated)
-    line = "semmae: stopped by SIGTERM" if term else "semmae: interrupted"
-    if command:
-        line += f"; what was finished is kept. Continue with: {command} --resume"
-    print(line, file=sys.stderr)
-    return 143 if term else 130
 
 
 def check_run_out(args: argparse.Namespace) -> None:

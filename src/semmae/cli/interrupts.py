@@ -17,6 +17,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -84,3 +85,14 @@ def interrupts_outside_imports() -> Iterator[None]:
         if _Deferred.timer is not None:  # a retry must not reach the handler put back
             _Deferred.timer.cancel()
         _Deferred.pending, _Deferred.retrying = None, False
+
+
+def interrupted(exc: KeyboardInterrupt, command: str | None = None) -> int:
+    """The exit code of a command stopped by Ctrl-C or SIGTERM outside a training loop, after one
+    line saying so (and, for a resumable run, the command that continues it)."""
+    term = isinstance(exc, Terminated)
+    line = "semmae: stopped by SIGTERM" if term else "semmae: interrupted"
+    if command:
+        line += f"; what was finished is kept. Continue with: {command} --resume"
+    print(line, file=sys.stderr)
+    return 143 if term else 130

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from semmae import __version__
-from semmae.cli.common import interrupted
+from semmae.cli.interrupts import interrupted
 from semmae.errors import SemmaeError
 
 # Command modules, in help order. Each defines register(subparsers).

@@ -16,7 +16,14 @@ import argparse
 from pathlib import Path
 from shlex import quote
 
-from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
+from semmae.cli.common import (
+    add_config_args,
+    add_overrides,
+    check_out,
+    check_run_out,
+    finish_run,
+    load_config,
+)
 from semmae.config_checks import device_name
 from semmae.encoder_spec import check_encoder_files
 from semmae.errors import ConfigError, RunDirError
@@ -27,6 +34,14 @@ from semmae.file_kinds import (
     refuse_foreign_output,
     refuse_part_map_out,
 )
+
+_REPLACE_MAPS = "replace existing part maps (never a file semmae did not write)"
+
+
+def _output_args(parser: argparse.ArgumentParser, out_help: str, overwrite_help: str) -> None:
+    """``--out FILE`` and ``--overwrite`` of a single-file output."""
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,14 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="part-learner run directory (or its checkpoint); spell it --run-dir under torchrun",
     )  # fmt: skip
     export.add_argument("--split", choices=("train", "test"), required=True, help="which split to label")
-    export.add_argument("--out", required=True, help="part-map file to write (.npy; manifest next to it)")
+    _output_args(export, "part-map file to write (.npy; manifest next to it)", _REPLACE_MAPS)
     export.add_argument("--batch-size", type=int, default=256, help="images per forward (>= 1)")
     export.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    export.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace existing part maps (never a file semmae did not write)",
-    )
     export.set_defaults(func=_export)
 
     show = psub.add_parser(
@@ -70,11 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--maps", required=True, help="part-map file (.npy)")
     show.add_argument("--config", help="YAML recipe whose data section matches the maps' dataset")
     show.add_argument("--n", type=int, default=16, help="images to draw (>= 1)")
-    show.add_argument("--out", required=True, help="PNG to write")
-    show.add_argument("--overwrite", action="store_true", help="replace an existing image semmae drew")
-    show.add_argument(
-        "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. data.limit=256"
-    )
+    _output_args(show, "image to write (.png, .jpg, ...)", "replace an existing image semmae drew")
+    add_overrides(show, "data.limit=256")
     show.set_defaults(func=_show)
 
     masks = psub.add_parser(
@@ -87,15 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     masks.add_argument(
         "--grid", type=int, required=True, help="label grid side h = w (e.g. the MAE's patch grid)"
     )
-    masks.add_argument("--out", required=True, help="part-map file to write (.npy)")
-    masks.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace existing part maps (never a file semmae did not write)",
-    )
-    masks.add_argument(
-        "overrides", nargs="*", metavar="section.field=value", help="config overrides, e.g. data.toy_size=600"
-    )
+    _output_args(masks, "part-map file to write (.npy; manifest next to it)", _REPLACE_MAPS)
+    add_overrides(masks, "data.toy_size=600")
     masks.set_defaults(func=_from_masks)
 
 

@@ -9,7 +9,8 @@ from shlex import quote
 from typing import get_args
 
 from semmae import config as config_lib
-from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, interrupted, load_config
+from semmae.cli.common import add_config_args, check_out, check_run_out, finish_run, load_config
+from semmae.cli.interrupts import interrupted
 from semmae.errors import ConfigError, StageStopped
 from semmae.names import StudyBudget
 from semmae.pipeline.budgets import budget_overrides

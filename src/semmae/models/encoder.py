@@ -164,12 +164,9 @@ def infer_arch(
     if heads is None:
         heads = _KNOWN_HEADS.get((dim, depth)) or (dim // 64 if dim % 64 == 0 else 1)
         if dim not in _STANDARD_WIDTHS:  # a guess a non-standard ViT may not match: say so
-            log.warning(
-                "checkpoint %s records no head count; assuming %d (width %d / 64). If the encoder had "
-                "another, its features will be wrong: give the file as timm:MODEL_NAME@FILE, or keep "
-                "the checkpoint's 'arch' entry",
-                where, heads, dim,
-            )  # fmt: skip
+            log.warning("checkpoint %s records no head count; assuming %d (width %d / 64). If the encoder had "
+                        "another, its features will be wrong: give the file as timm:MODEL_NAME@FILE, or keep the "
+                        "checkpoint's 'arch' entry", where, heads, dim)  # fmt: skip
     ratio = hidden / dim if hint.get("mlp_ratio") is None else hint["mlp_ratio"]
     if not _is_number(heads) or heads != int(heads) or heads < 1:
         raise CheckpointError(f"checkpoint {where} gives num_heads={heads!r}; it must be a positive integer")
