@@ -43,6 +43,7 @@ demo: install dataset
 bench: install dataset
 	$(PY) benchmarks/bench_step.py
 	$(PY) benchmarks/bench_masking.py
+	$(PY) benchmarks/bench_attention.py
 
 # On one CUDA GPU, <= 8 min: CUDA tests, ViT-B/16 pretraining/fine-tuning img/s, MFU, loader; writes
 # results/gpu_check_<gpu-name>.json. `benchmarks/gpu_check.py --smoke` runs the same paths on the CPU.

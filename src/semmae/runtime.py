@@ -81,6 +81,37 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def configure_attention(model: torch.nn.Module, device: torch.device, precision: str) -> bool:
+    """Choose the attention path of ``model``'s timm blocks for training on ``device`` at ``precision``.
+
+    timm's ``Attention`` runs either torch's fused kernel (``F.scaled_dot_product_attention``) or
+    its own unfused form (two matmuls and a softmax), by its ``fused_attn`` attribute. On a CPU
+    the fused kernel's backward is several times slower in bf16 than in fp32, which held a bf16
+    training step of ``mae_fmnist_tiny`` to about 1.1x an fp32 one. Under bf16 the unfused form
+    makes a whole attention block (projections included) 1.2-4x faster than the fused kernel at
+    the MAE presets' token counts (13-197; ``benchmarks/bench_attention.py``) and is as accurate
+    (the step's bf16 rounding is the linear layers'). So on a CPU under bf16 the unfused form is
+    chosen; everywhere else the model is left as built (the fused kernel: flash attention on a
+    GPU, and in fp32 the arithmetic the parity tests pin; unfused fp32 is slower too).
+
+    Args:
+        model: any module; its submodules with a ``fused_attn`` attribute (timm's attention) are set.
+        device: where the model trains.
+        precision: ``fp32`` or ``bf16``.
+
+    Returns:
+        Whether anything was switched to the unfused form.
+    """
+    if device.type != "cpu" or precision != "bf16":
+        return False
+    switched = False
+    for module in model.modules():
+        if getattr(module, "fused_attn", False):
+            module.fused_attn = False
+            switched = True
+    return switched
+
+
 @contextlib.contextmanager
 def seeded_global_rngs(seed: int, device: torch.device | None = None) -> Iterator[None]:
     """Seed Python's, NumPy's and torch's global generators with ``seed`` for a block; restore after.

@@ -54,7 +54,9 @@ def _loop(task: Regression, run_dir: Path, accum: int = 1, **train: Any) -> Trai
     plan = make_plan(steps_per_epoch=per_epoch, epochs=2, max_steps=None, warmup_epochs=0.5, peak_lr=0.1,
                      min_lr=0.01, effective_batch=task.micro * accum, accum=accum)  # fmt: skip
     run_dir.mkdir(exist_ok=True)
-    settings = SimpleNamespace(log_every=3, ckpt_every_steps=0, progress_bar=False, **train)
+    settings = SimpleNamespace(
+        log_every=3, ckpt_every_steps=0, progress_bar=False, **{"precision": "fp32", **train}
+    )
     logger = MetricsLogger(run_dir, tensorboard=False)
     return TrainLoop(task, plan, task.optimizer, run_dir, logger, config={}, train=settings,
                      device=torch.device("cpu"), desc="toy")  # fmt: skip
@@ -75,6 +77,16 @@ def test_lr_per_step_log_rows_and_epoch_hooks(tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ckpt["kind"] == "toy" and ckpt["step"] == 16 and ckpt["epoch"] == 2 and ckpt["plan"]["accum"] == 1
     assert set(ckpt["provenance"]) == {"semmae", "torch"}
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("bf16", False), ("fp32", True)])
+def test_the_loop_chooses_the_attention_for_its_precision(
+    tmp_path: Path, precision: str, fused: bool
+) -> None:
+    task = Regression()
+    task.model.fused_attn = True  # as timm's attention modules carry it
+    _loop(task, tmp_path, precision=precision)
+    assert task.model.fused_attn is fused  # on a CPU in bf16: the unfused form
 
 
 def test_accumulation_matches_one_big_batch(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 from semmae import config as config_lib
 from semmae import runtime
 from semmae.engine.build import build_model
+from semmae.masking import build
 from semmae.models import build_mae
 from semmae.models.encoder import load_encoder
 from semmae.models.vit import build_classifier
@@ -24,6 +25,51 @@ def test_every_attention_uses_scaled_dot_product_attention() -> None:
         attns = [m for m in model.modules() if hasattr(m, "fused_attn")]
         assert len(attns) == sum(1 for n, _ in model.named_modules() if n.endswith(".attn"))
         assert attns and all(m.fused_attn for m in attns)  # F.scaled_dot_product_attention
+
+
+def _fused(model: torch.nn.Module) -> list[bool]:
+    return [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "switched"),
+    [("cpu", "bf16", True), ("cpu", "fp32", False), ("cuda", "bf16", False), ("cuda", "fp32", False)],
+)
+def test_only_bf16_on_a_cpu_leaves_the_fused_attention(device: str, precision: str, switched: bool) -> None:
+    model = build_mae("mae_debug")
+    assert runtime.configure_attention(model, torch.device(device), precision) is switched
+    assert _fused(model) == [not switched] * len(_fused(model)) and _fused(model)
+
+
+def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, bf16: bool):  # noqa: ANN202
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(x, mask).loss
+    loss.backward()
+    return loss.detach().float(), torch.cat(
+        [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+    )
+
+
+def test_the_unfused_bf16_attention_is_as_accurate_as_the_fused_kernel(single_thread: None) -> None:
+    """Against the fp32 step, the bf16 step's loss and gradients err no more with the unfused form."""
+    torch.manual_seed(0)
+    model = build_mae("mae_fmnist_tiny", norm_pix_loss=True)
+    x = torch.randn(32, 1, 28, 28)
+    mask = build("random", ratio=0.75)(32, model.num_patches, generator=torch.Generator().manual_seed(0))
+    loss, grads = _loss_and_grads(model, x, mask, bf16=False)
+    errors = {}
+    for form in ("fused", "unfused"):
+        if form == "unfused":
+            assert runtime.configure_attention(model, torch.device("cpu"), "bf16")
+        low_loss, low_grads = _loss_and_grads(model, x, mask, bf16=True)
+        errors[form] = (
+            float((low_loss - loss).abs() / loss),
+            float((low_grads - grads).norm() / grads.norm()),
+        )
+    fused, unfused = errors["fused"], errors["unfused"]
+    assert 0 < unfused[1] < 0.05  # bf16 rounds (a vacuous comparison would see zero error)
+    assert unfused[0] <= 1.5 * fused[0] + 1e-3 and unfused[1] <= 1.5 * fused[1]
 
 
 def test_compile_keeps_state_dict_names() -> None:

@@ -141,7 +141,8 @@ class TrainLoop:
         run_dir: the run directory (checkpoints go to ``run_dir/checkpoints``).
         logger: where log rows go.
         config: the resolved config dict stored in checkpoints.
-        train: the ``train`` config section (``log_every``, ``ckpt_every_steps``, ``progress_bar``).
+        train: the ``train`` config section (``log_every``, ``ckpt_every_steps``, ``progress_bar``,
+            ``precision``).
         device: where the model lives.
         desc: progress-bar label.
         show_bar: also needs ``train.progress_bar``; only the main process shows one.
@@ -154,6 +155,7 @@ class TrainLoop:
         self.task, self.plan, self.optimizer, self.run_dir = task, plan, optimizer, Path(run_dir)
         self.logger, self.config, self.device, self.desc = logger, config, device, desc
         runtime.configure_backends(device)  # malloc reuse; TF32 / cudnn.benchmark on CUDA
+        runtime.configure_attention(task.model, device, train.precision)  # unfused on a CPU in bf16
         self.log_every, self.ckpt_every = train.log_every, train.ckpt_every_steps
         self.show_bar = show_bar and train.progress_bar and runtime.is_main()
         self.keep_every = keep_every_epochs
