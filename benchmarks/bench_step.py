@@ -19,8 +19,9 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
   the end of an epoch (checkpoint, image grid, kNN monitor) to the steps of one recipe epoch.
 - ``fp32_compiled`` (``--compile``): the fp32 step under ``torch.compile``, as ``train.compile``
   runs it; ``compile_and_run_s`` includes compiling (minutes on a CPU).
-- ``fp32_profile``: where the fp32 step's time goes (shares of its CPU time: matmuls, attention,
-  GELU, the rest) and the matmuls' own GFLOP/s against the peak: what bounds the utilisation.
+- ``fp32_profile`` (and ``bf16_profile``): where the step's time goes (shares of its CPU time:
+  matmuls, attention, GELU, the rest) and the matmuls' own GFLOP/s against the peak of the same
+  precision: what bounds the utilisation.
 - ``bf16_speedup``: bf16 / fp32 step img/s, the bf16 step with the attention the engine chooses
   for it (``bf16_attention``: ``runtime.configure_attention``, the unfused form on a CPU; the
   fused CPU kernel's bf16 backward is what held this ratio near 1.1). On a CPU without bf16 instructions
@@ -160,23 +161,28 @@ def _family(op: str) -> str:
     return "gelu" if "gelu" in op else "other"
 
 
-def step_profile(model, opt, x, masking, device, peak_gflop_s: float, steps: int = 3) -> dict[str, Any]:  # noqa: ANN001
-    """Shares of the fp32 step's CPU time by op family, and the matmuls' achieved GFLOP/s.
+def step_profile(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, masking: Callable[..., Any],
+    device: torch.device, peak_gflop_s: float, precision: str = "fp32", steps: int = 3,
+) -> dict[str, Any]:  # fmt: skip
+    """Shares of the step's CPU time by op family, and the matmuls' achieved GFLOP/s.
 
     ``utilisation_if_only_matmuls`` is the step's FLOPs over its matmul time alone: the ceiling of
     the utilisation were every other op free. The profiler times ops in wall time, so ``peak_gflop_s``
-    is the wall-time peak. Attention's FLOPs count in the step's total, not in the matmuls'.
+    is the wall-time peak. The fused attention kernel's FLOPs count in the step's total, not in the
+    matmuls' (the unfused form's two matmuls are matmuls).
     """
     with flop_counter() as counter:
-        model(
-            x, masking(x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(0))
-        ).loss.backward()
+        mask = masking(x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(0))
+        with runtime.autocast(device, precision):
+            loss = model(x, mask).loss
+        loss.backward()
     model.zero_grad(set_to_none=True)
     # The counter names ops "aten.mm"; the profiler names them "aten::mm".
     by_op = {str(op).replace(".", "::"): n for op, n in counter.get_flop_counts()["Global"].items()}
     mm_flops = sum(n for op, n in by_op.items() if op in MATMULS)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        time_steps(model, opt, x, masking, device, "fp32", steps)
+        time_steps(model, opt, x, masking, device, precision, steps)
     seconds: dict[str, float] = {}
     for event in prof.key_averages():
         family = _family(event.key)
@@ -466,6 +472,9 @@ def main() -> None:
             "unfused" if runtime.configure_attention(model, device, "bf16") else "fused (as built)"
         )
         result["bf16"] = bare("bf16")
+        if device.type == "cpu":
+            bf16_peak = result["bf16"]["matmul_peak_gflop_s"]
+            result["bf16_profile"] = step_profile(model, opt, x, masking, device, bf16_peak, "bf16")
         result["bf16_speedup"] = round(result["bf16"]["img_per_s"] / result["fp32"]["img_per_s"], 3)
     result["targets"] = targets(result)
     result["provenance"] = runtime.provenance()
