@@ -88,7 +88,7 @@ def configure_attention(model: torch.nn.Module, device: torch.device, precision:
     its own unfused form (two matmuls and a softmax), by its ``fused_attn`` attribute. On a CPU
     the fused kernel's backward is several times slower in bf16 than in fp32, which held a bf16
     training step of ``mae_fmnist_tiny`` to about 1.1x an fp32 one. Under bf16 the unfused form
-    makes a whole attention block (projections included) 1.2-4x faster than the fused kernel at
+    makes a whole attention block (projections included) 1.3-3.6x faster than the fused kernel at
     the MAE presets' token counts (13-197; ``benchmarks/bench_attention.py``) and is as accurate
     (the step's bf16 rounding is the linear layers'). So on a CPU under bf16 the unfused form is
     chosen; everywhere else the model is left as built (the fused kernel: flash attention on a
