@@ -26,12 +26,7 @@ TOY = [
 CKPT_BYTES = 576 * 1024  # one mae_debug pretraining checkpoint (weights + AdamW state), measured
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture

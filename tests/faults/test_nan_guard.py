@@ -34,12 +34,7 @@ TRAINERS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _poison(monkeypatch: pytest.MonkeyPatch, task: type, from_call: int) -> None:

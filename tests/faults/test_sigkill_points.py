@@ -41,15 +41,7 @@ TRAINERS = {
                "parts.num_vis=2", "parts.image_every_epochs=0"]),
 }  # fmt: skip
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]  # tests/conftest.py
 
 
 def _argv(name: str, out: Path, tmp_path: Path) -> list[str]:

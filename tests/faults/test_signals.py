@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from semmae.cli.main import main
 from semmae.models.checkpoint import load_checkpoint
@@ -42,12 +41,7 @@ TRAINERS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _argv(name: str, out: Path, tmp_path: Path) -> list[str]:

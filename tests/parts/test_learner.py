@@ -14,14 +14,7 @@ from semmae.parts.decoder import StyleDecoder, num_upsamplings
 from semmae.parts.labels import maps_to_labels
 from semmae.parts.learner import PartBlur, PartLearner, gaussian_kernel3
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread is faster than two here.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _small_learner(backbone: FrozenBackbone, k: int = 4, **kw) -> PartLearner:

@@ -19,13 +19,7 @@ from semmae.parts.losses import (
     parts_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def _hard_maps(labels: torch.Tensor, k: int) -> torch.Tensor:
