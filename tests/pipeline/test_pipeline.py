@@ -38,6 +38,7 @@ def test_every_stage_completes_and_the_report_has_every_part(pipeline_dir: Path)
     for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (pipeline_dir / img).is_file(), img
     assert len(re.findall(r"!\[", md)) >= 7  # curves, part maps, masks, both reconstructions
+    assert "| pretraining | 1 epoch, batch 32" in md and ", 1 epoch, global token" in md  # not "1 epochs"
     html = (pipeline_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(re.findall(r"!\[", md))
     assert 'src="figures' not in html  # self-contained

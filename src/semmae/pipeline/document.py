@@ -60,6 +60,11 @@ class Document:
         return md
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``count(1, "epoch")`` is ``"1 epoch"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _inline(text: str) -> str:
     """Escape, then render `code` and **bold** spans."""
     out = html.escape(text)

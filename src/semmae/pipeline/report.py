@@ -13,7 +13,7 @@ from typing import Any
 
 from semmae.config import Config
 from semmae.engine.logging import read_metrics
-from semmae.pipeline.document import Document
+from semmae.pipeline.document import Document, count
 from semmae.pipeline.layout import PipelineLayout
 from semmae.runtime import provenance
 from semmae.viz.parts import render_part_map_file
@@ -87,13 +87,13 @@ def _settings(cfg: Config, root: Path) -> list[list[str]]:
         ["model", f"{cfg.model.name}"],
         [
             "pretraining",
-            f"{t.epochs} epochs, batch {t.batch_size}×{t.accum_steps}, blr {t.base_lr:g}, {t.precision}",
+            f"{count(t.epochs, 'epoch')}, batch {t.batch_size}×{t.accum_steps}, blr {t.base_lr:g}, {t.precision}",
         ],
         [
             "masking",
             f"ratio {m.ratio}, SemMAE schedule {m.schedule} (γ={m.gamma:g}), λ stepped per {m.step_per}",
         ],
-        ["parts", f"K={p.num_parts}, {p.epochs} epochs, global token {p.global_token}, τ={p.tau:g}"],
+        ["parts", f"K={p.num_parts}, {count(p.epochs, 'epoch')}, global token {p.global_token}, τ={p.tau:g}"],
         ["hardware", f"{prov['device']}, torch {prov['torch']}"],
         ["code", f"semmae {prov['semmae']}" + (f", git {prov['git']}" if prov["git"] else "")],
         ["directory", f"`{root}`"],

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from semmae.pipeline.document import Document
+from semmae.pipeline.document import Document, count
 from semmae.pipeline.layout import StudyLayout
 from semmae.pipeline.stats import describe, paired_difference, t_interval, verdict
 from semmae.viz.plots import plot_interval_bars
@@ -121,13 +121,13 @@ def _document(layout: StudyLayout, result: dict[str, Any]) -> Document:
     doc.para(
         f"Data `{result['dataset']}` ({result['images']} images per split), model `{result['model']}`"
         f"{f' ({arch})' if arch else ''}, "
-        f"{result['epochs']} epochs, seeds {result['seeds']}, {result['budget']} budget; "
+        f"{count(result['epochs'], 'epoch')}, seeds {result['seeds']}, {result['budget']} budget; "
         f"{result['cpu_minutes']:.1f} CPU-minutes in all (pretraining, part learning, evaluation). "
         f"Code: {result['provenance'].get('git') or 'unknown commit'}."
     )
     doc.heading("Results")
     doc.para(
-        f"Mean ± sample std over {n_seeds} seeds. Δ = method − random masking, paired by seed (runs with "
+        f"Mean ± sample std over {count(n_seeds, 'seed')}. Δ = method − random masking, paired by seed (runs with "
         "one seed share initial weights and data order), mean and 95% t-interval (n − 1 df); **✓** marks an "
         "interval that excludes 0. `floor` = the same network untrained (its seed's initialisation)."
     )
