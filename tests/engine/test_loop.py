@@ -189,3 +189,12 @@ def test_one_gpu_named_for_every_process_of_a_node_is_refused(monkeypatch) -> No
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: as given
     assert current == [torch.device("cuda", 1)]  # and current: its generator is the one saved
+
+
+def test_a_floor_above_the_peak_lr_is_refused_by_its_setting() -> None:
+    kwargs = dict(steps_per_epoch=4, epochs=1, max_steps=None, warmup_epochs=0, effective_batch=1)
+    with pytest.raises(
+        ConfigError, match=r"eval.ft_min_lr=0.2 is above the peak learning rate 0.1 \(from A\)"
+    ):
+        make_plan(**kwargs, peak_lr=0.1, min_lr=0.2, lr_settings=("eval.ft_min_lr", "from A"))
+    assert make_plan(**kwargs, peak_lr=0.1, min_lr=0.1).lr(3) == pytest.approx(0.1)  # flat is allowed

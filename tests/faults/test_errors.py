@@ -425,3 +425,19 @@ def test_a_checkpoint_of_another_kind_names_the_command_that_resumes_it(tmp_path
         load_run_state(
             tmp_path, kind="mae", arch={}, model=torch.nn.Linear(1, 1), optimizer=None, config=None
         )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["pretrain", "train.min_lr=1", "train.batch_size=16"], "train.min_lr=1 is above the peak learning rate"),
+        (["eval", "finetune", "--checkpoint", "random:mae_debug", "eval.ft_min_lr=1", "eval.ft_batch_size=16"],
+         "eval.ft_min_lr=1 is above the peak learning rate"),
+        (["parts", "train", "parts.min_lr=1", "parts.lr=0.01", "parts.backbone=random:mae_debug", "parts.batch_size=16"], "parts.min_lr=1 is above the peak learning rate 0.01"),
+    ],
+)  # fmt: skip
+def test_a_schedule_floor_above_its_peak_is_refused(
+    tmp_path: Path, capsys, argv: list[str], needle: str
+) -> None:
+    line = _one_line(capsys, [*argv, "--out", str(tmp_path / "r"), *TOY], needle)
+    assert "lower " + needle.split("=")[0] in line  # the fix, by the setting's name

@@ -79,12 +79,22 @@ def make_plan(
     min_lr: float,
     effective_batch: int,
     accum: int = 1,
+    lr_settings: tuple[str, str] = ("min_lr", "the peak lr"),
 ) -> Plan:
     """The :class:`Plan` of ``epochs`` epochs, cut at ``max_steps`` (which alone decides when epochs is 0).
 
+    ``lr_settings`` names, for the error, the setting of ``min_lr`` and where ``peak_lr`` comes from.
+
     Raises:
-        ConfigError: the settings give no step to train.
+        ConfigError: the settings give no step to train, or ``min_lr`` is above ``peak_lr`` (the
+            "cosine decay" would rise).
     """
+    if min_lr > peak_lr:
+        name, peak_from = lr_settings
+        raise ConfigError(
+            f"{name}={min_lr:g} is above the peak learning rate {peak_lr:g} ({peak_from}), so the cosine "
+            f"schedule would rise instead of decay; lower {name} (0 is the usual floor)"
+        )
     total = epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, max_steps) if epochs > 0 else max_steps

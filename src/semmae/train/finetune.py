@@ -78,6 +78,7 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
     return make_plan(
         steps_per_epoch=per_epoch, epochs=e.ft_epochs, max_steps=None, warmup_epochs=e.ft_warmup_epochs,
         peak_lr=scaled_lr(e.ft_base_lr, eff), min_lr=e.ft_min_lr, effective_batch=eff,
+        lr_settings=("eval.ft_min_lr", f"eval.ft_base_lr={e.ft_base_lr:g} x effective batch {eff} / 256"),
     )  # fmt: skip
 
 

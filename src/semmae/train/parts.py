@@ -205,6 +205,7 @@ def _setup(
     plan = make_plan(
         steps_per_epoch=max(1, len(ds) // p.batch_size), epochs=p.epochs, max_steps=p.max_steps,
         warmup_epochs=p.warmup_epochs, peak_lr=p.lr, min_lr=p.min_lr, effective_batch=p.batch_size,
+        lr_settings=("parts.min_lr", "parts.lr"),
     )  # fmt: skip
     return PartsTask(cfg, device, run_dir, ds, backbone, meta, learner, plan), optimizer
 

@@ -54,6 +54,7 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
         steps_per_epoch=steps_per_epoch, epochs=tc.epochs, max_steps=tc.max_steps,
         warmup_epochs=tc.warmup_epochs, peak_lr=scaled_lr(tc.base_lr, eff), min_lr=tc.min_lr,
         effective_batch=eff, accum=tc.accum_steps,
+        lr_settings=("train.min_lr", f"train.base_lr={tc.base_lr:g} x effective batch {eff} / 256"),
     )  # fmt: skip
 
 
