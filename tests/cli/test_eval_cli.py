@@ -306,3 +306,14 @@ def test_a_test_class_train_lacks_is_refused_in_one_line(tmp_path, capsys) -> No
     line = _error_line(capsys)
     assert f"class folder(s) c in {tmp_path / 'data' / 'test'} have no images in" in line
     assert "add their training images" in line and not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["knn", "linear", "finetune"])
+def test_a_one_class_folder_is_refused_not_scored_100(tmp_path, capsys, command: str) -> None:
+    _rgb_folders(tmp_path / "data", {"train": "a", "test": "a"})
+    argv = _knn_folder(tmp_path / "data", tmp_path / "r.jsonl")
+    argv[1] = command
+    out = tmp_path / "ft"
+    assert main(argv + (["--out", str(out), "eval.ft_batch_size=4"] if command == "finetune" else [])) == 2
+    assert "has one class ('a'), so any classifier scores 100%" in _error_line(capsys)
+    assert not (tmp_path / "r.jsonl").exists() and not (out / "checkpoints").exists()

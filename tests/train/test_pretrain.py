@@ -105,3 +105,20 @@ def test_accumulation_and_bf16_run(tmp_path: Path) -> None:
     lrs = [r["lr"] for r in read_metrics(tmp_path / "acc" / "metrics.jsonl") if "lr" in r]
     assert len(lrs) == 3
     assert json.loads((tmp_path / "acc" / "summary.json").read_text())["step"] == 3
+
+
+def test_the_knn_monitor_skips_a_one_class_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "cats").mkdir(parents=True)
+        for i in range(8):
+            pixels = torch.randint(
+                0, 256, (28, 28), generator=torch.Generator().manual_seed(i), dtype=torch.uint8
+            )
+            Image.fromarray(pixels.numpy()).save(tmp_path / "data" / split / "cats" / f"{i}.png")
+    cfg = _cfg("data.name=image_folder", f"data.root={tmp_path / 'data'}", "data.limit=null", "train.batch_size=8",
+               "train.max_steps=1", "train.knn_every_epochs=1")  # fmt: skip
+    summary = run_pretrain(cfg, tmp_path / "run")
+    assert summary["complete"] and summary["knn_top1"] is None  # not a meaningless 100%
+    assert not [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "knn_top1" in r]

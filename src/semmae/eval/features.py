@@ -186,12 +186,20 @@ class FeatureSet:
 
 
 def labelled_split(cfg: Config, split: str) -> Any:
-    """Build ``split`` of ``cfg.data`` and refuse an unlabelled one (DataError)."""
+    """Build ``split`` of ``cfg.data`` and refuse an unlabelled or one-class one (DataError).
+
+    With one class every prediction is right: kNN, probes and fine-tuning would report 100%.
+    """
     ds = build_dataset(cfg.data, split)
     if len(ds) == 0 or not ds.classes or bool((ds.targets < 0).any()):
         raise DataError(
             f"the {split} split of dataset {cfg.data.name!r} has no class labels; "
             "this evaluation needs a labelled dataset"
+        )
+    if len(ds.classes) < 2:
+        raise DataError(
+            f"the {split} split of dataset {cfg.data.name!r} has one class ({ds.classes[0]!r}), so any "
+            "classifier scores 100%; this evaluation needs at least two classes (one subfolder per class)"
         )
     return ds
 
