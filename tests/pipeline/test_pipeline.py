@@ -174,3 +174,29 @@ def test_provenance_names_the_commit_of_this_checkout() -> None:
     )
     assert re.fullmatch(r"[0-9a-f]{4,}(\+dirty)?", prov["git"])
     assert prov["git"].split("+")[0] == head.stdout.strip()
+
+
+@pytest.mark.parametrize("change", ["replaced", "lost"])
+def test_a_completed_stage_whose_checkpoint_changed_is_refused(tmp_path: Path, change: str) -> None:
+    from semmae.errors import RunDirError
+    from semmae.pipeline.layout import StageDir
+    from semmae.pipeline.stages import run_stage
+
+    def stage(d: Path, resume: bool) -> dict:
+        (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (d / "checkpoints" / "last.pt").write_bytes(b"the weights it finished with")
+        return {"ok": True}
+
+    s = StageDir(tmp_path / "mae")
+    record = run_stage(s, "mae", stage)
+    assert len(record["checkpoint_sha256"]) == 16
+    assert run_stage(s, "mae", stage) == record  # unchanged: skipped
+    if change == "replaced":
+        s.checkpoint.write_bytes(b"another run's weights")
+    else:
+        s.checkpoint.unlink()
+    state = "is not the checkpoint the stage finished with" if change == "replaced" else "is gone"
+    with pytest.raises(
+        RunDirError, match=rf"the 'mae' stage is complete but .*last\.pt {state} .*--overwrite"
+    ):
+        run_stage(s, "mae", stage)

@@ -22,6 +22,7 @@ from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
 from semmae.engine.runfiles import first_foreign_entry
 from semmae.errors import ConfigError, RunDirError, StageStopped
+from semmae.models.checkpoint import file_hash
 from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
 from semmae.pipeline.evaluate import evaluate_encoders
@@ -66,6 +67,7 @@ def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
     """
     done = stage.record()
     if done is not None:
+        _check_checkpoint_unchanged(stage, name, done)
         log.info("[%s] already complete (%.0fs), skipped", name, done["seconds"])
         return done
     resume = stage.checkpoint.exists()
@@ -95,11 +97,35 @@ def run_stage(stage: StageDir, name: str, fn: StageFn) -> dict[str, Any]:
         "attempts": earlier["attempts"] + 1,
         "result": result,
     }
+    if stage.checkpoint.is_file():  # what later stages and the report build on
+        record["checkpoint_sha256"] = file_hash(stage.checkpoint)
     if runtime.is_main():
         stage.path.mkdir(parents=True, exist_ok=True)
         stage.done.write_text(json.dumps(record, indent=2, default=str) + "\n")
         stage.partial.unlink(missing_ok=True)
     return record
+
+
+def _check_checkpoint_unchanged(stage: StageDir, name: str, done: dict[str, Any]) -> None:
+    """A completed stage's ``checkpoints/last.pt`` is still the one it finished with.
+
+    Later stages read it (the part learner the MAE's encoder, the evaluation both encoders) and
+    the report states what the stage recorded, so a replaced, retrained or lost checkpoint would
+    mix two runs silently.
+
+    Raises:
+        RunDirError: the checkpoint is gone or is not the file ``DONE.json`` records.
+    """
+    recorded = done.get("checkpoint_sha256")
+    if recorded is None:  # a stage without a checkpoint (export, eval), or a record from before
+        return
+    path = stage.checkpoint
+    if not path.is_file() or file_hash(path) != recorded:
+        state = "is gone" if not path.is_file() else "is not the checkpoint the stage finished with"
+        raise RunDirError(
+            f"the {name!r} stage is complete but {path} {state} (its DONE.json records sha256 "
+            f"{recorded}): put that checkpoint back, or run the pipeline again with --overwrite"
+        )
 
 
 def with_masking(cfg: Config, name: MaskingName, part_maps: Path | None = None) -> Config:
