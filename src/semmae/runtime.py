@@ -89,8 +89,9 @@ def configure_attention(model: torch.nn.Module, device: torch.device, precision:
     the fused kernel's backward is several times slower in bf16 than in fp32, which held a bf16
     training step of ``mae_fmnist_tiny`` to about 1.1x an fp32 one. Under bf16 the unfused form
     makes a whole attention block (projections included) 1.3-3.6x faster than the fused kernel at
-    the MAE presets' token counts (13-197; ``benchmarks/bench_attention.py``) and is as accurate
-    (the step's bf16 rounding is the linear layers'). So on a CPU under bf16 the unfused form is
+    the MAE presets' token counts (13-197; ``benchmarks/bench_attention.py``). It rounds q·kᵀ to
+    bf16 before the softmax: at initialisation a step errs as much as with the fused kernel (the
+    linear layers' rounding dominates); with sharp attention its error can be ~30% larger. So on a CPU under bf16 the unfused form is
     chosen; everywhere else the model is left as built (the fused kernel: flash attention on a
     GPU, and in fp32 the arithmetic the parity tests pin; unfused fp32 is slower too).
 

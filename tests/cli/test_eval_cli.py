@@ -315,5 +315,11 @@ def test_a_one_class_folder_is_refused_not_scored_100(tmp_path, capsys, command:
     argv[1] = command
     out = tmp_path / "ft"
     assert main(argv + (["--out", str(out), "eval.ft_batch_size=4"] if command == "finetune" else [])) == 2
-    assert "has one class ('a'), so any classifier scores 100%" in _error_line(capsys)
+    assert "holds one class, so any classifier scores 100%" in _error_line(capsys)
     assert not (tmp_path / "r.jsonl").exists() and not (out / "checkpoints").exists()
+
+
+def test_a_limit_that_keeps_one_class_is_refused(tmp_path, capsys) -> None:
+    _rgb_folders(tmp_path / "data", {"train": "ab", "test": "ab"})  # files listed class by class
+    assert main([*_knn_folder(tmp_path / "data", tmp_path / "r.jsonl"), "data.limit=4"]) == 2
+    assert "holds one class" in (line := _error_line(capsys)) and "raise data.limit" in line

@@ -79,6 +79,22 @@ def test_rerun_skips_finished_stages_and_redoes_unfinished(pipeline_dir: Path) -
     assert records["eval"]["result"].keys() == json.loads(before["eval"])["result"].keys()
 
 
+def test_a_stage_left_out_of_the_resume_still_has_its_checkpoint_checked(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    from semmae.errors import RunDirError
+
+    ckpt = pipeline_dir / "mae" / "checkpoints" / "last.pt"
+    original = ckpt.read_bytes()
+    cfg = config_lib.load(ROOT / "configs" / "pipeline_fmnist.yaml", [*TINY, "pipeline.stages=[eval]"])
+    try:
+        ckpt.write_bytes(original + b"another run")
+        with pytest.raises(RunDirError, match="'mae' stage is complete but"):
+            run_pipeline(cfg, pipeline_dir, resume=True)
+    finally:
+        ckpt.write_bytes(original)
+
+
 def test_a_resume_with_other_settings_is_refused_before_any_stage_runs(pipeline_dir: Path) -> None:
     from semmae.errors import RunDirError
 
@@ -197,6 +213,6 @@ def test_a_completed_stage_whose_checkpoint_changed_is_refused(tmp_path: Path, c
         s.checkpoint.unlink()
     state = "is not the checkpoint the stage finished with" if change == "replaced" else "is gone"
     with pytest.raises(
-        RunDirError, match=rf"the 'mae' stage is complete but .*last\.pt {state} .*--overwrite"
+        RunDirError, match=rf"the 'mae' stage is complete but .*last\.pt {state} .*delete .*DONE\.json"
     ):
         run_stage(s, "mae", stage)

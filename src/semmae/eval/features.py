@@ -196,10 +196,10 @@ def labelled_split(cfg: Config, split: str) -> Any:
             f"the {split} split of dataset {cfg.data.name!r} has no class labels; "
             "this evaluation needs a labelled dataset"
         )
-    if len(ds.classes) < 2:
+    if int(torch.as_tensor(ds.targets).unique().numel()) < 2:  # data.limit may keep one class only
         raise DataError(
-            f"the {split} split of dataset {cfg.data.name!r} has one class ({ds.classes[0]!r}), so any "
-            "classifier scores 100%; this evaluation needs at least two classes (one subfolder per class)"
+            f"the {split} split of dataset {cfg.data.name!r} holds one class, so any classifier scores "
+            "100%; this evaluation needs at least two (one subfolder per class; raise data.limit if set)"
         )
     return ds
 

@@ -123,8 +123,9 @@ def _check_checkpoint_unchanged(stage: StageDir, name: str, done: dict[str, Any]
     if not path.is_file() or file_hash(path) != recorded:
         state = "is gone" if not path.is_file() else "is not the checkpoint the stage finished with"
         raise RunDirError(
-            f"the {name!r} stage is complete but {path} {state} (its DONE.json records sha256 "
-            f"{recorded}): put that checkpoint back, or run the pipeline again with --overwrite"
+            f"the {name!r} stage is complete but {path} {state} (its DONE.json records a sha256 "
+            f"starting {recorded}): put that checkpoint back, or delete {stage.done} and the later "
+            "stages' DONE.json to run them again"
         )
 
 
@@ -255,6 +256,7 @@ def run_pipeline(
         if name in wanted:
             records[name] = held[name] = run_stage(layout.stage(name), name, plan[name])
         elif (done := layout.stage(name).record()) is not None:
+            _check_checkpoint_unchanged(layout.stage(name), name, done)  # later stages build on it
             held[name] = done
     if "report" in wanted and runtime.is_main():
         path = write_report(layout, cfg, held, by_encoder(held.get("eval")))

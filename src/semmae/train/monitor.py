@@ -125,10 +125,10 @@ class PretrainMonitor:
         if int((train.targets >= 0).sum()) == 0:
             log.info("kNN monitor skipped: the dataset has no labels")
             return {}
-        if len(train.classes) < 2:
-            log.info("kNN monitor skipped: the dataset has one class (any classifier scores 100%%)")
-            return {}
         tr_idx = torch.arange(min(tc.knn_train, len(train)))
+        if int(train.targets[tr_idx].unique().numel()) < 2:
+            log.info("kNN monitor skipped: its images hold one class (any classifier scores 100%%)")
+            return {}
         te_idx = torch.arange(min(tc.knn_test, len(test)))
         ftr, fte = (self.encode(ds, idx) for ds, idx in ((train, tr_idx), (test, te_idx)))
         tr_labels = train.targets[tr_idx].to(self.device)
