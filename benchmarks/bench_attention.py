@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from measure import sync
 from timm.models.vision_transformer import Attention
 
 from semmae import runtime
@@ -35,21 +36,16 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 FORMS = ("fused fp32", "unfused fp32", "fused bf16", "unfused bf16")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _step(attn: Attention, x: torch.Tensor, grad: torch.Tensor, form: str, device: torch.device) -> float:
     """Seconds of one forward + backward of ``attn`` in ``form``."""
     attn.fused_attn = form.startswith("fused")
     precision = form.split()[1]
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     with runtime.autocast(device, precision):
         out = attn(x)
     out.backward(grad.to(out.dtype))
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from measure import sync
 
 from semmae.masking import build
 from semmae.models import build_mae
@@ -28,20 +29,15 @@ from semmae.models import build_mae
 NUM_PARTS = 6
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_us(fn: Callable[[], object], reps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
@@ -81,19 +77,19 @@ def bench_train_step(batch: int, steps: int, warmup: int, device: torch.device) 
 
     def step(name: str, i: int, total: int) -> tuple[float, float]:
         """(step seconds, of which mask generation)."""
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         mask = strategies[name](
             batch, length, part_labels=labels, num_parts=NUM_PARTS, progress=i / total,
             generator=torch.Generator().manual_seed(i), device=device,
         )  # fmt: skip
-        _sync(device)
+        sync(device)
         t_mask = time.perf_counter() - t0
         loss = model(images, mask).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0, t_mask
 
     times: dict[str, list[tuple[float, float]]] = {"random": [], "semantic": []}

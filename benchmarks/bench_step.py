@@ -2,6 +2,9 @@
 
 Prints (and with ``--out`` writes) one JSON object, all measured in one process so ratios are fair:
 
+- the setting: model, batch, threads, ``cpu_capability`` (the instruction set torch's CPU kernels
+  use, ``AVX2`` or ``AVX512``: machines of one kind differ most by it) and ``cpu_native_bf16``.
+
 - ``fp32`` / ``bf16``: img/s of the bare step (mask + forward + backward + AdamW) on a fixed random
   batch, FLOPs counted with ``torch.utils.flop_counter`` (attention included), the measured
   matmul peak (GFLOP/s) and the utilisation (achieved / peak), from the median one of rounds that
@@ -36,24 +39,22 @@ Prints (and with ``--out`` writes) one JSON object, all measured in one process 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from measure import flop_counter, log_clock, matmul_peak, step_flops, time_steps
 
 import semmae.data
 from semmae import config as config_lib
 from semmae import runtime
-from semmae.engine.logging import MetricsLogger
 from semmae.engine.optim import build_adamw
 from semmae.masking import build
 from semmae.models import build_mae
@@ -62,92 +63,6 @@ from semmae.train.pretrain import run_pretrain
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "fmnist_tiny.yaml"
 TARGETS = {"fp32_utilisation": 0.65, "bf16_speedup": 1.4, "engine_over_step": 0.95}
-
-
-def matmul_peak(
-    dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5
-) -> tuple[float, float]:
-    """Median GFLOP/s of an n×n×n matmul, in wall time and in this process's CPU time.
-
-    On this project's CPU the sizes 512–3072 give medians within the machine's run-to-run spread
-    of each other; 2048³ runs long enough (0.1–0.2 s) to be timed well. On a GPU pass a size that
-    fills it (``gpu_check`` does).
-    """
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times, cpu = [], []
-    for _ in range(reps):
-        _sync(device)
-        t, c = time.perf_counter(), time.process_time()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return 2 * n**3 / statistics.median(times) / 1e9, 2 * n**3 / statistics.median(cpu) / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003
-    return sdpa_flop_count(query, key, value)
-
-
-def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-def flop_counter() -> FlopCounterMode:
-    """torch's FLOP counter, which also counts the CPU's fused attention kernel.
-
-    torch counts the CUDA attention kernels (flash, memory-efficient, cuDNN) but not the CPU's
-    ``_scaled_dot_product_flash_attention_for_cpu``; the same formulas (the two matmuls of
-    attention, five in its backward) are registered for it, so a step's FLOPs do not depend on
-    the device that counts them.
-    """
-    aten = torch.ops.aten
-    cpu_attention = {
-        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
-    }
-    return FlopCounterMode(display=False, custom_mapping=cpu_attention)
-
-
-def step_flops(model: torch.nn.Module, x: torch.Tensor, mask) -> int:  # noqa: ANN001
-    """FLOPs of one forward + backward, attention included."""
-    with flop_counter() as counter:
-        model(x, mask).loss.backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def time_steps(
-    model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, masking: Callable[..., Any],
-    device: torch.device, precision: str, steps: int, warmup: int = 3,
-) -> tuple[list[float], float]:  # fmt: skip
-    """Per-step wall seconds of mask + forward + backward + AdamW step, and CPU seconds per step."""
-    times = []
-    for i in range(steps + warmup):
-        _sync(device)
-        t = time.perf_counter()
-        if i == warmup:
-            cpu0 = time.process_time()
-        mask = masking(
-            x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(i), device=device
-        )
-        with runtime.autocast(device, precision):
-            loss = model(x, mask).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= warmup:  # warm-up steps excluded
-            times.append(time.perf_counter() - t)
-    return times, (time.process_time() - cpu0) / steps
 
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
@@ -250,28 +165,6 @@ def interleaved(
     median = sorted(per_round, key=lambda f: f["utilisation"])[(rounds - 1) // 2]
     faults = statistics.median(f["page_faults_per_step"] for f in per_round)
     return median | {"page_faults_per_step": round(faults, 1), "rounds": rounds}
-
-
-@contextlib.contextmanager
-def log_clock() -> Iterator[list[tuple[int, float, float]]]:
-    """Record (step, wall s, process CPU s) at every ``MetricsLogger.log`` call of the loop.
-
-    Process CPU time is what this process itself consumed: on a machine shared with other work
-    it moves far less than wall time, so the CPU-time ratio is the fairer one there.
-    """
-    marks: list[tuple[int, float, float]] = []
-    original = MetricsLogger.log
-
-    def log(self: MetricsLogger, step: int, **metrics: Any) -> None:
-        if "img_per_s" in metrics:
-            marks.append((step, time.perf_counter(), time.process_time()))
-        original(self, step, **metrics)
-
-    MetricsLogger.log = log  # type: ignore[method-assign]
-    try:
-        yield marks
-    finally:
-        MetricsLogger.log = original  # type: ignore[method-assign]
 
 
 def engine_rates(batch: int, steps: int, device: torch.device, precision: str) -> dict[str, Any]:
@@ -403,7 +296,8 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument(
@@ -428,7 +322,24 @@ def main() -> None:
         help="off: leave glibc's malloc defaults (the bare step and the engine), to measure what keeping pays",
     )
     ap.add_argument("--out", help="also write the JSON here")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def describe(args: argparse.Namespace, device: torch.device, flops: int) -> dict[str, Any]:
+    """The run's setting: model, batch, device, threads, the CPU's instruction set, the step's GFLOP."""
+    return {
+        "model": "mae_fmnist_tiny", "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        # The instruction set torch's CPU kernels use: AVX2 and AVX-512 machines of one kind differ
+        # most by it (the fp32 matmul peak doubles, the elementwise kernels do not).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+        "gflop_per_step": round(flops / 1e9, 3), "cpu_native_bf16": runtime.cpu_has_native_bf16(),
+        "keep_freed_memory": args.keep_freed_memory,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.keep_freed_memory == "off":
         runtime.keep_freed_host_memory = lambda *a, **k: False  # type: ignore[assignment]
     device = runtime.resolve_device(args.device)
@@ -441,22 +352,20 @@ def main() -> None:
         args.batch, model.num_patches, generator=torch.Generator().manual_seed(0), device=device
     )
     flops = step_flops(model, x, first_mask)
-    result: dict[str, Any] = {
-        "model": "mae_fmnist_tiny", "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "gflop_per_step": round(flops / 1e9, 3), "cpu_native_bf16": runtime.cpu_has_native_bf16(),
-        "keep_freed_memory": args.keep_freed_memory,
-    }  # fmt: skip
+    result = describe(args, device, flops)
 
     def bare(precision: str) -> dict[str, float]:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         return interleaved(model, opt, x, masking, device, precision, dtype, flops, args.rounds, args.steps)
 
+    def profile(peak_gflop_s: float, precision: str) -> dict[str, Any]:
+        return step_profile(model, opt, x, masking, device, peak_gflop_s, precision)
+
     runtime.configure_backends(device)  # what the engine's loop sets, so both run alike
     result["fp32"] = bare("fp32")
     fp32_peak = (result["fp32"]["matmul_peak_gflop_s"], result["fp32"]["matmul_peak_gflop_cpu_s"])
     if device.type == "cpu":
-        result["fp32_profile"] = step_profile(model, opt, x, masking, device, fp32_peak[0])
+        result["fp32_profile"] = profile(fp32_peak[0], "fp32")
     if args.engine_steps > 0:
         result.update(
             engine_figures(args, device, lambda: neighbour(model, opt, x, masking, device, args.steps))
@@ -473,8 +382,7 @@ def main() -> None:
         )
         result["bf16"] = bare("bf16")
         if device.type == "cpu":
-            bf16_peak = result["bf16"]["matmul_peak_gflop_s"]
-            result["bf16_profile"] = step_profile(model, opt, x, masking, device, bf16_peak, "bf16")
+            result["bf16_profile"] = profile(result["bf16"]["matmul_peak_gflop_s"], "bf16")
         result["bf16_speedup"] = round(result["bf16"]["img_per_s"] / result["fp32"]["img_per_s"], 3)
     result["targets"] = targets(result)
     result["provenance"] = runtime.provenance()

@@ -37,22 +37,21 @@ import argparse
 import gc
 import json
 import math
-import os
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_step import flop_counter, log_clock, matmul_peak
+from check_env import cuda_tests, package_versions
+from check_spec import FULL, SMOKE, Section, Spec, failure, usable_cores
+from gpu_loader import loader_section
+from measure import flop_counter, log_clock, matmul_peak, sync
 
-import semmae.data
 from semmae import config as config_lib
 from semmae import runtime
 from semmae.data import synthetic
@@ -68,8 +67,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_IMG_S = 4000.0  # ViT-B/16 MAE pretraining on an H100/H200-class GPU (~22% MFU)
 TARGET_SEMANTIC_OVER_RANDOM = 1.02  # semantic masking may cost at most 2% of the step
 COMPILED_RUN_MIN_S = 75.0  # a compiled run starts only with this much of the section left
-PACKAGES = ("timm", "torchvision", "numpy", "pillow", "safetensors", "tensorboard", "scipy",
-            "scikit-learn", "matplotlib", "pytest", "tqdm", "pyyaml")  # fmt: skip
 
 
 def _classifier_step(
@@ -89,88 +86,6 @@ def _classifier_step(
     opt.zero_grad(set_to_none=True)
 
 
-@dataclass(frozen=True)
-class Spec:
-    """What one run of the check measures (the full GPU check, or the CPU smoke)."""
-
-    smoke: bool
-    model: str
-    image_size: int
-    precision: str
-    batch: int
-    window: int  # steps between the loop's log steps; the first window is warm-up
-    windows: int  # timed windows
-    matmul_n: int
-    jpegs: int
-    jpeg_size: tuple[int, int]  # (W, H) of the loader's files
-    loader_batch: int
-    ft_steps: int
-    test_paths: tuple[str, ...]  # files, or folders whose test files that mention "cuda" are run
-    budgets: dict[str, float]  # seconds per section
-    total_s: float  # the whole check; a section gets less than its budget when time runs short
-
-
-FULL = Spec(
-    smoke=False, model="mae_vit_base_patch16", image_size=224, precision="bf16", batch=256, window=5, windows=2, matmul_n=8192,
-    jpegs=768, jpeg_size=(500, 375), loader_batch=32, ft_steps=10, test_paths=("tests",),
-    budgets={"cuda_tests": 90, "matmul": 15, "pretrain": 210, "finetune": 40, "loader": 45}, total_s=460,
-)  # fmt: skip
-SMOKE = Spec(
-    smoke=True, model="mae_debug", image_size=28, precision="fp32", batch=8, window=1, windows=1, matmul_n=256,
-    jpegs=24, jpeg_size=(40, 30), loader_batch=4, ft_steps=2, test_paths=("tests/models/test_speed_path.py",),
-    # No budget cuts in the smoke: it must reach every code path even on a loaded machine.
-    budgets={"cuda_tests": 900, "matmul": 900, "pretrain": 900, "finetune": 900, "loader": 900}, total_s=4500,
-)  # fmt: skip
-
-
-class Section:
-    """A section's time budget: ``left()`` seconds remain, ``over`` once spent."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.t0 = seconds, time.perf_counter()
-
-    def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.t0)
-
-    @property
-    def over(self) -> bool:
-        return self.left() <= 0
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (a container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def failure(exc: BaseException) -> dict[str, Any]:
-    """What a failed section or run records: the error, and the last lines of its traceback."""
-    import traceback
-
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"error": f"{type(exc).__name__}: {exc}"[:2000], "traceback_tail": _tail(trace, 12)}
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of :data:`PACKAGES` (None where one is missing)."""
-    from importlib import metadata
-
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _free(device: torch.device) -> None:
     """Release the last run's GPU memory so the next one starts from the same state."""
     if device.type == "cuda":
@@ -184,61 +99,6 @@ def peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
-
-
-def cuda_test_files(paths: tuple[str, ...]) -> list[str]:
-    """The test files under ``paths`` that mention CUDA (collecting the rest would cost time and
-    fail where a library only they import is missing)."""
-    files = []
-    for path in paths:
-        found = [ROOT / path] if (ROOT / path).is_file() else sorted((ROOT / path).rglob("test_*.py"))
-        files += [str(f.relative_to(ROOT)) for f in found if "cuda" in f.read_text().lower()]
-    return files
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def cuda_tests(spec: Spec, budget: Section) -> dict[str, Any]:
-    """Run the CUDA-parametrised tests (``-k cuda``, slow ones included) in a subprocess."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-m",
-        "",
-        "-k",
-        "cuda",
-        "-p",
-        "no:cacheprovider",
-        "--continue-on-collection-errors",
-        *cuda_test_files(spec.test_paths),
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(1.0, budget.left())
-        )
-    except subprocess.TimeoutExpired as exc:
-        partial = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return {
-            "command": " ".join(cmd[2:]), "timed_out": True, "seconds": round(time.perf_counter() - t0, 1),
-            "passed_before_timeout": partial.count("."), "failed_before_timeout": partial.count("F"),
-        }  # fmt: skip
-    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", tail)}
-    result = {
-        "command": " ".join(cmd[2:]), "timed_out": False, "exit_code": proc.returncode,
-        "passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)
-        + counts.get("errors", 0), "skipped": counts.get("skipped", 0), "summary": tail,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
-    if proc.returncode != 0:  # what failed, and why, without a second run
-        result.update(stdout_tail=_tail(proc.stdout, 40), stderr_tail=_tail(proc.stderr))
-    return result
 
 
 def mae_flops_per_image(spec: Spec, device: torch.device) -> float:
@@ -382,10 +242,10 @@ def finetune_section(spec: Spec, device: torch.device, budget: Section) -> dict[
         try:
             times = []
             for i in range(spec.ft_steps + 2):
-                _sync(device)
+                sync(device)
                 t = time.perf_counter()
                 _classifier_step(model, x, y, opt, loss_fn, device, spec.precision)
-                _sync(device)
+                sync(device)
                 if i >= 2:
                     times.append(time.perf_counter() - t)
                 if budget.over and times:
@@ -399,119 +259,6 @@ def finetune_section(spec: Spec, device: torch.device, budget: Section) -> dict[
             "steps_timed": len(times), "peak_memory_gib": peak_memory_gib(device),
         }  # fmt: skip
     return {"error": "out of memory even at batch 1"}
-
-
-def write_jpegs(root: Path, n: int, size: tuple[int, int]) -> list[Path]:
-    """``n`` JPEGs of ``size`` (W, H) in two class folders, as a user's folder holds them.
-
-    Toy-parts images, resized and overlaid with pixel noise at JPEG quality 90: smooth drawings
-    alone compress to a few KiB and decode far faster than photographs. At ImageNet's typical
-    500 x 375 the files come to roughly ImageNet's 110 KiB (``jpeg_kib_mean`` says how close).
-    """
-    import numpy as np
-    from PIL import Image
-
-    from semmae.data.synthetic import make_toy_parts
-
-    images = make_toy_parts(min(n, 64), 64, 3, 0)[0].permute(0, 2, 3, 1).numpy()
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        path = root / f"class_{i % 2}" / f"img_{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        base = np.asarray(Image.fromarray(images[i % len(images)]).resize(size, Image.Resampling.BICUBIC))
-        noisy = np.clip(base + rng.normal(0.0, 24.0, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def device_decode_rate(
-    spec: Spec, ds: Any, cfg: Any, device: torch.device, workers: int, budget: Section
-) -> float | None:
-    """img/s of ``data.decode=device``: workers read the files, each batch is decoded on ``device``."""
-    from semmae.data.device_decode import decode_crops, iterate_encoded
-    from semmae.data.transforms import crop_uniforms
-
-    gen, order, b = torch.Generator().manual_seed(1), torch.randperm(len(ds)), spec.loader_batch
-    plan = ((order[k : k + b], crop_uniforms(b, gen, True)) for k in range(0, len(ds) - b + 1, b))
-    batches = iterate_encoded(
-        ds, plan, scale=cfg.data.crop_scale, ratio=cfg.data.crop_ratio, num_workers=workers
-    )
-    t0, n = None, 0
-    for payloads, metas, idx in batches:
-        decode_crops(payloads, metas, spec.image_size, 3, device)
-        if t0 is None:  # worker start-up and the decoder's first call excluded
-            _sync(device)
-            t0 = time.perf_counter()
-            continue
-        n += len(idx)
-        if budget.over:
-            break
-    _sync(device)
-    return round(n / (time.perf_counter() - t0), 1) if t0 is not None and n else None
-
-
-def loader_section(spec: Spec, device: torch.device, budget: Section) -> dict[str, Any]:
-    """Pretraining's image-folder loader img/s on the usable cores, and batch JPEG decoding on ``device``.
-
-    The loader is the one ``semmae pretrain`` streams an image folder with: a random resized crop
-    (+ flip) of each file at full resolution, in DataLoader workers, batches pinned for a GPU.
-    """
-    import torchvision.io
-
-    from semmae.data import folder
-    from semmae.data.streaming import iterate_crops
-    from semmae.data.transforms import crop_uniforms
-
-    workers = usable_cores()
-    out: dict[str, Any] = {"images": spec.jpegs, "num_workers": workers}
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_jpegs(Path(tmp), spec.jpegs, spec.jpeg_size)
-        out["jpeg_size"] = list(spec.jpeg_size)
-        out["jpeg_kib_mean"] = round(sum(p.stat().st_size for p in paths) / len(paths) / 1024, 1)
-        limit = getattr(folder, "MEMORY_LIMIT_BYTES", None)
-        folder.MEMORY_LIMIT_BYTES = 0  # stream, as a set too big for memory is read
-        try:
-            cfg = config_lib.load(None, ["data.name=image_folder", f"data.root={tmp}", f"data.image_size={spec.image_size}",
-                                         "data.in_chans=3", f"data.num_workers={workers}"])  # fmt: skip
-            ds = semmae.data.build_dataset(cfg.data, "train")
-            out["streamed"] = bool(ds.streamed)
-            gen, order, b = torch.Generator().manual_seed(0), torch.randperm(len(ds)), spec.loader_batch
-            plan = ((order[k : k + b], crop_uniforms(b, gen, True)) for k in range(0, len(ds) - b + 1, b))
-            crops = iterate_crops(ds, plan, scale=cfg.data.crop_scale, ratio=cfg.data.crop_ratio,
-                                  num_workers=workers, pin_memory=device.type == "cuda")  # fmt: skip
-            t0, n = None, 0
-            for images, _, _ in crops:
-                if t0 is None:  # worker start-up excluded: a training run pays it once
-                    t0 = time.perf_counter()
-                    continue
-                n += images.shape[0]
-                if budget.over:
-                    break
-            out["loader_img_per_s"] = round(n / (time.perf_counter() - t0), 1)
-            crops.close()  # its workers stop before the next loader's start
-            try:
-                out["device_decode_loader_img_per_s"] = device_decode_rate(
-                    spec, ds, cfg, device, workers, budget
-                )
-            except Exception as exc:  # noqa: BLE001 - keep the CPU loader's figure
-                out["device_decode_loader"] = failure(exc)
-        finally:
-            if limit is not None:
-                folder.MEMORY_LIMIT_BYTES = limit
-        data = [torchvision.io.read_file(str(p)) for p in paths[: spec.loader_batch]]
-        decode_device = "cuda" if device.type == "cuda" else "cpu"
-        torchvision.io.decode_jpeg(data, device=decode_device)  # warm-up (nvJPEG handles)
-        times = []
-        for _ in range(3):
-            _sync(device)
-            t = time.perf_counter()
-            torchvision.io.decode_jpeg(data, device=decode_device)
-            _sync(device)
-            times.append(time.perf_counter() - t)
-        out[f"decode_jpeg_{decode_device}_img_per_s"] = round(len(data) / sorted(times)[1], 1)
-    return out
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:

@@ -291,10 +291,15 @@ def _git_commit() -> str | None:
 
 
 def describe_device() -> str:
-    """The accelerator's name, or ``CPU (arch, N threads)``."""
+    """The accelerator's name, or ``CPU (arch ISA, N threads)``.
+
+    The ISA is the instruction set torch's CPU kernels run with (``AVX2``, ``AVX512``, ...): CPU
+    speed figures from machines of one architecture differ mostly by it.
+    """
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"CPU ({platform.machine()} {isa}, {torch.get_num_threads()} threads)"
 
 
 def provenance() -> dict[str, Any]:
