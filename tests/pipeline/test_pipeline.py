@@ -216,3 +216,43 @@ def test_a_completed_stage_whose_checkpoint_changed_is_refused(tmp_path: Path, c
         RunDirError, match=rf"the 'mae' stage is complete but .*last\.pt {state} .*delete .*DONE\.json"
     ):
         run_stage(s, "mae", stage)
+
+
+def _flat_folder(root: Path) -> Path:
+    """train/ and val/ splits of a few images each, directly in the split folders: no class labels."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (28, 28), 40 * i).save(root / split / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [("unlabelled", "has no class labels"), ("one class", "holds one class")],
+)
+def test_a_pipeline_that_evaluates_refuses_data_it_cannot_score_before_training(
+    tmp_path: Path, data: str, message: str
+) -> None:
+    from semmae.errors import DataError
+
+    if data == "unlabelled":
+        folder = _flat_folder(tmp_path / "images")
+        extra = ["data.name=image_folder", f"data.root={folder}", "data.image_size=28", "data.in_chans=1"]
+    else:
+        extra = ["data.limit=1"]  # Fashion-MNIST cut to one image: one class
+    cfg = config_lib.load(ROOT / "configs" / "pipeline_fmnist.yaml", TINY + extra)
+    with pytest.raises(
+        DataError,
+        match=rf"{message}.*; the pipeline's 'eval' stage needs .*; or leave 'eval' out of pipeline.stages",
+    ):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run directory, let alone training
+    # Without the evaluation stage the same data trains (it is checked where it is used).
+    cfg.pipeline.stages = ["mae"]
+    if data == "unlabelled":
+        cfg.train.batch_size = 4
+        run_pipeline(cfg, tmp_path / "mae_only")
+        assert (tmp_path / "mae_only" / "mae" / "DONE.json").is_file()

@@ -13,7 +13,7 @@ import torch
 from scipy import stats as sps
 
 from semmae import config as config_lib
-from semmae.errors import ConfigError
+from semmae.errors import ConfigError, DataError
 from semmae.pipeline.budgets import budget_overrides
 from semmae.pipeline.stats import paired_difference, t_interval, verdict
 from semmae.pipeline.study import _initial_weights, run_study, write_study
@@ -93,6 +93,16 @@ def test_budgets() -> None:
 def test_oracle_without_part_masks_is_refused_before_any_run(tmp_path: Path) -> None:
     cfg = config_lib.load(ROOT / "configs" / "debug_tiny.yaml", ["pipeline.study_methods=[random,oracle]"])
     with pytest.raises(ConfigError, match="'oracle', which needs ground-truth part masks"):
+        run_study(cfg, tmp_path / "study")
+    assert not (tmp_path / "study").exists()
+
+
+def test_data_with_one_class_is_refused_before_any_run(tmp_path: Path) -> None:
+    cfg = config_lib.load(ROOT / "configs" / "debug_tiny.yaml", ["data.limit=1"])
+    with pytest.raises(
+        DataError,
+        match=r"holds one class, .*; the study \(kNN and a linear probe of every run\) needs at least two",
+    ):
         run_study(cfg, tmp_path / "study")
     assert not (tmp_path / "study").exists()
 

@@ -185,21 +185,23 @@ class FeatureSet:
     info: dict[str, Any]
 
 
-def labelled_split(cfg: Config, split: str) -> Any:
+def labelled_split(cfg: Config, split: str, needed_by: str = "this evaluation", way_out: str = "") -> Any:
     """Build ``split`` of ``cfg.data`` and refuse an unlabelled or one-class one (DataError).
 
     With one class every prediction is right: kNN, probes and fine-tuning would report 100%.
+    ``needed_by`` names, in the error, what needs the labels, and ``way_out`` ends it with another
+    way out than labelled data (e.g. ``"; or leave ..."``).
     """
     ds = build_dataset(cfg.data, split)
     if len(ds) == 0 or not ds.classes or bool((ds.targets < 0).any()):
         raise DataError(
             f"the {split} split of dataset {cfg.data.name!r} has no class labels; "
-            "this evaluation needs a labelled dataset"
+            f"{needed_by} needs a labelled dataset (one subfolder per class){way_out}"
         )
     if int(torch.as_tensor(ds.targets).unique().numel()) < 2:  # data.limit may keep one class only
         raise DataError(
             f"the {split} split of dataset {cfg.data.name!r} holds one class, so any classifier scores "
-            "100%; this evaluation needs at least two (one subfolder per class; raise data.limit if set)"
+            f"100%; {needed_by} needs at least two (one subfolder per class; raise data.limit if set){way_out}"
         )
     return ds
 

@@ -22,6 +22,7 @@ from semmae.config import Config
 from semmae.engine.rundir import prepare_run_dir
 from semmae.engine.runfiles import first_foreign_entry
 from semmae.errors import ConfigError, RunDirError, StageStopped
+from semmae.eval.features import labelled_split
 from semmae.models.checkpoint import file_hash
 from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
@@ -227,6 +228,20 @@ def _check_inputs_of(wanted: set[str], layout: PipelineLayout, resume: bool) -> 
                 )
 
 
+def check_labelled(cfg: Config, needed_by: str, way_out: str = "") -> None:
+    """Before any training: both splits of ``cfg.data`` have class labels, of two classes or more.
+
+    The kNN and linear probes of ``needed_by`` need them; found missing only after pretraining, the
+    refusal would come hours late. Building both splits here costs what the stages pay to build them
+    anyway. ``way_out`` ends the error with another way out than labelled data.
+
+    Raises:
+        DataError: a split is unlabelled or holds one class (see :func:`labelled_split`).
+    """
+    for split in ("train", "test"):
+        labelled_split(cfg, split, needed_by, way_out)
+
+
 def run_pipeline(
     cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -240,6 +255,9 @@ def run_pipeline(
     """
     wanted = set(cfg.pipeline.stages)
     _check_inputs_of(wanted, PipelineLayout(Path(out_dir)), resume)
+    if "eval" in wanted and not (resume and PipelineLayout(Path(out_dir)).eval.record() is not None):
+        way_out = "; or leave 'eval' out of pipeline.stages to only pretrain"
+        check_labelled(cfg, "the pipeline's 'eval' stage", way_out)
     layout = PipelineLayout(
         prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True)
     )

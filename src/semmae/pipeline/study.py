@@ -37,6 +37,7 @@ from semmae.pipeline.evaluate import evaluate_encoder
 from semmae.pipeline.layout import PipelineLayout, StageDir, StudyLayout
 from semmae.pipeline.stages import (
     StageFn,
+    check_labelled,
     export_stage,
     parts_config,
     parts_stage,
@@ -159,6 +160,7 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
             f"pipeline.study_methods lists 'oracle', which needs ground-truth part masks: use data.name "
             f"{' or '.join(PART_MASK_SETS)} (got {cfg.data.name!r}), or drop 'oracle'"
         )
+    check_labelled(cfg, "the study (kNN and a linear probe of every run)")
     layout = StudyLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True))
     prov = provenance()  # the code this process started with, not the tree when it finishes
     if not layout.table(".json").is_file():  # the budget is on record from the start (a resume reads it)
