@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from semmae.config_checks import at_least, positive
+from semmae.errors import ConfigError
 
 
 @dataclass
@@ -126,3 +127,8 @@ class PartsConfig(PartLearnerArch):
         super().check()
         at_least("parts", self, 1, "batch_size", "epochs", "max_steps")
         at_least("parts", self, 0, "lambda_div", "lambda_area")
+        if self.min_lr > self.lr:  # the peak is parts.lr itself: no world size scales it
+            raise ConfigError(
+                f"parts.min_lr={self.min_lr:g} is above the peak learning rate {self.lr:g} (parts.lr), so the "
+                "cosine schedule would rise instead of decay; lower parts.min_lr (0 is the usual floor)"
+            )

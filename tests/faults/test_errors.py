@@ -441,3 +441,4 @@ def test_a_schedule_floor_above_its_peak_is_refused(
 ) -> None:
     line = _one_line(capsys, [*argv, "--out", str(tmp_path / "r"), *TOY], needle)
     assert "lower " + needle.split("=")[0] in line  # the fix, by the setting's name
+    assert not (tmp_path / "r").exists()  # refused before the run directory (and any data) was made

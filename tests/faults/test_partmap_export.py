@@ -31,12 +31,11 @@ _META = dict(dataset="toy_parts", split="train", image_size=28, num_parts=4, fin
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained part learner (48 test images: 6 batches of 8)."""
+def run(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Path:
+    """A tiny trained part learner (48 test images: 6 batches of 8), on one thread (then restored)."""
     from semmae.train.parts import run_parts_train
 
     out = tmp_path_factory.mktemp("parts") / "run"
-    torch.set_num_threads(1)
     run_parts_train(config_lib.load(None, _OVERRIDES), out)
     return out
 

@@ -91,6 +91,14 @@ class ClassifierTask(Task):
     ) -> tuple[nn.Module, dict[str, Any]]:
         """The classifier this trainer puts on ``encoder``, on ``device``, and its fields of the arch record."""
 
+    @staticmethod
+    def check_settings(cfg: Config, world: int) -> None:  # noqa: B027 - a hook; most trainers have nothing to check
+        """Refuse settings that are wrong whatever the data (before any is read); none by default.
+
+        Raises:
+            ConfigError: a setting this trainer cannot run with.
+        """
+
     @classmethod
     @abstractmethod
     def build(
@@ -156,6 +164,7 @@ def train_classifier(
     device = runtime.resolve_device(cfg.train.device)
     with runtime.distributed_session(device):
         t0 = time.perf_counter()
+        task_type.check_settings(cfg, runtime.world_size())
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed + runtime.rank())  # heads and drop path draw from it
         parts = load_classifier(cfg, spec, device, task_type)

@@ -36,7 +36,7 @@ from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.optim import adamw, scaled_lr
-from semmae.engine.schedule import Plan, make_plan
+from semmae.engine.schedule import Plan, check_lr_floor, make_plan
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.models.vit_encoder import ViTEncoder
@@ -61,6 +61,17 @@ def make_loss(cfg: Config, mixup: Any | None) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.eval.ft_label_smoothing)
 
 
+def finetune_peak_lr(cfg: Config, world: int) -> tuple[int, float, tuple[str, str]]:
+    """The effective batch, the peak lr (``ft_base_lr`` x effective batch / 256) and, for errors, where it comes from."""
+    e = cfg.eval
+    eff = e.ft_batch_size * world
+    return (
+        eff,
+        scaled_lr(e.ft_base_lr, eff),
+        ("eval.ft_min_lr", f"eval.ft_base_lr={e.ft_base_lr:g} x effective batch {eff} / 256"),
+    )
+
+
 def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
     """Steps, warm-up and peak lr (``ft_base_lr`` x effective batch / 256) from ``cfg.eval``.
 
@@ -68,7 +79,7 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
         ConfigError: a step needs more images than the data has.
     """
     e = cfg.eval
-    eff = e.ft_batch_size * world
+    eff, peak_lr, lr_settings = finetune_peak_lr(cfg, world)
     per_epoch = num_train // eff
     if per_epoch < 1:
         raise ConfigError(
@@ -77,8 +88,7 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
         )
     return make_plan(
         steps_per_epoch=per_epoch, epochs=e.ft_epochs, max_steps=None, warmup_epochs=e.ft_warmup_epochs,
-        peak_lr=scaled_lr(e.ft_base_lr, eff), min_lr=e.ft_min_lr, effective_batch=eff,
-        lr_settings=("eval.ft_min_lr", f"eval.ft_base_lr={e.ft_base_lr:g} x effective batch {eff} / 256"),
+        peak_lr=peak_lr, min_lr=e.ft_min_lr, effective_batch=eff, lr_settings=lr_settings,
     )  # fmt: skip
 
 
@@ -181,6 +191,10 @@ class FinetuneTask(ClassifierTask):
             encoder, num_classes, global_pool=e.ft_global_pool, drop_path_rate=e.ft_drop_path
         )
         return model, {"global_pool": e.ft_global_pool, "drop_path_rate": e.ft_drop_path}
+
+    @staticmethod
+    def check_settings(cfg: Config, world: int) -> None:
+        check_lr_floor(cfg.eval.ft_min_lr, *finetune_peak_lr(cfg, world)[1:])
 
     @classmethod
     def build(

@@ -25,7 +25,7 @@ from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import Task, TrainLoop
 from semmae.engine.optim import build_adamw, scaled_lr
 from semmae.engine.rundir import prepare_run_dir
-from semmae.engine.schedule import Plan, make_plan
+from semmae.engine.schedule import Plan, check_lr_floor, make_plan
 from semmae.engine.state import parameter_digest
 from semmae.errors import CheckpointError, ConfigError
 from semmae.masking import MaskingStrategy
@@ -36,6 +36,17 @@ from semmae.train.monitor import PretrainMonitor
 log = logging.getLogger(__name__)
 
 
+def pretrain_peak_lr(cfg: Config, world: int) -> tuple[int, float, tuple[str, str]]:
+    """The effective batch, the peak lr (``base_lr`` x effective batch / 256) and, for errors, where it comes from."""
+    tc = cfg.train
+    eff = tc.batch_size * tc.accum_steps * world
+    return (
+        eff,
+        scaled_lr(tc.base_lr, eff),
+        ("train.min_lr", f"train.base_lr={tc.base_lr:g} x effective batch {eff} / 256"),
+    )
+
+
 def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
     """Turn epochs / batch / accumulation / world size into step counts and the peak lr.
 
@@ -43,7 +54,7 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
         ConfigError: one optimiser step needs more images than an epoch has, or nothing to train.
     """
     tc = cfg.train
-    eff = tc.batch_size * tc.accum_steps * world
+    eff, peak_lr, lr_settings = pretrain_peak_lr(cfg, world)
     steps_per_epoch = micro_per_epoch // tc.accum_steps
     if steps_per_epoch < 1:
         raise ConfigError(
@@ -52,9 +63,8 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
         )
     return make_plan(
         steps_per_epoch=steps_per_epoch, epochs=tc.epochs, max_steps=tc.max_steps,
-        warmup_epochs=tc.warmup_epochs, peak_lr=scaled_lr(tc.base_lr, eff), min_lr=tc.min_lr,
-        effective_batch=eff, accum=tc.accum_steps,
-        lr_settings=("train.min_lr", f"train.base_lr={tc.base_lr:g} x effective batch {eff} / 256"),
+        warmup_epochs=tc.warmup_epochs, peak_lr=peak_lr, min_lr=tc.min_lr, effective_batch=eff,
+        accum=tc.accum_steps, lr_settings=lr_settings,
     )  # fmt: skip
 
 
@@ -166,6 +176,7 @@ def run_pretrain(
     if cfg.train.precision == "bf16" and device.type == "cpu" and not runtime.cpu_has_native_bf16():
         log.warning("this CPU has no native bf16 instructions: bf16 autocast will be much slower than fp32")
     with runtime.distributed_session(device):
+        check_lr_floor(cfg.train.min_lr, *pretrain_peak_lr(cfg, runtime.world_size())[1:])  # before any data
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed)
         train_set = build_dataset(cfg.data, "train")
