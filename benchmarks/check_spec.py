@@ -73,4 +73,5 @@ def failure(exc: BaseException) -> dict[str, Any]:
 
 
 def tail(text: str, lines: int = 15) -> str:
+    """The last ``lines`` lines of ``text`` (a command's output, a traceback), for the JSON."""
     return "\n".join(text.strip().splitlines()[-lines:])

@@ -140,6 +140,28 @@ _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 _AUGMENT = re.compile(r"((rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*|-t[a-z0-9]+)*)?")
 
 
+def check_lr_floor(min_lr: float, peak_lr: float, lr_settings: tuple[str, str]) -> None:
+    """Refuse a cosine floor above its peak, where the "decay" would rise.
+
+    A setting alone where the peak is a setting too (``parts.lr``: checked at load); where the
+    peak scales with the world size, the trainer checks before it reads any data.
+
+    Args:
+        min_lr: the schedule's floor.
+        peak_lr: the lr after warm-up.
+        lr_settings: for the error, the setting of ``min_lr`` and where ``peak_lr`` comes from.
+
+    Raises:
+        ConfigError: ``min_lr`` is above ``peak_lr``.
+    """
+    if min_lr > peak_lr:
+        name, peak_from = lr_settings
+        raise ConfigError(
+            f"{name}={min_lr:g} is above the peak learning rate {peak_lr:g} ({peak_from}), so the cosine "
+            f"schedule would rise instead of decay; lower {name} (0 is the usual floor)"
+        )
+
+
 def device_name(key: str, value: str) -> None:
     """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``; ``key`` is a config key or a ``--flag``."""
     if not _DEVICE.fullmatch(value):

@@ -10,8 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from semmae.config_checks import at_least, positive
-from semmae.errors import ConfigError
+from semmae.config_checks import at_least, check_lr_floor, positive
 
 
 @dataclass
@@ -127,8 +126,4 @@ class PartsConfig(PartLearnerArch):
         super().check()
         at_least("parts", self, 1, "batch_size", "epochs", "max_steps")
         at_least("parts", self, 0, "lambda_div", "lambda_area")
-        if self.min_lr > self.lr:  # the peak is parts.lr itself: no world size scales it
-            raise ConfigError(
-                f"parts.min_lr={self.min_lr:g} is above the peak learning rate {self.lr:g} (parts.lr), so the "
-                "cosine schedule would rise instead of decay; lower parts.min_lr (0 is the usual floor)"
-            )
+        check_lr_floor(self.min_lr, self.lr, ("parts.min_lr", "parts.lr"))  # no world size scales it

@@ -222,6 +222,12 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def launch_world_size() -> int:
+    """The ranks this process runs among: the process group's size, or before it is joined (or
+    after it is left) torchrun's ``WORLD_SIZE``; 1 in a plain process."""
+    return world_size() if is_distributed() else int(os.environ.get("WORLD_SIZE", 1))
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
@@ -291,15 +297,16 @@ def _git_commit() -> str | None:
 
 
 def describe_device() -> str:
-    """The accelerator's name, or ``CPU (arch ISA, N threads)``.
+    """The accelerator's name, or ``CPU (arch ISA, N threads)`` (the ISA where torch names one).
 
     The ISA is the instruction set torch's CPU kernels run with (``AVX2``, ``AVX512``, ...): CPU
     speed figures from machines of one architecture differ mostly by it.
     """
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    isa = torch.backends.cpu.get_cpu_capability()
-    return f"CPU ({platform.machine()} {isa}, {torch.get_num_threads()} threads)"
+    isa = torch.backends.cpu.get_cpu_capability()  # "DEFAULT" where torch has no vector ISA to name
+    arch = platform.machine() if isa == "DEFAULT" else f"{platform.machine()} {isa}"
+    return f"CPU ({arch}, {torch.get_num_threads()} threads)"
 
 
 def provenance() -> dict[str, Any]:

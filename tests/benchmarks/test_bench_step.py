@@ -110,3 +110,21 @@ def test_the_step_flops_count_cpu_attention_by_its_formula() -> None:
     # Attention's two matmuls forward are 4·B·L²·D FLOPs; its backward recomputes one and adds four.
     attention_fwd = 4 * batch * 32 * (2 * 13**2 + 1 * 50**2)
     assert bench_step.step_flops(model, x, mask) - plain.get_total_flops() == attention_fwd * 7 // 2
+
+
+def test_the_setting_names_the_cpu_instruction_set() -> None:
+    got = bench_step.describe(bench_step.parse_args(["--batch", "8"]), torch.device("cpu"), 2_000_000_000)
+    assert got["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert (got["batch"], got["gflop_per_step"], got["device"]) == (8, 2.0, "cpu")
+
+
+@pytest.mark.parametrize(("isa", "shown"), [("AVX512", " AVX512"), ("DEFAULT", "")])
+def test_provenance_names_the_isa_where_torch_has_one(
+    monkeypatch: pytest.MonkeyPatch, isa: str, shown: str
+) -> None:
+    from semmae import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    expected = f"CPU ({runtime.platform.machine()}{shown}, {torch.get_num_threads()} threads)"
+    assert runtime.describe_device() == expected

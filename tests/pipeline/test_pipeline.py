@@ -218,31 +218,29 @@ def test_a_completed_stage_whose_checkpoint_changed_is_refused(tmp_path: Path, c
         run_stage(s, "mae", stage)
 
 
-def _flat_folder(root: Path) -> Path:
-    """train/ and val/ splits of a few images each, directly in the split folders: no class labels."""
+def _folder(root: Path, classes: list[str]) -> Path:
+    """train/ and val/ splits of four images each: in one folder per class of ``classes``, or with
+    no classes directly in the split folder (unlabelled)."""
     from PIL import Image
 
     for split in ("train", "val"):
-        (root / split).mkdir(parents=True)
         for i in range(4):
-            Image.new("L", (28, 28), 40 * i).save(root / split / f"{i}.png")
+            folder = root / split / (classes[i % len(classes)] if classes else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (28, 28), 40 * i).save(folder / f"{i}.png")
     return root
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
-    [("unlabelled", "has no class labels"), ("one class", "holds one class")],
+    ("classes", "message"), [([], "has no class labels"), (["shoes"], "holds one class, so any classifier")]
 )
 def test_a_pipeline_that_evaluates_refuses_data_it_cannot_score_before_training(
-    tmp_path: Path, data: str, message: str
+    tmp_path: Path, classes: list[str], message: str
 ) -> None:
     from semmae.errors import DataError
 
-    if data == "unlabelled":
-        folder = _flat_folder(tmp_path / "images")
-        extra = ["data.name=image_folder", f"data.root={folder}", "data.image_size=28", "data.in_chans=1"]
-    else:
-        extra = ["data.limit=1"]  # Fashion-MNIST cut to one image: one class
+    folder = _folder(tmp_path / "images", classes)
+    extra = ["data.name=image_folder", f"data.root={folder}", "data.image_size=28", "data.in_chans=1"]
     cfg = config_lib.load(ROOT / "configs" / "pipeline_fmnist.yaml", TINY + extra)
     with pytest.raises(
         DataError,
@@ -251,8 +249,28 @@ def test_a_pipeline_that_evaluates_refuses_data_it_cannot_score_before_training(
         run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the run directory, let alone training
     # Without the evaluation stage the same data trains (it is checked where it is used).
-    cfg.pipeline.stages = ["mae"]
-    if data == "unlabelled":
-        cfg.train.batch_size = 4
-        run_pipeline(cfg, tmp_path / "mae_only")
-        assert (tmp_path / "mae_only" / "mae" / "DONE.json").is_file()
+    cfg.pipeline.stages, cfg.train.batch_size = ["mae"], 4
+    run_pipeline(cfg, tmp_path / "mae_only")
+    assert (tmp_path / "mae_only" / "mae" / "DONE.json").is_file()
+
+
+def test_a_pretraining_lr_floor_above_its_peak_is_refused_before_the_pipeline_starts(tmp_path: Path) -> None:
+    from semmae.errors import ConfigError
+
+    cfg = config_lib.load(ROOT / "configs" / "pipeline_fmnist.yaml", [*TINY, "train.min_lr=1"])
+    with pytest.raises(ConfigError, match="train.min_lr=1 is above the peak learning rate"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_lr_floor_is_checked_against_the_launch_world_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from semmae.errors import ConfigError
+    from semmae.train.pretrain import check_pretrain_lr_floor
+
+    # base_lr 1e-3 x batch 32 / 256: a peak of 1.25e-4 on one rank, 5e-4 on four (torchrun's WORLD_SIZE).
+    cfg = config_lib.load(None, ["train.base_lr=1e-3", "train.batch_size=32", "train.min_lr=2e-4"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match=r"above the peak learning rate 0.000125 .*effective batch 32 /"):
+        check_pretrain_lr_floor(cfg)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    check_pretrain_lr_floor(cfg)  # a peak of 5e-4: the floor is below it

@@ -97,12 +97,18 @@ def test_oracle_without_part_masks_is_refused_before_any_run(tmp_path: Path) -> 
     assert not (tmp_path / "study").exists()
 
 
-def test_data_with_one_class_is_refused_before_any_run(tmp_path: Path) -> None:
-    cfg = config_lib.load(ROOT / "configs" / "debug_tiny.yaml", ["data.limit=1"])
-    with pytest.raises(
-        DataError,
-        match=r"holds one class, .*; the study \(kNN and a linear probe of every run\) needs at least two",
-    ):
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        ("data.limit=1", DataError, r"holds one class, .*; the study \(kNN and a linear probe of every run\) needs at least two"),
+        ("train.min_lr=1", ConfigError, "train.min_lr=1 is above the peak learning rate"),
+    ],
+)  # fmt: skip
+def test_data_or_settings_no_run_could_use_are_refused_before_any_run(
+    tmp_path: Path, override: str, error: type, message: str
+) -> None:
+    cfg = config_lib.load(ROOT / "configs" / "debug_tiny.yaml", [override])
+    with pytest.raises(error, match=message):
         run_study(cfg, tmp_path / "study")
     assert not (tmp_path / "study").exists()
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from semmae.config import DataConfig
 from semmae.data import fashion_mnist, folder, relations, synthetic, torchvision_sets
 from semmae.data.imageset import ImageSet
@@ -57,3 +59,18 @@ def build_dataset(cfg: DataConfig, split: str) -> ImageSet:
         " (streamed)" if ds.streamed else "",
     )
     return ds
+
+
+def split_labels(cfg: DataConfig, split: str) -> tuple[list[str], torch.Tensor]:
+    """The class names and (N,) int64 targets (-1: unlabelled) of one split, as cheaply as they come.
+
+    An image folder's come from its listing (no file is read: a whole ImageNet costs seconds);
+    the in-memory sets are built.
+
+    Raises:
+        DataError: as :func:`build_dataset`.
+    """
+    if cfg.name == "image_folder":
+        return folder.folder_labels(cfg, split)
+    ds = build_dataset(cfg, split)
+    return list(ds.classes), torch.as_tensor(ds.targets)

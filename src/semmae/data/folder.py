@@ -260,12 +260,8 @@ def _verify_headers(files: list[Path], on_corrupt: str) -> list[bool]:
     return [exc is None for exc in results]
 
 
-def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
-    """One split of an image folder (see the module docstring).
-
-    Raises:
-        DataError: no root, missing root, no images, or an unreadable file with on_corrupt=error.
-    """
+def _root(cfg: DataConfig) -> Path:
+    """``data.root``, checked to be a folder (DataError saying how to fix it otherwise)."""
     if not cfg.root:
         raise DataError(
             f"data.name=image_folder needs data.root=DIR (images or class subfolders; {_ACCEPTED})"
@@ -275,13 +271,39 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
         raise DataError(f"data.root {root} is a file; set data.root to the folder that holds the images")
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; set data.root=DIR ({_ACCEPTED})")
+    return root
+
+
+def _listed(root: Path, split: str, limit: int | None) -> tuple[Path, list[Path], list[int], list[str]]:
+    """:func:`_split_files` cut to ``limit``; DataError when the split has no images."""
     base, files, targets, classes = _split_files(root, split)
     if not files:
         raise DataError(
             f"no images for split {split!r} in {root} ({_ACCEPTED}); add images or create train/ and test/"
         )
-    if cfg.limit is not None:
-        files, targets = files[: cfg.limit], targets[: cfg.limit]
+    if limit is not None:
+        files, targets = files[:limit], targets[:limit]
+    return base, files, targets, classes
+
+
+def folder_labels(cfg: DataConfig, split: str) -> tuple[list[str], torch.Tensor]:
+    """The classes and (N,) int64 targets of one split from the folder listing alone, no file opened.
+
+    What :func:`load_image_folder` labels, but for files it would skip as unreadable: the cheap
+    answer to "does this split have labels" before a long run.
+    """
+    _, _, targets, classes = _listed(_root(cfg), split, cfg.limit)
+    return classes, torch.tensor(targets, dtype=torch.int64)
+
+
+def load_image_folder(cfg: DataConfig, split: str) -> ImageSet:
+    """One split of an image folder (see the module docstring).
+
+    Raises:
+        DataError: no root, missing root, no images, or an unreadable file with on_corrupt=error.
+    """
+    root = _root(cfg)
+    base, files, targets, classes = _listed(root, split, cfg.limit)
     keep = _verify_headers(files, cfg.on_corrupt)
     if not all(keep):
         log.warning("skipped %d unreadable image(s) in %s", keep.count(False), base)

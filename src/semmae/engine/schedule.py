@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from semmae.config_checks import check_lr_floor
 from semmae.errors import ConfigError
 
 
@@ -67,28 +68,6 @@ class Plan:
     def lr(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based): warm-up, then half-cosine."""
         return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr, self.min_lr)
-
-
-def check_lr_floor(min_lr: float, peak_lr: float, lr_settings: tuple[str, str]) -> None:
-    """Refuse a cosine floor above its peak, where the "decay" would rise.
-
-    Trainers call it before they read any data (the peak follows from the settings and the world
-    size alone), and :func:`make_plan` again.
-
-    Args:
-        min_lr: the schedule's floor.
-        peak_lr: the lr after warm-up.
-        lr_settings: for the error, the setting of ``min_lr`` and where ``peak_lr`` comes from.
-
-    Raises:
-        ConfigError: ``min_lr`` is above ``peak_lr``.
-    """
-    if min_lr > peak_lr:
-        name, peak_from = lr_settings
-        raise ConfigError(
-            f"{name}={min_lr:g} is above the peak learning rate {peak_lr:g} ({peak_from}), so the cosine "
-            f"schedule would rise instead of decay; lower {name} (0 is the usual floor)"
-        )
 
 
 def make_plan(

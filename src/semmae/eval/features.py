@@ -185,24 +185,38 @@ class FeatureSet:
     info: dict[str, Any]
 
 
-def labelled_split(cfg: Config, split: str, needed_by: str = "this evaluation", way_out: str = "") -> Any:
-    """Build ``split`` of ``cfg.data`` and refuse an unlabelled or one-class one (DataError).
+def require_labels(
+    cfg: Config, split: str, classes: list[str], targets: torch.Tensor, needed_by: str = "this evaluation",
+    way_out: str = "",
+) -> None:  # fmt: skip
+    """Refuse a split without class labels, or with one class only (DataError).
 
     With one class every prediction is right: kNN, probes and fine-tuning would report 100%.
     ``needed_by`` names, in the error, what needs the labels, and ``way_out`` ends it with another
     way out than labelled data (e.g. ``"; or leave ..."``).
+
+    Args:
+        cfg: the config whose ``data`` the split is of (its name is in the error).
+        split: ``train`` or ``test``.
+        classes: the split's class names.
+        targets: (N,) int64 class indices, -1 where unlabelled.
     """
-    ds = build_dataset(cfg.data, split)
-    if len(ds) == 0 or not ds.classes or bool((ds.targets < 0).any()):
+    if targets.numel() == 0 or not classes or bool((targets < 0).any()):
         raise DataError(
             f"the {split} split of dataset {cfg.data.name!r} has no class labels; "
             f"{needed_by} needs a labelled dataset (one subfolder per class){way_out}"
         )
-    if int(torch.as_tensor(ds.targets).unique().numel()) < 2:  # data.limit may keep one class only
+    if int(targets.unique().numel()) < 2:  # data.limit may keep one class only
         raise DataError(
             f"the {split} split of dataset {cfg.data.name!r} holds one class, so any classifier scores "
             f"100%; {needed_by} needs at least two (one subfolder per class; raise data.limit if set){way_out}"
         )
+
+
+def labelled_split(cfg: Config, split: str) -> Any:
+    """Build ``split`` of ``cfg.data`` and refuse an unlabelled or one-class one (see :func:`require_labels`)."""
+    ds = build_dataset(cfg.data, split)
+    require_labels(cfg, split, list(ds.classes), torch.as_tensor(ds.targets))
     return ds
 
 

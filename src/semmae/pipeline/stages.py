@@ -19,10 +19,11 @@ from typing import Any
 
 from semmae import runtime
 from semmae.config import Config
+from semmae.data.datasets import split_labels
 from semmae.engine.rundir import prepare_run_dir
 from semmae.engine.runfiles import first_foreign_entry
 from semmae.errors import ConfigError, RunDirError, StageStopped
-from semmae.eval.features import labelled_split
+from semmae.eval.features import require_labels
 from semmae.models.checkpoint import file_hash
 from semmae.names import MaskingName
 from semmae.parts.export import export_part_maps
@@ -30,7 +31,7 @@ from semmae.pipeline.evaluate import evaluate_encoders
 from semmae.pipeline.layout import STAGES, PipelineLayout, StageDir, read_record
 from semmae.pipeline.report import write_report
 from semmae.train.parts import run_parts_train
-from semmae.train.pretrain import run_pretrain
+from semmae.train.pretrain import check_pretrain_lr_floor, run_pretrain
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +233,15 @@ def check_labelled(cfg: Config, needed_by: str, way_out: str = "") -> None:
     """Before any training: both splits of ``cfg.data`` have class labels, of two classes or more.
 
     The kNN and linear probes of ``needed_by`` need them; found missing only after pretraining, the
-    refusal would come hours late. Building both splits here costs what the stages pay to build them
-    anyway. ``way_out`` ends the error with another way out than labelled data.
+    refusal would come hours late. The labels come from :func:`split_labels` (an image folder's
+    listing; no file is read).
 
     Raises:
-        DataError: a split is unlabelled or holds one class (see :func:`labelled_split`).
+        DataError: a split is unlabelled or holds one class (see :func:`require_labels`).
     """
     for split in ("train", "test"):
-        labelled_split(cfg, split, needed_by, way_out)
+        classes, targets = split_labels(cfg.data, split)
+        require_labels(cfg, split, classes, targets, needed_by, way_out)
 
 
 def run_pipeline(
@@ -255,8 +257,10 @@ def run_pipeline(
     """
     wanted = set(cfg.pipeline.stages)
     _check_inputs_of(wanted, PipelineLayout(Path(out_dir)), resume)
+    if wanted & {"mae", "semmae"}:
+        check_pretrain_lr_floor(cfg)
     if "eval" in wanted and not (resume and PipelineLayout(Path(out_dir)).eval.record() is not None):
-        way_out = "; or leave 'eval' out of pipeline.stages to only pretrain"
+        way_out = "; or leave 'eval' out of pipeline.stages to train without evaluating"
         check_labelled(cfg, "the pipeline's 'eval' stage", way_out)
     layout = PipelineLayout(
         prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True)

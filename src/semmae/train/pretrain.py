@@ -47,6 +47,18 @@ def pretrain_peak_lr(cfg: Config, world: int) -> tuple[int, float, tuple[str, st
     )
 
 
+def check_pretrain_lr_floor(cfg: Config) -> None:
+    """Refuse ``train.min_lr`` above the peak lr, from the settings and the launch's world size alone.
+
+    Pretraining and the commands that pretrain (pipeline, study) call it before they read any data
+    or make a run directory.
+
+    Raises:
+        ConfigError: the floor is above the peak.
+    """
+    check_lr_floor(cfg.train.min_lr, *pretrain_peak_lr(cfg, runtime.launch_world_size())[1:])
+
+
 def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
     """Turn epochs / batch / accumulation / world size into step counts and the peak lr.
 
@@ -176,7 +188,7 @@ def run_pretrain(
     if cfg.train.precision == "bf16" and device.type == "cpu" and not runtime.cpu_has_native_bf16():
         log.warning("this CPU has no native bf16 instructions: bf16 autocast will be much slower than fp32")
     with runtime.distributed_session(device):
-        check_lr_floor(cfg.train.min_lr, *pretrain_peak_lr(cfg, runtime.world_size())[1:])  # before any data
+        check_pretrain_lr_floor(cfg)  # before any data
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed)
         train_set = build_dataset(cfg.data, "train")
