@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "semmae.names": 0,
     "semmae.config_sections": 0,
     "semmae.config_parts": 0,
+    "semmae.config_eval": 0,
     "semmae.runtime": 1,
     "semmae.layers": 1,
     "semmae.data": 2,

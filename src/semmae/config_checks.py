@@ -140,6 +140,11 @@ _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 _AUGMENT = re.compile(r"((rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*|-t[a-z0-9]+)*)?")
 
 
+def scaled_lr(base_lr: float, effective_batch: int) -> float:
+    """MAE's linear scaling rule: ``lr = base_lr × effective_batch / 256``."""
+    return base_lr * effective_batch / 256.0
+
+
 def check_lr_floor(min_lr: float, peak_lr: float, lr_settings: tuple[str, str]) -> None:
     """Refuse a cosine floor above its peak, where the "decay" would rise.
 

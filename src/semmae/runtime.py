@@ -222,12 +222,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def launch_world_size() -> int:
-    """The ranks this process runs among: the process group's size, or before it is joined (or
-    after it is left) torchrun's ``WORLD_SIZE``; 1 in a plain process."""
-    return world_size() if is_distributed() else int(os.environ.get("WORLD_SIZE", 1))
-
-
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 

@@ -74,10 +74,19 @@ def test_config_refusal_does_not_import_torch(command: list[str], tmp_path: Path
 
 
 @pytest.mark.parametrize("command", [["pretrain"], ["pipeline"], ["study"]])
-def test_nothing_to_pretrain_is_refused_before_torch(command: list[str], tmp_path: Path) -> None:
-    argv = [*command, "--config", "configs/debug_tiny.yaml", "--out", str(tmp_path / "run"), "train.epochs=0"]
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("train.epochs=0", "nothing to train: train.epochs is 0"),
+        ("train.min_lr=1", "train.min_lr=1 is above the peak"),
+    ],
+)
+def test_nothing_to_pretrain_or_a_rising_schedule_is_refused_before_torch(
+    command: list[str], override: str, says: str, tmp_path: Path
+) -> None:
+    argv = [*command, "--config", "configs/debug_tiny.yaml", "--out", str(tmp_path / "run"), override]
     result = _heavy_modules(argv)
-    assert result["code"] == 2 and "nothing to train: train.epochs is 0" in result["err"], result["err"]
+    assert result["code"] == 2 and says in result["err"], result["err"]
     assert result["heavy"] == [] and not (tmp_path / "run").exists()
 
 

@@ -265,12 +265,13 @@ def test_a_pretraining_lr_floor_above_its_peak_is_refused_before_the_pipeline_st
 
 def test_the_lr_floor_is_checked_against_the_launch_world_size(monkeypatch: pytest.MonkeyPatch) -> None:
     from semmae.errors import ConfigError
-    from semmae.train.pretrain import check_pretrain_lr_floor
 
     # base_lr 1e-3 x batch 32 / 256: a peak of 1.25e-4 on one rank, 5e-4 on four (torchrun's WORLD_SIZE).
-    cfg = config_lib.load(None, ["train.base_lr=1e-3", "train.batch_size=32", "train.min_lr=2e-4"])
+    train = config_lib.load(None, ["train.base_lr=1e-3", "train.batch_size=32", "train.min_lr=2e-4"]).train
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match=r"above the peak learning rate 0.000125 .*effective batch 32 /"):
-        check_pretrain_lr_floor(cfg)
+        train.check_pretraining()
     monkeypatch.setenv("WORLD_SIZE", "4")
-    check_pretrain_lr_floor(cfg)  # a peak of 5e-4: the floor is below it
+    train.check_pretraining()  # a peak of 5e-4: the floor is below it
+    with pytest.raises(ConfigError, match="effective batch 32 /"):
+        train.check_pretraining(world=1)  # a process group's own size, where the trainer knows it

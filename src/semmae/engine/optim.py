@@ -29,11 +29,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return sorted(groups, key=lambda g: g["weight_decay"] == 0.0)  # stable: decay, then no decay
 
 
-def scaled_lr(base_lr: float, effective_batch: int) -> float:
-    """MAE's linear scaling rule: ``lr = base_lr × effective_batch / 256``."""
-    return base_lr * effective_batch / 256.0
-
-
 def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over ``groups``, fused (one kernel for all parameters) on CUDA.
 

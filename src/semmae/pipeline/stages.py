@@ -31,7 +31,7 @@ from semmae.pipeline.evaluate import evaluate_encoders
 from semmae.pipeline.layout import STAGES, PipelineLayout, StageDir, read_record
 from semmae.pipeline.report import write_report
 from semmae.train.parts import run_parts_train
-from semmae.train.pretrain import check_pretrain_lr_floor, run_pretrain
+from semmae.train.pretrain import run_pretrain
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def run_pipeline(
     wanted = set(cfg.pipeline.stages)
     _check_inputs_of(wanted, PipelineLayout(Path(out_dir)), resume)
     if wanted & {"mae", "semmae"}:
-        check_pretrain_lr_floor(cfg)
+        cfg.train.check_pretraining()
     if "eval" in wanted and not (resume and PipelineLayout(Path(out_dir)).eval.record() is not None):
         way_out = "; or leave 'eval' out of pipeline.stages to train without evaluating"
         check_labelled(cfg, "the pipeline's 'eval' stage", way_out)

@@ -48,7 +48,6 @@ from semmae.pipeline.stages import (
 from semmae.pipeline.stats import describe
 from semmae.pipeline.study_report import compare, write_study_report
 from semmae.runtime import provenance
-from semmae.train.pretrain import check_pretrain_lr_floor
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ def run_study(cfg: Config, out_dir: str | Path, *, budget: str = "quick", resume
             f"pipeline.study_methods lists 'oracle', which needs ground-truth part masks: use data.name "
             f"{' or '.join(PART_MASK_SETS)} (got {cfg.data.name!r}), or drop 'oracle'"
         )
-    check_pretrain_lr_floor(cfg)
+    cfg.train.check_pretraining()
     check_labelled(cfg, "the study (kNN and a linear probe of every run)")
     layout = StudyLayout(prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite, same_length=True))
     prov = provenance()  # the code this process started with, not the tree when it finishes

@@ -32,10 +32,11 @@ from torch import nn
 
 from semmae import runtime
 from semmae.config import Config
+from semmae.config_checks import scaled_lr
 from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
-from semmae.engine.optim import adamw, scaled_lr
+from semmae.engine.optim import adamw
 from semmae.engine.schedule import Plan, check_lr_floor, make_plan
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups

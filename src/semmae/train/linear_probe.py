@@ -32,8 +32,8 @@ from torch import nn
 
 from semmae import runtime
 from semmae.config import Config, DataConfig
+from semmae.config_checks import scaled_lr
 from semmae.engine.batches import PretrainBatches
-from semmae.engine.optim import scaled_lr
 from semmae.engine.schedule import Plan, make_plan
 from semmae.errors import ConfigError
 from semmae.eval.features import TokenEncoder, pool_tokens

@@ -23,9 +23,9 @@ from semmae.engine.batches import MicroBatch, PretrainBatches
 from semmae.engine.build import build_masking, build_model
 from semmae.engine.logging import MetricsLogger
 from semmae.engine.loop import Task, TrainLoop
-from semmae.engine.optim import build_adamw, scaled_lr
+from semmae.engine.optim import build_adamw
 from semmae.engine.rundir import prepare_run_dir
-from semmae.engine.schedule import Plan, check_lr_floor, make_plan
+from semmae.engine.schedule import Plan, make_plan
 from semmae.engine.state import parameter_digest
 from semmae.errors import CheckpointError, ConfigError
 from semmae.masking import MaskingStrategy
@@ -36,29 +36,6 @@ from semmae.train.monitor import PretrainMonitor
 log = logging.getLogger(__name__)
 
 
-def pretrain_peak_lr(cfg: Config, world: int) -> tuple[int, float, tuple[str, str]]:
-    """The effective batch, the peak lr (``base_lr`` x effective batch / 256) and, for errors, where it comes from."""
-    tc = cfg.train
-    eff = tc.batch_size * tc.accum_steps * world
-    return (
-        eff,
-        scaled_lr(tc.base_lr, eff),
-        ("train.min_lr", f"train.base_lr={tc.base_lr:g} x effective batch {eff} / 256"),
-    )
-
-
-def check_pretrain_lr_floor(cfg: Config) -> None:
-    """Refuse ``train.min_lr`` above the peak lr, from the settings and the launch's world size alone.
-
-    Pretraining and the commands that pretrain (pipeline, study) call it before they read any data
-    or make a run directory.
-
-    Raises:
-        ConfigError: the floor is above the peak.
-    """
-    check_lr_floor(cfg.train.min_lr, *pretrain_peak_lr(cfg, runtime.launch_world_size())[1:])
-
-
 def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
     """Turn epochs / batch / accumulation / world size into step counts and the peak lr.
 
@@ -66,7 +43,7 @@ def pretrain_plan(cfg: Config, micro_per_epoch: int, world: int) -> Plan:
         ConfigError: one optimiser step needs more images than an epoch has, or nothing to train.
     """
     tc = cfg.train
-    eff, peak_lr, lr_settings = pretrain_peak_lr(cfg, world)
+    eff, peak_lr, lr_settings = tc.peak_lr(world)
     steps_per_epoch = micro_per_epoch // tc.accum_steps
     if steps_per_epoch < 1:
         raise ConfigError(
@@ -188,7 +165,7 @@ def run_pretrain(
     if cfg.train.precision == "bf16" and device.type == "cpu" and not runtime.cpu_has_native_bf16():
         log.warning("this CPU has no native bf16 instructions: bf16 autocast will be much slower than fp32")
     with runtime.distributed_session(device):
-        check_pretrain_lr_floor(cfg)  # before any data
+        cfg.train.check_pretraining(runtime.world_size())  # before any data (the CLI checked before torch)
         run_dir = prepare_run_dir(out_dir, cfg, resume=resume, overwrite=overwrite)
         runtime.seed_everything(cfg.train.seed)
         train_set = build_dataset(cfg.data, "train")
