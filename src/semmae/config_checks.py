@@ -148,8 +148,9 @@ def scaled_lr(base_lr: float, effective_batch: int) -> float:
 def check_lr_floor(min_lr: float, peak_lr: float, lr_settings: tuple[str, str]) -> None:
     """Refuse a cosine floor above its peak, where the "decay" would rise.
 
-    A setting alone where the peak is a setting too (``parts.lr``: checked at load); where the
-    peak scales with the world size, the trainer checks before it reads any data.
+    Checked at load where the peak is a setting itself (``parts.lr``); where it scales with the
+    world size, before torch loads (``TrainConfig.check_pretraining``) or before the trainer reads
+    any data (fine-tuning), and by every plan (``make_plan``).
 
     Args:
         min_lr: the schedule's floor.

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from semmae import names
-from semmae.config_checks import at_least, augment_policy, finite_values, fractions, positive, scale_range
+from semmae.config_checks import (
+    at_least,
+    augment_policy,
+    finite_values,
+    fractions,
+    positive,
+    scale_range,
+    scaled_lr,
+)
 from semmae.errors import ConfigError
 
 
@@ -91,3 +99,12 @@ class EvalConfig:
         if not self.linear_lrs:
             raise ConfigError("config key 'eval.linear_lrs' must list at least one learning rate")
         finite_values("eval.linear_lrs", self.linear_lrs, positive=True)
+
+    def ft_peak_lr(self, world: int) -> tuple[int, float, tuple[str, str]]:
+        """Fine-tuning's effective batch and peak lr on ``world`` ranks, and (for errors) their settings."""
+        eff = self.ft_batch_size * world
+        return (
+            eff,
+            scaled_lr(self.ft_base_lr, eff),
+            ("eval.ft_min_lr", f"eval.ft_base_lr={self.ft_base_lr:g} x effective batch {eff} / 256"),
+        )

@@ -301,9 +301,8 @@ class TrainConfig:
             raise ConfigError(
                 "nothing to train: train.epochs is 0 and train.max_steps unset; set either to >= 1"
             )
-        check_lr_floor(
-            self.min_lr, *self.peak_lr(int(os.environ.get("WORLD_SIZE", 1)) if world is None else world)[1:]
-        )
+        world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+        check_lr_floor(self.min_lr, *self.peak_lr(world)[1:])
 
 
 @dataclass

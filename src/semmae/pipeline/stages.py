@@ -255,11 +255,11 @@ def run_pipeline(
     Returns:
         Per-stage records (``DONE.json`` contents) of the stages run, and the report path.
     """
-    wanted = set(cfg.pipeline.stages)
-    _check_inputs_of(wanted, PipelineLayout(Path(out_dir)), resume)
+    wanted, before = set(cfg.pipeline.stages), PipelineLayout(Path(out_dir))  # nothing is written yet
+    _check_inputs_of(wanted, before, resume)
     if wanted & {"mae", "semmae"}:
         cfg.train.check_pretraining()
-    if "eval" in wanted and not (resume and PipelineLayout(Path(out_dir)).eval.record() is not None):
+    if "eval" in wanted and not (resume and before.eval.record() is not None):
         way_out = "; or leave 'eval' out of pipeline.stages to train without evaluating"
         check_labelled(cfg, "the pipeline's 'eval' stage", way_out)
     layout = PipelineLayout(

@@ -32,12 +32,12 @@ from torch import nn
 
 from semmae import runtime
 from semmae.config import Config
-from semmae.config_checks import scaled_lr
+from semmae.config_checks import check_lr_floor
 from semmae.data import iterate_batches
 from semmae.data.finetune_transforms import finetune_transform, iterate_finetune
 from semmae.data.transforms import augment_batch, normalize
 from semmae.engine.optim import adamw
-from semmae.engine.schedule import Plan, check_lr_floor, make_plan
+from semmae.engine.schedule import Plan, make_plan
 from semmae.errors import ConfigError
 from semmae.models.vit import build_classifier, layer_decay_groups
 from semmae.models.vit_encoder import ViTEncoder
@@ -62,17 +62,6 @@ def make_loss(cfg: Config, mixup: Any | None) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.eval.ft_label_smoothing)
 
 
-def finetune_peak_lr(cfg: Config, world: int) -> tuple[int, float, tuple[str, str]]:
-    """The effective batch, the peak lr (``ft_base_lr`` x effective batch / 256) and, for errors, where it comes from."""
-    e = cfg.eval
-    eff = e.ft_batch_size * world
-    return (
-        eff,
-        scaled_lr(e.ft_base_lr, eff),
-        ("eval.ft_min_lr", f"eval.ft_base_lr={e.ft_base_lr:g} x effective batch {eff} / 256"),
-    )
-
-
 def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
     """Steps, warm-up and peak lr (``ft_base_lr`` x effective batch / 256) from ``cfg.eval``.
 
@@ -80,7 +69,7 @@ def finetune_plan(cfg: Config, num_train: int, world: int) -> Plan:
         ConfigError: a step needs more images than the data has.
     """
     e = cfg.eval
-    eff, peak_lr, lr_settings = finetune_peak_lr(cfg, world)
+    eff, peak_lr, lr_settings = e.ft_peak_lr(world)
     per_epoch = num_train // eff
     if per_epoch < 1:
         raise ConfigError(
@@ -195,7 +184,7 @@ class FinetuneTask(ClassifierTask):
 
     @staticmethod
     def check_settings(cfg: Config, world: int) -> None:
-        check_lr_floor(cfg.eval.ft_min_lr, *finetune_peak_lr(cfg, world)[1:])
+        check_lr_floor(cfg.eval.ft_min_lr, *cfg.eval.ft_peak_lr(world)[1:])
 
     @classmethod
     def build(
